@@ -1,0 +1,75 @@
+"""Domain errors.
+
+Services raise these; exactly one place (``driver.interceptor``) turns them into
+gRPC status codes.  Messages must never contain a secret: they are returned to
+the caller and logged.
+"""
+
+from __future__ import annotations
+
+
+class DriverError(Exception):
+    """Base of every error the driver reports on purpose.
+
+    ``code`` is the name of the gRPC status code (``grpc.StatusCode[code]``);
+    the core stays free of grpc imports here so fakes and backends can raise
+    these without pulling in the RPC layer.
+    """
+
+    code = "INTERNAL"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(DriverError):
+    code = "INVALID_ARGUMENT"
+
+
+class NotFound(DriverError):
+    code = "NOT_FOUND"
+
+
+class AlreadyExists(DriverError):
+    code = "ALREADY_EXISTS"
+
+
+class PermissionDenied(DriverError):
+    code = "PERMISSION_DENIED"
+
+
+class Unauthenticated(DriverError):
+    code = "UNAUTHENTICATED"
+
+
+class FailedPrecondition(DriverError):
+    code = "FAILED_PRECONDITION"
+
+
+class Aborted(DriverError):
+    code = "ABORTED"
+
+
+class OutOfRange(DriverError):
+    code = "OUT_OF_RANGE"
+
+
+class Unimplemented(DriverError):
+    code = "UNIMPLEMENTED"
+
+
+class Unavailable(DriverError):
+    code = "UNAVAILABLE"
+
+
+class DeadlineExceeded(DriverError):
+    code = "DEADLINE_EXCEEDED"
+
+
+class ResourceExhausted(DriverError):
+    code = "RESOURCE_EXHAUSTED"
+
+
+class Internal(DriverError):
+    code = "INTERNAL"
