@@ -1,0 +1,151 @@
+"""StorageClass parameters of CreateVolume → one validated request.
+
+Keys are case-insensitive.  Unknown keys are InvalidArgument naming the key;
+keys under ``csi.storage.k8s.io/`` are set by Kubernetes and are accepted (the
+PVC/PV metadata ones feed the ``subDir`` template).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from driver import paths
+from driver.errors import InvalidArgument
+from driver.source import Source, parse_source
+from driver.volume_id import ON_DELETE, OnDelete
+
+PVC_NAME = "csi.storage.k8s.io/pvc/name"
+PVC_NAMESPACE = "csi.storage.k8s.io/pvc/namespace"
+PV_NAME = "csi.storage.k8s.io/pv/name"
+RESERVED_PREFIX = "csi.storage.k8s.io/"
+
+_KNOWN = {"source", "protocol", "subdir", "ondelete", "mountpermissions"}
+_TEMPLATE = re.compile(r"\$\{([^}]*)\}")
+_TEMPLATE_KEYS = {
+    "pvc.metadata.name": PVC_NAME,
+    "pvc.metadata.namespace": PVC_NAMESPACE,
+    "pv.metadata.name": PV_NAME,
+}
+NFS_VERSIONS = ("3", "4", "4.0", "4.1", "4.2")
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeParams:
+    source: Source
+    subdir: str  # relative to source.base
+    on_delete: OnDelete
+    mount_permissions: int | None
+    nfs_version: str | None  # from mount options; None = backend default
+
+    @property
+    def dir(self) -> str:
+        """The volume's directory relative to the share root."""
+        return paths.join(self.source.base, self.subdir)
+
+
+def render_template(template: str, metadata: Mapping[str, str]) -> str:
+    """Expand ``${pvc.metadata.name}`` style placeholders."""
+
+    def replace(match: re.Match[str]) -> str:
+        key = match.group(1).strip()
+        if key not in _TEMPLATE_KEYS:
+            known = ", ".join("${" + k + "}" for k in _TEMPLATE_KEYS)
+            raise InvalidArgument(f"subDir: unknown placeholder ${{{key}}} (known: {known})")
+        value = metadata.get(_TEMPLATE_KEYS[key], "")
+        if not value:
+            raise InvalidArgument(
+                f"subDir: ${{{key}}} needs {_TEMPLATE_KEYS[key]}; run csi-provisioner "
+                "with --extra-create-metadata"
+            )
+        if "/" in value:
+            raise InvalidArgument(f"subDir: value of ${{{key}}} contains '/'")
+        return value
+
+    rendered = _TEMPLATE.sub(replace, template)
+    if "${" in rendered or "$(" in rendered:
+        raise InvalidArgument("subDir: unbalanced placeholder")
+    return rendered
+
+
+def parse_mount_permissions(text: str) -> int:
+    text = text.strip()
+    if not re.fullmatch(r"0?[0-7]{1,4}", text) and not re.fullmatch(r"0o[0-7]{1,4}", text):
+        raise InvalidArgument(f"mountPermissions: {text!r} is not an octal mode like 0777")
+    mode = int(text.removeprefix("0o"), 8)
+    if mode > 0o7777:
+        raise InvalidArgument("mountPermissions: mode out of range")
+    return mode
+
+
+def options_from_mount_flags(flags: Sequence[str]) -> dict[str, str]:
+    """Split mount flags (``["vers=3", "hard"]`` or ``["vers=3,hard"]``)."""
+    out: dict[str, str] = {}
+    for flag in flags:
+        for item in flag.split(","):
+            item = item.strip()
+            if not item:
+                continue
+            key, _, value = item.partition("=")
+            out[key.strip().lower()] = value.strip()
+    return out
+
+
+def nfs_version_from(options: Mapping[str, str]) -> str | None:
+    version = options.get("nfsvers") or options.get("vers")
+    if version is None:
+        if "minorversion" in options:
+            version = "4." + options["minorversion"]
+        else:
+            return None
+    if version not in NFS_VERSIONS:
+        raise InvalidArgument(f"mount options: NFS version {version!r} is not one of {NFS_VERSIONS}")
+    return "4.0" if version == "4" else version
+
+
+def parse_params(
+    name: str, parameters: Mapping[str, str], mount_flags: Sequence[str] = ()
+) -> VolumeParams:
+    lowered: dict[str, str] = {}
+    for key, value in parameters.items():
+        low = key.lower()
+        if low.startswith(RESERVED_PREFIX):
+            continue
+        if low not in _KNOWN:
+            raise InvalidArgument(
+                f"unknown parameter {key!r} (known: source, protocol, subDir, onDelete, "
+                "mountPermissions)"
+            )
+        if low in lowered:
+            raise InvalidArgument(f"parameter {key!r} given twice (keys are case-insensitive)")
+        lowered[low] = value
+    metadata = {k.lower(): v for k, v in parameters.items() if k.lower().startswith(RESERVED_PREFIX)}
+    if not lowered.get("source", "").strip():
+        raise InvalidArgument("parameter 'source' is required (//server/share or server:/export)")
+    source = parse_source(lowered["source"], lowered.get("protocol") or None)
+
+    options = options_from_mount_flags(mount_flags)
+    if "port" in options:
+        if not options["port"].isdigit() or not 0 < int(options["port"]) < 65536:
+            raise InvalidArgument(f"mount options: port {options['port']!r} is not valid")
+        port = int(options["port"])
+        if source.port is not None and source.port != port:
+            raise InvalidArgument("mount option port= contradicts the port in source")
+        source = Source(source.protocol, source.server, port, source.share, source.base)
+
+    template = lowered.get("subdir", "").strip() or name
+    subdir = render_template(template, metadata).strip("/")
+    paths.safe_relpath(subdir, what="subDir")
+
+    on_delete = lowered.get("ondelete", "delete").strip().lower() or "delete"
+    if on_delete not in ON_DELETE:
+        raise InvalidArgument(f"onDelete: {on_delete!r} is not one of delete, retain, archive")
+    if subdir.rpartition("/")[2].startswith("archived-"):
+        raise InvalidArgument("subDir: names starting with 'archived-' are kept for archives")
+
+    mode = None
+    if lowered.get("mountpermissions", "").strip():
+        mode = parse_mount_permissions(lowered["mountpermissions"])
+    nfs_version = nfs_version_from(options) if source.protocol == "nfs" else None
+    return VolumeParams(source, subdir, on_delete, mode, nfs_version)  # type: ignore[arg-type]

@@ -1,0 +1,149 @@
+"""Command-line flags → one validated, frozen configuration object."""
+
+from __future__ import annotations
+
+import argparse
+import re
+import socket
+from dataclasses import dataclass
+from typing import Literal
+
+from driver.errors import InvalidArgument
+from driver.source import parse_host_port
+
+Mode = Literal["all", "controller", "node"]
+LogFormat = Literal["json", "text"]
+
+DEFAULT_ENDPOINT = "unix:///csi/csi.sock"
+DEFAULT_DRIVER_NAME = "smb-nfs.csi.io"
+# CSI: at most 63 characters, alphanumerics, '-', '.', starting and ending alnum.
+_DRIVER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    scheme: Literal["unix", "tcp"]
+    path: str = ""  # unix
+    host: str = ""  # tcp
+    port: int = 0  # tcp
+
+    @property
+    def grpc_target(self) -> str:
+        """The address string grpc understands (server bind or client dial)."""
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def __str__(self) -> str:
+        if self.scheme == "unix":
+            return f"unix://{self.path}"
+        return f"tcp://{self.grpc_target}"
+
+
+def parse_endpoint(text: str) -> Endpoint:
+    if text.startswith("unix://"):
+        path = text[len("unix://") :]
+        if not path.startswith("/") and not path.startswith("./"):
+            # unix:///abs/path or unix://./relative — a bare relative path is
+            # almost always a missing slash.
+            raise InvalidArgument(f"endpoint {text!r}: use unix:///absolute/path")
+        if "\x00" in path:
+            raise InvalidArgument("endpoint: NUL in socket path")
+        return Endpoint("unix", path=path)
+    if text.startswith("tcp://"):
+        host, port = parse_host_port(text[len("tcp://") :].rstrip("/"), what="endpoint")
+        if port is None:
+            raise InvalidArgument(f"endpoint {text!r}: tcp endpoints need a port")
+        return Endpoint("tcp", host=host, port=port)
+    raise InvalidArgument(f"endpoint {text!r}: expected unix://PATH or tcp://HOST:PORT")
+
+
+def parse_host_port_flag(text: str, *, what: str) -> tuple[str, int]:
+    host, port = parse_host_port(text, what=what)
+    if port is None:
+        raise InvalidArgument(f"{what}: expected HOST:PORT")
+    return host, port
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    endpoint: Endpoint
+    mode: Mode = "all"
+    node_id: str = ""
+    driver_name: str = DEFAULT_DRIVER_NAME
+    metrics_address: tuple[str, int] | None = None
+    log_format: LogFormat = "json"
+    verbosity: int = 2
+    grace_period: float = 30.0
+    # Controller: bounds for user-space share clients.
+    backend_timeout: float = 30.0
+    backend_workers: int = 16
+    # Node: bound on one mount/unmount command.
+    mount_timeout: float = 110.0
+
+    @property
+    def runs_controller(self) -> bool:
+        return self.mode in ("all", "controller")
+
+    @property
+    def runs_node(self) -> bool:
+        return self.mode in ("all", "node")
+
+
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="unix://PATH or tcp://HOST:PORT")
+    parser.add_argument("--mode", choices=("all", "controller", "node"), default="all")
+    parser.add_argument("--node-id", default="", help="node name (default: host name)")
+    parser.add_argument("--driver-name", default=DEFAULT_DRIVER_NAME)
+    parser.add_argument("--metrics-address", default="", help="HOST:PORT for /metrics (off if unset)")
+    parser.add_argument("--log-format", choices=("json", "text"), default="json")
+    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2, help="log verbosity 0-5")
+    parser.add_argument("--grace-period", type=float, default=30.0,
+                        help="seconds in-flight RPCs may take to finish on SIGTERM")
+    parser.add_argument("--backend-timeout", type=float, default=30.0,
+                        help="controller: timeout of one SMB/NFS operation, seconds")
+    parser.add_argument("--backend-workers", type=int, default=16,
+                        help="controller: threads for blocking SMB calls")
+    parser.add_argument("--mount-timeout", type=float, default=110.0,
+                        help="node: timeout of one mount command, seconds")
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    """Validate parsed flags; InvalidArgument names the bad flag."""
+    endpoint = parse_endpoint(args.endpoint)
+    if not _DRIVER_NAME.match(args.driver_name):
+        raise InvalidArgument(
+            f"--driver-name {args.driver_name!r}: at most 63 characters of [A-Za-z0-9.-], "
+            "starting and ending with a letter or digit"
+        )
+    node_id = args.node_id or socket.gethostname()
+    if len(node_id) > 128 or not node_id.isprintable():
+        raise InvalidArgument("--node-id: at most 128 printable characters")
+    metrics = None
+    if args.metrics_address:
+        metrics = parse_host_port_flag(args.metrics_address, what="--metrics-address")
+    if not 0 <= args.verbosity <= 10:
+        raise InvalidArgument("-v: verbosity must be between 0 and 10")
+    for flag, value in (
+        ("--grace-period", args.grace_period),
+        ("--backend-timeout", args.backend_timeout),
+        ("--mount-timeout", args.mount_timeout),
+    ):
+        if not 0 < value <= 3600:
+            raise InvalidArgument(f"{flag}: must be in (0, 3600] seconds")
+    if not 1 <= args.backend_workers <= 512:
+        raise InvalidArgument("--backend-workers: must be between 1 and 512")
+    return Config(
+        endpoint=endpoint,
+        mode=args.mode,
+        node_id=node_id,
+        driver_name=args.driver_name,
+        metrics_address=metrics,
+        log_format=args.log_format,
+        verbosity=args.verbosity,
+        grace_period=args.grace_period,
+        backend_timeout=args.backend_timeout,
+        backend_workers=args.backend_workers,
+        mount_timeout=args.mount_timeout,
+    )

@@ -1,0 +1,133 @@
+"""The one error boundary of the gRPC server.
+
+For every unary RPC it: binds the request context for logging, runs the
+handler, maps domain errors to gRPC codes (anything unexpected becomes
+INTERNAL without leaking internals), scrubs secrets from the error text,
+writes one log line (Probe and capability RPCs at DEBUG), and records the
+duration and status in the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+import structlog
+from google.protobuf.message import Message
+
+from driver import redact, rpc
+from driver.errors import DriverError
+from driver.log import get_logger
+from driver.metrics import Metrics
+
+log = get_logger("driver.rpc")
+
+QUIET_METHODS = frozenset(
+    {
+        "Probe",
+        "GetPluginInfo",
+        "GetPluginCapabilities",
+        "ControllerGetCapabilities",
+        "NodeGetCapabilities",
+        "NodeGetInfo",
+        "GroupControllerGetCapabilities",
+    }
+)
+# Fields worth binding to every log line of a request.
+_CONTEXT_FIELDS = ("volume_id", "name", "snapshot_id", "source_volume_id")
+
+Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
+
+
+def _short(full_method: str) -> str:
+    return full_method.rsplit("/", 1)[-1]
+
+
+class ErrorBoundary(grpc.aio.ServerInterceptor):
+    def __init__(self, metrics: Metrics | None = None) -> None:
+        self._metrics = metrics
+
+    async def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        handler = await continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler  # unknown method (grpc answers UNIMPLEMENTED) or streaming
+        method = _short(handler_call_details.method)
+        behavior: Behavior = handler.unary_unary
+        wrapped = self._wrap(method, behavior)
+        return grpc.unary_unary_rpc_method_handler(
+            wrapped,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )
+
+    def _wrap(self, method: str, behavior: Behavior) -> Behavior:
+        metrics = self._metrics
+        quiet = method in QUIET_METHODS
+
+        async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
+            start = time.perf_counter()
+            token = rpc.begin(method)
+            structlog.contextvars.clear_contextvars()
+            bound: dict[str, str] = {"method": method}
+            for field in _CONTEXT_FIELDS:
+                value = getattr(request, field, "")
+                if isinstance(value, str) and value:
+                    bound[field] = value
+            structlog.contextvars.bind_contextvars(**bound)
+            code = "OK"
+            message = ""
+            try:
+                return await behavior(request, context)
+            except DriverError as exc:
+                code, message = exc.code, exc.message
+            except NotImplementedError:
+                code, message = "UNIMPLEMENTED", f"{method} is not implemented by this driver"
+            except asyncio.CancelledError:
+                code, message = "CANCELLED", "the call was cancelled"
+                raise
+            except Exception as exc:  # noqa: BLE001 - the boundary: nothing escapes unmapped
+                code = "INTERNAL"
+                message = f"internal error in {method}: {type(exc).__name__}"
+                secrets = redact.secret_values(request) if isinstance(request, Message) else set()
+                log.error(
+                    "rpc crashed",
+                    error=redact.scrub(repr(exc), secrets),
+                    error_type=type(exc).__name__,
+                )
+            finally:
+                elapsed = time.perf_counter() - start
+                info = rpc.current()
+                protocol = info.protocol if info else ""
+                rpc.end(token)
+                if message and isinstance(request, Message):
+                    message = redact.scrub(message, redact.secret_values(request))
+                self._log(method, quiet, code, message, elapsed, request)
+                if metrics is not None:
+                    metrics.observe(method, code, protocol or "none", elapsed)
+                structlog.contextvars.clear_contextvars()
+            # Only reached for errors: the try block returned on success.
+            await context.abort(grpc.StatusCode[code], message)
+            raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+        return wrapped
+
+    @staticmethod
+    def _log(method: str, quiet: bool, code: str, message: str, elapsed: float, request: Any) -> None:
+        fields: dict[str, Any] = {"code": code, "duration_ms": round(elapsed * 1000, 3)}
+        if isinstance(request, Message) and not quiet:
+            fields["request"] = redact.redact(request)
+        if message:
+            fields["error"] = message
+        if code == "OK":
+            (log.debug if quiet else log.info)("rpc", **fields)
+        elif code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
+            log.error("rpc", **fields)
+        else:
+            log.warning("rpc", **fields)

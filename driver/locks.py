@@ -1,0 +1,84 @@
+"""Per-volume try-locks.
+
+A CSI caller retries; two operations on one volume at once are never useful.
+The second caller gets ABORTED at once instead of queueing behind the first.
+A lock may outlive the RPC that took it: when a mount times out, the RPC
+returns but the lock stays held until the mount process has really ended
+(:meth:`VolumeLock.release_after`), so kubelet retries cannot pile up mounts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from types import TracebackType
+
+from driver.errors import Aborted
+
+
+class VolumeLocks:
+    def __init__(self) -> None:
+        self._held: set[str] = set()
+        self._background: set[asyncio.Task[None]] = set()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._held
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def acquire(self, key: str, *, what: str = "volume") -> VolumeLock:
+        """Take the lock for ``key`` or raise Aborted; use as a context manager."""
+        if key in self._held:
+            raise Aborted(f"an operation on {what} {key} is already in progress")
+        self._held.add(key)
+        return VolumeLock(self, key)
+
+    def _release(self, key: str) -> None:
+        self._held.discard(key)
+
+    async def wait_idle(self) -> None:
+        """Wait for locks handed over to background work (used at shutdown)."""
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
+
+
+class VolumeLock:
+    def __init__(self, owner: VolumeLocks, key: str) -> None:
+        self._owner = owner
+        self.key = key
+        self._handed_over = False
+        self._released = False
+
+    def release_after(self, work: Awaitable[object]) -> None:
+        """Keep holding the lock until ``work`` finishes, then release it."""
+        self._handed_over = True
+
+        async def wait_then_release() -> None:
+            try:
+                await work
+            except BaseException:  # noqa: BLE001 - outcome is irrelevant, only the end
+                pass
+            finally:
+                self.release()
+
+        task = asyncio.get_running_loop().create_task(wait_then_release())
+        self._owner._background.add(task)  # noqa: SLF001 - same module
+        task.add_done_callback(self._owner._background.discard)  # noqa: SLF001
+
+    def release(self) -> None:
+        if not self._released:
+            self._released = True
+            self._owner._release(self.key)  # noqa: SLF001
+
+    def __enter__(self) -> VolumeLock:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._handed_over:
+            self.release()

@@ -1,0 +1,133 @@
+"""The gRPC server: endpoint binding, services, graceful shutdown."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+import stat
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from driver.config import Config, Endpoint
+from driver.csi import csi_pb2_grpc
+from driver.identity import IdentityService
+from driver.interceptor import ErrorBoundary
+from driver.log import get_logger
+from driver.metrics import Metrics
+from driver.plugin import ServicePlugin, build_plugins
+
+log = get_logger("driver.server")
+
+
+class EndpointInUseError(RuntimeError):
+    pass
+
+
+def _prepare_unix_socket(path: Path) -> None:
+    """Create the socket's directory; replace a stale socket, refuse a live one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise EndpointInUseError(f"{path} exists and is not a socket; refusing to replace it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.settimeout(0.5)
+        probe.connect(str(path))
+    except OSError:
+        log.info("removing stale socket", path=str(path))
+        path.unlink(missing_ok=True)
+    else:
+        raise EndpointInUseError(f"another process is serving on {path}")
+    finally:
+        probe.close()
+
+
+class DriverServer:
+    """The driver's gRPC server with its services; start, then stop."""
+
+    def __init__(self, config: Config, plugins: Sequence[ServicePlugin] | None = None) -> None:
+        self.config = config
+        self.plugins = list(plugins) if plugins is not None else build_plugins(config)
+        self.metrics = Metrics()
+        self.server = grpc.aio.server(
+            interceptors=[ErrorBoundary(self.metrics)],
+            options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
+        )
+        csi_pb2_grpc.add_IdentityServicer_to_server(
+            IdentityService(config.driver_name, self.plugins), self.server
+        )
+        for plugin in self.plugins:
+            plugin.register(self.server)
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return self.config.endpoint
+
+    async def start(self) -> None:
+        ep = self.config.endpoint
+        if ep.scheme == "unix":
+            _prepare_unix_socket(Path(ep.path))
+        port = self.server.add_insecure_port(ep.grpc_target)
+        if ep.scheme == "tcp":
+            if port == 0:
+                raise EndpointInUseError(f"cannot listen on {ep}")
+            self.port = port
+        await self.server.start()
+        if ep.scheme == "unix":
+            os.chmod(ep.path, 0o660)  # kubelet and sidecars run as root; nobody else needs it
+        if self.config.metrics_address is not None:
+            host, mport = self.config.metrics_address
+            self.metrics_port = self.metrics.serve(host, mport)
+        log.info(
+            "serving",
+            endpoint=str(ep) if ep.scheme == "unix" else f"tcp://{ep.host}:{self.port}",
+            mode=self.config.mode,
+            driver=self.config.driver_name,
+            node_id=self.config.node_id,
+            metrics_port=self.metrics_port,
+        )
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Refuse new RPCs, let in-flight ones finish (up to ``grace``), clean up."""
+        grace = self.config.grace_period if grace is None else grace
+        await self.server.stop(grace)
+        for plugin in self.plugins:
+            try:
+                await plugin.aclose()
+            except Exception as exc:  # noqa: BLE001 - shutdown continues regardless
+                log.warning("service shutdown failed", service=plugin.name, error=repr(exc))
+        self.metrics.stop()
+        ep = self.config.endpoint
+        if ep.scheme == "unix":
+            with contextlib.suppress(FileNotFoundError):
+                Path(ep.path).unlink()
+        log.info("stopped")
+
+    async def wait_for_termination(self) -> None:
+        await self.server.wait_for_termination()
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGTERM/SIGINT, then stop gracefully."""
+    driver = DriverServer(config)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):  # Windows: no signal handlers on the loop
+            loop.add_signal_handler(sig, stop.set)
+    await driver.start()
+    try:
+        await stop.wait()
+        log.info("signal received, stopping", grace_seconds=config.grace_period)
+    finally:
+        await driver.stop()

@@ -1,0 +1,505 @@
+"""A user-space Samba server on loopback, for integration tests and ``make run``.
+
+Needs root (``useradd``, and ``smbd`` switches to the connecting user) and the
+Debian ``samba`` package (``apt-get install -y --no-install-recommends samba``).
+Every state path of the instance lives under ``root_dir``, so any number of
+instances can run side by side and nothing under ``/var/lib/samba`` or
+``/etc/samba`` is touched.  System users (``useradd -M``) are shared by all
+instances and left in place; each instance has its own password database.
+
+Read-only semantics: ``store dos attributes = no`` and ``map readonly = yes``,
+so the DOS read-only attribute *is* the owner's write bit.  A file that was
+``chmod 0444``-ed on the server and a file given ``FILE_ATTRIBUTE_READONLY``
+over SMB are the same thing, and Samba refuses to delete either
+(``STATUS_CANNOT_DELETE``) until the attribute is cleared.
+
+Command line (``make run``)::
+
+    python -m tests.servers.samba --dir ./run/samba --port 4450
+
+starts an instance with the share ``csi`` and one user, prints the connection
+facts as one JSON line (the password is written to a 0600 file whose path is
+in the line, never printed), and stays in the foreground until SIGINT or
+SIGTERM; it then stops smbd and removes the state it made (share data stays).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import TYPE_CHECKING, Self
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable, Mapping
+
+APT_HINT = "apt-get install -y --no-install-recommends samba"
+_SBIN = os.pathsep.join(("/usr/sbin", "/sbin", "/usr/bin", "/bin"))
+_START_TIMEOUT = 15.0
+_STOP_TIMEOUT = 10.0
+
+
+class SambaError(RuntimeError):
+    """The testbed could not do what was asked (message names the fix)."""
+
+
+class SambaNotInstalledError(SambaError):
+    def __init__(self, program: str) -> None:
+        super().__init__(f"{program} not found: install Samba with `{APT_HINT}`")
+
+
+@dataclass(frozen=True, slots=True)
+class Share:
+    """One ``[name]`` section.
+
+    ``read_list`` users get read-only access even though the share is
+    writable; ``valid_users`` (empty: everybody with an account) limits who may
+    connect at all.
+    """
+
+    name: str
+    read_only: bool = False
+    read_list: tuple[str, ...] = ()
+    valid_users: tuple[str, ...] = ()
+
+
+def _which(program: str) -> str:
+    found = shutil.which(program, path=os.environ.get("PATH", "") + os.pathsep + _SBIN)
+    if found is None:
+        raise SambaNotInstalledError(program)
+    return found
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def ensure_system_user(name: str) -> None:
+    """``useradd -M -s /usr/sbin/nologin name`` unless it exists (race-safe)."""
+    useradd = _which("useradd")
+    for _ in range(50):
+        with contextlib.suppress(KeyError):
+            pwd.getpwnam(name)
+            return
+        done = subprocess.run(  # noqa: S603 - fixed argument list, no shell
+            [useradd, "-M", "-s", "/usr/sbin/nologin", name],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if done.returncode in (0, 9):  # 9: already exists (another instance won)
+            return
+        if done.returncode != 10:  # 10: /etc/passwd is locked by a concurrent useradd
+            msg = f"useradd {name} failed ({done.returncode}): {done.stderr.strip()}"
+            raise SambaError(msg)
+        time.sleep(0.05)
+    msg = f"useradd {name}: /etc/passwd stayed locked"
+    raise SambaError(msg)
+
+
+class SambaServer:
+    """One smbd on ``host:port`` serving directories under ``root_dir/shares``.
+
+    ``users`` maps user name to password; the default is one user ``csitest1``
+    with a random password.  ``shares`` defaults to one writable share ``csi``.
+    Passwords are handed to ``smbpasswd`` on stdin and kept out of ``repr``.
+    """
+
+    def __init__(
+        self,
+        root_dir: Path,
+        port: int = 0,
+        users: Mapping[str, str] | None = None,
+        shares: Iterable[Share] | None = None,
+        *,
+        host: str = "127.0.0.1",
+        options: Mapping[str, str] | None = None,
+    ) -> None:
+        if host not in ("127.0.0.1", "::1", "localhost"):
+            msg = f"SambaServer listens on loopback only, not {host!r}"
+            raise ValueError(msg)
+        self.root_dir = Path(root_dir).absolute()
+        self._host = host
+        self._requested_port = port
+        self._port = port
+        self._users = dict(users) if users is not None else {"csitest1": secrets.token_urlsafe(18)}
+        self.shares = tuple(shares) if shares is not None else (Share("csi"),)
+        self._options = dict(options or {})
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._paused = False
+        self._passdb_ready = False
+        self._log_file: int | None = None
+        for share in self.shares:
+            for user in (*share.read_list, *share.valid_users):
+                if user not in self._users:
+                    msg = f"share {share.name!r} names unknown user {user!r}"
+                    raise ValueError(msg)
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return (
+            f"SambaServer({self._host}:{self._port}, root={self.root_dir}, "
+            f"users={sorted(self._users)}, shares={[s.name for s in self.shares]}, {state})"
+        )
+
+    # --- facts ---------------------------------------------------------------
+
+    @property
+    def host(self) -> str:
+        return self._host
+
+    @property
+    def port(self) -> int:
+        if not self._port:
+            msg = "port is chosen by start()"
+            raise SambaError(msg)
+        return self._port
+
+    @property
+    def users(self) -> Mapping[str, str]:
+        """User name → password (do not log it)."""
+        return dict(self._users)
+
+    def password(self, user: str) -> str:
+        return self._users[user]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.root_dir / "state"
+
+    @property
+    def conf_path(self) -> Path:
+        return self.state_dir / "smb.conf"
+
+    @property
+    def log_path(self) -> Path:
+        return self.state_dir / "log" / "smbd.log"
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc is not None else None
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def share_path(self, name: str = "csi") -> Path:
+        """Local directory backing share ``name``."""
+        if name not in {s.name for s in self.shares}:
+            msg = f"no share {name!r}"
+            raise KeyError(msg)
+        return self.root_dir / "shares" / name
+
+    # --- lifecycle -----------------------------------------------------------
+
+    def start(self) -> None:
+        if self.running:
+            return
+        if os.geteuid() != 0:
+            msg = "SambaServer needs root (useradd, and smbd switches to the connecting user)"
+            raise SambaError(msg)
+        smbd = _which("smbd")
+        if not self._port:
+            self._port = free_port(self._host)
+        self._prepare()
+        if not self._passdb_ready:
+            self._create_users()
+            self._passdb_ready = True
+        self._spawn(smbd)
+
+    def stop(self) -> None:
+        """SIGTERM, wait for smbd (and the children it reaps) to exit."""
+        proc = self._proc
+        if proc is None:
+            return
+        if self._paused:
+            self.resume()
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=_STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self._signal_group(signal.SIGKILL)
+                proc.wait()
+        # Children that outlived the parent (samba-dcerpcd, a busy client worker).
+        self._signal_group(signal.SIGKILL)
+        self._proc = None
+        self._close_log()
+
+    def kill(self) -> None:
+        """SIGKILL every process of the instance, as a crash would."""
+        proc = self._proc
+        if proc is None:
+            return
+        self._signal_group(signal.SIGKILL)
+        proc.wait()
+        self._paused = False
+        self._proc = None
+        self._close_log()
+
+    def restart(self) -> None:
+        """Stop and start again on the same port."""
+        self.stop()
+        self.start()
+
+    def pause(self) -> None:
+        """SIGSTOP all smbd processes: connections stay open, nothing answers."""
+        self._require_running()
+        self._signal_group(signal.SIGSTOP)
+        self._paused = True
+
+    def resume(self) -> None:
+        self._require_running()
+        self._signal_group(signal.SIGCONT)
+        self._paused = False
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def cleanup(self) -> None:
+        """Stop and remove the instance state (config, passdb, logs); share data stays."""
+        self.stop()
+        shutil.rmtree(self.state_dir, ignore_errors=True)
+        self._passdb_ready = False
+
+    # --- internals -----------------------------------------------------------
+
+    def _require_running(self) -> None:
+        if not self.running:
+            msg = "smbd is not running"
+            raise SambaError(msg)
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        # smbd runs in its own session (pgid == its pid); its children inherit the group.
+        if self._proc is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self._proc.pid, sig)
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            os.close(self._log_file)
+            self._log_file = None
+
+    def _dirs(self) -> dict[str, Path]:
+        s = self.state_dir
+        return {
+            "private dir": s / "private",
+            "state directory": s / "state",
+            "cache directory": s / "cache",
+            "lock directory": s / "lock",
+            "pid directory": s / "pid",
+            "ncalrpc dir": s / "ncalrpc",
+            "binddns dir": s / "bind-dns",
+            "usershare path": s / "usershares",
+            "log": s / "log",
+        }
+
+    def _prepare(self) -> None:
+        for path in self._dirs().values():
+            path.mkdir(parents=True, exist_ok=True)
+        os.chmod(self._dirs()["private dir"], 0o700)
+        for share in self.shares:
+            path = self.share_path(share.name)
+            path.mkdir(parents=True, exist_ok=True)
+            # Every testbed user may write at the top; below, smbd's masks decide.
+            os.chmod(path, 0o777)
+            os.chmod(path.parent, 0o755)
+        os.chmod(self.root_dir, 0o755)
+        self.conf_path.write_text(self._render_conf(), encoding="utf-8")
+
+    def _render_conf(self) -> str:
+        d = self._dirs()
+        listen = "::1" if self._host == "::1" else "127.0.0.1"
+        glob: dict[str, str] = {
+            "server role": "standalone server",
+            "workgroup": "WORKGROUP",
+            "netbios name": "CSITESTSMB",
+            "smb ports": str(self._port),
+            "interfaces": listen,
+            "bind interfaces only": "yes",
+            "disable netbios": "yes",
+            "private dir": str(d["private dir"]),
+            "state directory": str(d["state directory"]),
+            "cache directory": str(d["cache directory"]),
+            "lock directory": str(d["lock directory"]),
+            "pid directory": str(d["pid directory"]),
+            "ncalrpc dir": str(d["ncalrpc dir"]),
+            "binddns dir": str(d["binddns dir"]),
+            "usershare path": str(d["usershare path"]),
+            "passdb backend": f"tdbsam:{d['private dir'] / 'passdb.tdb'}",
+            "log file": str(self.log_path),
+            "max log size": "10000",
+            "log level": "1",
+            "load printers": "no",
+            "printcap name": "/dev/null",
+            "disable spoolss": "yes",
+            "map to guest": "never",
+            "obey pam restrictions": "no",
+            "unix password sync": "no",
+            "server min protocol": "SMB2_10",
+            # DOS read-only == owner write bit; enforced by smbd and the kernel.
+            "store dos attributes": "no",
+            "map readonly": "yes",
+            "map archive": "no",
+            "create mask": "0666",
+            "directory mask": "0777",
+        }
+        glob.update(self._options)
+        lines = ["[global]", *(f"    {k} = {v}" for k, v in glob.items())]
+        for share in self.shares:
+            lines += [
+                "",
+                f"[{share.name}]",
+                f"    path = {self.share_path(share.name)}",
+                f"    read only = {'yes' if share.read_only else 'no'}",
+                "    browseable = yes",
+            ]
+            if share.read_list:
+                lines.append(f"    read list = {' '.join(share.read_list)}")
+            if share.valid_users:
+                lines.append(f"    valid users = {' '.join(share.valid_users)}")
+        return "\n".join(lines) + "\n"
+
+    def _create_users(self) -> None:
+        smbpasswd = _which("smbpasswd")
+        for user in self._users:
+            ensure_system_user(user)
+        for user, password in self._users.items():
+            if "\n" in password or not password:
+                msg = f"password of {user!r} must be non-empty and single-line"
+                raise ValueError(msg)
+            # The password goes on stdin, never on the command line.
+            done = subprocess.run(  # noqa: S603 - fixed argument list, no shell
+                [smbpasswd, "-c", str(self.conf_path), "-s", "-a", user],
+                input=f"{password}\n{password}\n",
+                capture_output=True,
+                text=True,
+                check=False,
+            )
+            if done.returncode != 0:
+                msg = f"smbpasswd -a {user} failed ({done.returncode}): {done.stderr.strip()}"
+                raise SambaError(msg)
+
+    def _spawn(self, smbd: str) -> None:
+        self._log_file = os.open(self.state_dir / "log" / "smbd.stdout", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        # A new session: smbd signals its whole process group when it stops, and
+        # pause()/kill() reach every smbd process of this instance through it.
+        self._proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
+            [smbd, "--foreground", "--no-process-group", "-s", str(self.conf_path)],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + _START_TIMEOUT
+        family = socket.AF_INET6 if self._host == "::1" else socket.AF_INET
+        while True:
+            if self._proc.poll() is not None:
+                code = self._proc.returncode
+                self._proc = None
+                self._close_log()
+                msg = f"smbd exited with {code} during start; log tail:\n{self._log_tail()}"
+                raise SambaError(msg)
+            with socket.socket(family, socket.SOCK_STREAM) as probe:
+                probe.settimeout(0.5)
+                if probe.connect_ex((self._host, self._port)) == 0:
+                    return
+            if time.monotonic() > deadline:
+                self.kill()
+                msg = f"smbd did not listen on {self._host}:{self._port} within {_START_TIMEOUT}s:\n{self._log_tail()}"
+                raise SambaError(msg)
+            time.sleep(0.005)
+
+    def _log_tail(self, lines: int = 20) -> str:
+        out: list[str] = []
+        for path in (self.state_dir / "log" / "smbd.stdout", self.log_path):
+            with contextlib.suppress(OSError):
+                out += path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
+        return "\n".join(out)
+
+
+# --- make run ----------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.servers.samba", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dir", type=Path, required=True, help="instance directory (state, shares, password file)")
+    parser.add_argument("--port", type=int, default=0, help="TCP port on the host (0: pick a free one)")
+    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
+    parser.add_argument("--user", default="csitest1")
+    parser.add_argument("--share", default="csi")
+    args = parser.parse_args(argv)
+
+    root: Path = args.dir.absolute()
+    root.mkdir(parents=True, exist_ok=True)
+    password = secrets.token_urlsafe(18)
+    password_file = root / "password"
+    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(password)
+
+    server = SambaServer(root, args.port, {args.user: password}, [Share(args.share)], host=args.host)
+    try:
+        server.start()
+    except SambaError as err:
+        password_file.unlink(missing_ok=True)
+        print(err, file=sys.stderr)  # noqa: T201 - command-line tool
+        return 1
+
+    facts = {
+        "host": server.host,
+        "port": server.port,
+        "share": args.share,
+        "username": args.user,
+        "password_file": str(password_file),
+        "share_path": str(server.share_path(args.share)),
+        "pid": server.pid,
+    }
+    print(json.dumps(facts), flush=True)  # noqa: T201 - command-line tool
+
+    # Block the signals only now: smbd must not inherit a blocked mask.
+    wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
+    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
+    code = 0
+    try:
+        while server.running:
+            got = signal.sigtimedwait(wanted, 1.0)
+            if got is not None and got.si_signo != signal.SIGCHLD:
+                break
+        else:
+            print("smbd exited on its own; see " + str(server.log_path), file=sys.stderr)  # noqa: T201
+            code = 1
+    finally:
+        server.cleanup()
+        password_file.unlink(missing_ok=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from driver.cli import build_parser
+from driver.config import Config, parse_endpoint
+from driver.errors import InvalidArgument
+from driver.config import config_from_args
+
+
+def _config(*argv: str) -> Config:
+    args = build_parser().parse_args(["serve", *argv])
+    return config_from_args(args)
+
+
+def test_defaults() -> None:
+    cfg = _config()
+    assert cfg.endpoint.scheme == "unix" and cfg.endpoint.path == "/csi/csi.sock"
+    assert cfg.mode == "all" and cfg.runs_controller and cfg.runs_node
+    assert cfg.node_id  # host name
+    assert cfg.driver_name == "smb-nfs.csi.io"
+    assert cfg.metrics_address is None
+    assert cfg.log_format == "json"
+
+
+def test_all_flags() -> None:
+    cfg = _config(
+        "--endpoint", "tcp://127.0.0.1:10000", "--mode", "node", "--node-id", "n1",
+        "--driver-name", "x.example.com", "--metrics-address", "127.0.0.1:9808",
+        "--log-format", "text", "-v", "5",
+    )
+    assert cfg.endpoint.grpc_target == "127.0.0.1:10000"
+    assert cfg.mode == "node" and not cfg.runs_controller
+    assert cfg.metrics_address == ("127.0.0.1", 9808)
+    assert cfg.verbosity == 5
+    with pytest.raises(AttributeError):
+        cfg.mode = "all"  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "target"),
+    [("unix:///csi/csi.sock", "unix:///csi/csi.sock"), ("tcp://[::1]:5000", "[::1]:5000"),
+     ("unix://./run/csi.sock", "unix://./run/csi.sock")],
+)
+def test_endpoints(text: str, target: str) -> None:
+    assert parse_endpoint(text).grpc_target == target
+
+
+@pytest.mark.parametrize("text", ["csi.sock", "unix://csi.sock", "tcp://host", "tcp://h:0", "http://x:1"])
+def test_bad_endpoints(text: str) -> None:
+    with pytest.raises(InvalidArgument):
+        parse_endpoint(text)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--endpoint", "bogus"],
+        ["--driver-name=-bad-"],
+        ["--driver-name", "a" * 64],
+        ["--metrics-address", "nohost"],
+        ["--grace-period", "0"],
+        ["--backend-workers", "0"],
+        ["-v", "99"],
+    ],
+)
+def test_bad_flags_rejected(argv: list[str]) -> None:
+    with pytest.raises(InvalidArgument):
+        _config(*argv)
+
+
+def test_bad_flag_exits_2_with_message() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "driver", "serve", "--endpoint", "bogus"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "expected unix://PATH or tcp://HOST:PORT" in proc.stderr
+    proc = subprocess.run(
+        [sys.executable, "-m", "driver", "serve", "--mode", "both"],
+        capture_output=True, text=True, timeout=60, check=False,
+    )
+    assert proc.returncode == 2
+    assert "invalid choice" in proc.stderr
