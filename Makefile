@@ -5,7 +5,7 @@
 SHELL := /bin/bash
 PYTHON ?= python3
 VENV := .venv
-PY := $(VENV)/bin/python
+PY := PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 STAMP := $(VENV)/.installed
 PYTEST := $(PY) -m pytest

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -28,12 +29,19 @@ from ctypes import (
     c_char_p,
     c_int,
     c_long,
+    c_uint,
     c_uint16,
     c_uint32,
     c_uint64,
     c_void_p,
 )
 from typing import Final
+
+#: ``rpc_cb`` status values (libnfs-raw.h).
+RPC_STATUS_SUCCESS: Final = 0
+RPC_STATUS_ERROR: Final = 1
+RPC_STATUS_CANCEL: Final = 2
+RPC_STATUS_TIMEOUT: Final = 3
 
 NFS_V3: Final = 3
 NFS_V4: Final = 4
@@ -137,6 +145,90 @@ class NfsUrl(Structure):
     _fields_ = (("server", c_char_p), ("path", c_char_p), ("file", c_char_p))
 
 
+#: ``typedef void (*rpc_cb)(struct rpc_context *rpc, int status, void *data,
+#: void *private_data);`` -- for raw RPCs; ``data`` is the decoded reply
+#: (``COMPOUND4res *`` for NFSv4) or the error string.
+RpcCallback = CFUNCTYPE(None, c_void_p, c_int, c_void_p, c_void_p)
+
+
+# -- NFSv4 COMPOUND (libnfs-raw-nfs4.h), just enough for SETATTR(mode) -------
+#
+# Why: libnfs 4.0's nfs_chmod_async()/nfs_lchmod_async() on NFSv4 send an
+# OPEN to get a stateid, and OPEN of a directory fails with NFS4ERR_ISDIR
+# (measured against nfs-ganesha).  Directories' modes are set with a raw
+# PUTROOTFH + LOOKUP... + SETATTR compound instead (anonymous stateid).
+
+OP_LOOKUP: Final = 15
+OP_PUTROOTFH: Final = 24
+OP_SETATTR: Final = 34
+FATTR4_MODE: Final = 33
+NFS4_OK: Final = 0
+
+
+class Utf8String(Structure):
+    """``utf8string`` / ``utf8str_cs`` / ``component4`` (16 bytes)."""
+
+    _fields_ = (("utf8string_len", c_uint), ("utf8string_val", c_void_p))
+
+
+class Bitmap4(Structure):
+    _fields_ = (("bitmap4_len", c_uint), ("bitmap4_val", POINTER(c_uint32)))
+
+
+class Attrlist4(Structure):
+    _fields_ = (("attrlist4_len", c_uint), ("attrlist4_val", c_void_p))
+
+
+class Fattr4(Structure):
+    _fields_ = (("attrmask", Bitmap4), ("attr_vals", Attrlist4))
+
+
+class Stateid4(Structure):
+    _fields_ = (("seqid", c_uint32), ("other", ctypes.c_char * 12))
+
+
+class Setattr4Args(Structure):
+    _fields_ = (("stateid", Stateid4), ("obj_attributes", Fattr4))
+
+
+class Lookup4Args(Structure):
+    _fields_ = (("objname", Utf8String),)
+
+
+class NfsArgop4Union(ctypes.Union):
+    """The union of ``struct nfs_argop4``: 128 bytes on x86_64 (its size is
+    pinned by a test; only the members used here are spelled out)."""
+
+    _fields_ = (
+        ("oplookup", Lookup4Args),
+        ("opsetattr", Setattr4Args),
+        ("_size", c_uint64 * 16),
+    )
+
+
+class NfsArgop4(Structure):
+    """``struct nfs_argop4`` (136 bytes, union at offset 8)."""
+
+    _fields_ = (("argop", c_int), ("nfs_argop4_u", NfsArgop4Union))
+
+
+class ArgArray(Structure):
+    """The anonymous ``argarray`` struct inside COMPOUND4args."""
+
+    _fields_ = (("argarray_len", c_uint), ("argarray_val", POINTER(NfsArgop4)))
+
+
+class Compound4Args(Structure):
+    """``struct COMPOUND4args`` (40 bytes, argarray at offset 24)."""
+
+    _fields_ = (("tag", Utf8String), ("minorversion", c_uint32), ("argarray", ArgArray))
+
+
+def compound_status(data: int) -> int:
+    """``COMPOUND4res.status`` (nfsstat4, the first field)."""
+    return int(ctypes.c_int32.from_address(data).value)
+
+
 class LibNfsMissing(RuntimeError):
     """The libnfs shared library could not be loaded."""
 
@@ -194,6 +286,11 @@ class LibNfs:
             "nfs_readdir": (POINTER(NfsDirent), [ctx, c_void_p]),
             "nfs_closedir": (None, [ctx, c_void_p]),
             "nfs_statvfs64_async": (c_int, [ctx, c_char_p, NfsCallback, c_void_p]),
+            "nfs_get_rpc_context": (c_void_p, [ctx]),
+            "rpc_nfs4_compound_async": (
+                c_int,
+                [c_void_p, RpcCallback, POINTER(Compound4Args), c_void_p],
+            ),
         }
         for name, (restype, argtypes) in sig.items():
             fn = getattr(lib, name)
@@ -298,6 +395,43 @@ class LibNfs:
 
     def statvfs64_async(self, ctx: int, path: str, cb: object, data: int) -> int:
         return int(self._lib.nfs_statvfs64_async(ctx, path.encode(), cb, data))
+
+    def nfs4_setattr_mode_async(
+        self, ctx: int, components: list[str], mode: int, cb: object, data: int
+    ) -> int:
+        """NFSv4 only: COMPOUND { PUTROOTFH; LOOKUP c for c in components;
+        SETATTR(mode) } on the context's connection.  ``cb`` is an
+        :data:`RpcCallback`.  The arguments are encoded before this returns,
+        so the buffers built here may go away afterwards."""
+        rpc = self._lib.nfs_get_rpc_context(ctx)
+        if not rpc:
+            return -errno.ENOTCONN
+        ops = (NfsArgop4 * (len(components) + 2))()
+        ops[0].argop = OP_PUTROOTFH
+        keep: list[object] = []
+        for i, name in enumerate(components, start=1):
+            raw = ctypes.create_string_buffer(name.encode(), len(name.encode()))
+            keep.append(raw)
+            ops[i].argop = OP_LOOKUP
+            ops[i].nfs_argop4_u.oplookup.objname.utf8string_len = len(raw)
+            ops[i].nfs_argop4_u.oplookup.objname.utf8string_val = ctypes.addressof(raw)
+        last = ops[len(components) + 1]
+        last.argop = OP_SETATTR
+        mask = (c_uint32 * 2)(0, 1 << (FATTR4_MODE - 32))
+        value = ctypes.create_string_buffer((mode & 0o7777).to_bytes(4, "big"), 4)
+        keep += [mask, value]
+        attrs = last.nfs_argop4_u.opsetattr.obj_attributes
+        attrs.attrmask.bitmap4_len = 2
+        attrs.attrmask.bitmap4_val = ctypes.cast(mask, POINTER(c_uint32))
+        attrs.attr_vals.attrlist4_len = 4
+        attrs.attr_vals.attrlist4_val = ctypes.addressof(value)
+        args = Compound4Args()
+        args.minorversion = 0
+        args.argarray.argarray_len = len(ops)
+        args.argarray.argarray_val = ctypes.cast(ops, POINTER(NfsArgop4))
+        rc = int(self._lib.rpc_nfs4_compound_async(rpc, cb, ctypes.byref(args), data))
+        del keep
+        return rc
 
     # -- directory handles (never block) ---------------------------------
 

@@ -22,9 +22,10 @@ Failure handling:
   in :func:`errno_to_error`.
 
 NFS versions: libnfs 4.0 (Debian ``libnfs13``) speaks NFSv3 and NFSv4.0 only;
-it always sends ``minorversion = 0`` (measured: a server that only allows
-v4.1 answers NFS4ERR_MINOR_VERS_MISMATCH).  ``version="4.1"`` is accepted for
-configuration compatibility but talks NFSv4.0 (logged once).
+it always sends ``minorversion = 0`` and has no sessions (measured: a server
+that only allows v4.1 answers NFS4ERR_MINOR_VERS_MISMATCH, surfaced as
+Unavailable).  ``version="4.1"``/``"4.2"`` are accepted so the driver's
+parameters stay one set, but the backend talks NFSv4.0 (with a warning).
 
 Source port: run as root, libnfs binds a privileged source port (< 1024,
 measured 796/801 against loopback), so kernel nfsd exports with the default
@@ -34,12 +35,12 @@ measured 796/801 against loopback), so kernel nfsd exports with the default
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import errno
 import itertools
 import logging
 import os
 import stat
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, Literal, TypeVar
@@ -61,7 +62,7 @@ from driver.errors import (
 
 log = logging.getLogger(__name__)
 
-Version = Literal["3", "4", "4.1"]
+Version = Literal["3", "4", "4.0", "4.1", "4.2"]
 _T = TypeVar("_T")
 
 #: Mode of directories created without an explicit mode (parents included).
@@ -82,8 +83,30 @@ _CONNECTION_ERRNOS: Final = frozenset(
         errno.EHOSTDOWN,
         errno.ENETDOWN,
         errno.ESTALE,
+        errno.EAGAIN,
+        # libnfs reports an RPC that failed (socket error) as EFAULT and one
+        # cancelled (context torn down, its own timeout) as EINTR.
+        errno.EFAULT,
+        errno.EINTR,
     }
 )
+
+# nfsstat4 values >= 10000 that have an errno meaning (RFC 7530).
+_NFS4ERR_ERRNO: Final = {
+    10001: errno.ESTALE,  # NFS4ERR_BADHANDLE
+    10008: errno.EAGAIN,  # NFS4ERR_DELAY
+    10011: errno.ESTALE,  # NFS4ERR_EXPIRED
+    10013: errno.EAGAIN,  # NFS4ERR_GRACE
+    10022: errno.ESTALE,  # NFS4ERR_STALE_CLIENTID
+    10023: errno.ESTALE,  # NFS4ERR_STALE_STATEID
+}
+
+
+def nfs4_errno(nfsstat: int) -> int:
+    """errno for an nfsstat4: below 10000 they are the errno values."""
+    if 0 < nfsstat < 10000:
+        return nfsstat
+    return _NFS4ERR_ERRNO.get(nfsstat, errno.EIO)
 
 
 # -- paths ------------------------------------------------------------------
@@ -168,10 +191,13 @@ class Entry:
     mode: int
 
 
+_Kind = Literal["none", "stat", "statvfs", "dir", "rpc"]
+
+
 @dataclass(slots=True)
 class _Pending:
     future: asyncio.Future[object]
-    kind: Literal["none", "stat", "statvfs", "dir"]
+    kind: _Kind
     op: str
     path: str
 
@@ -206,6 +232,7 @@ class NfsContext:
         self._gid = gid
         self._lib = self._library()
         self._ctx: int | None = None
+        self._mounted = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: dict[int, _Pending] = {}
         self._tokens = itertools.count(1)
@@ -214,6 +241,7 @@ class NfsContext:
         self._registered: tuple[int, int, int] | None = None
         # Kept alive for the life of this object: libnfs holds the pointer.
         self._callback = libnfs.NfsCallback(self._on_reply)
+        self._rpc_callback = libnfs.RpcCallback(self._on_rpc_reply)
         self.last_reply_at = 0.0
         self.generation = 0
 
@@ -225,7 +253,8 @@ class NfsContext:
 
     @property
     def connected(self) -> bool:
-        return self._ctx is not None and self._loop is asyncio.get_running_loop()
+        """Mounted, on the running loop (not merely connecting)."""
+        return self._mounted and self._loop is asyncio.get_running_loop()
 
     def _url(self) -> str:
         host = f"[{self._server}]" if ":" in self._server else self._server
@@ -255,16 +284,22 @@ class NfsContext:
         lib.set_timeout(ctx, -1)  # asyncio owns every timeout
         self._ctx, self._loop = ctx, loop
         self.generation += 1
-        await self._submit(
-            "mount",
-            self._export,
-            "none",
-            lambda c, cb, t: lib.mount_async(c, server, export, cb, t),
-        )
+        try:
+            await self._submit(
+                "mount",
+                self._export,
+                "none",
+                lambda c, cb, t: lib.mount_async(c, server, export, cb, t),
+            )
+        except BaseException:
+            self.close()
+            raise
+        self._mounted = True
 
     def close(self, reason: DriverError | None = None) -> None:
         """Destroy the context; calls still waiting get ``reason``."""
         ctx, self._ctx = self._ctx, None
+        self._mounted = False
         self._unregister()
         pending, self._pending = self._pending, {}
         exc = reason or Unavailable("nfs: connection closed")
@@ -281,12 +316,29 @@ class NfsContext:
     async def mkdir(self, path: str, mode: int) -> None:
         lib = self._lib
         p = _nfs_path(path)
-        await self._submit("mkdir", path, "none", lambda c, cb, t: lib.mkdir2_async(c, p, mode, cb, t))
+        await self._submit(
+            "mkdir", path, "none", lambda c, cb, t: lib.mkdir2_async(c, p, mode, cb, t)
+        )
 
     async def chmod(self, path: str, mode: int) -> None:
         lib = self._lib
+        if self._version == libnfs.NFS_V4:
+            # libnfs 4.0's v4 chmod OPENs the target, which fails on a
+            # directory (NFS4ERR_ISDIR): send PUTROOTFH/LOOKUP/SETATTR instead.
+            parts = [p for p in self._export.split("/") if p] + path.split("/")
+            await self._submit(
+                "chmod",
+                path,
+                "rpc",
+                lambda c, _cb, t: lib.nfs4_setattr_mode_async(
+                    c, parts, mode, self._rpc_callback, t
+                ),
+            )
+            return
         p = _nfs_path(path)
-        await self._submit("chmod", path, "none", lambda c, cb, t: lib.chmod_async(c, p, mode, cb, t))
+        await self._submit(
+            "chmod", path, "none", lambda c, cb, t: lib.chmod_async(c, p, mode, cb, t)
+        )
 
     async def rmdir(self, path: str) -> None:
         lib = self._lib
@@ -337,7 +389,7 @@ class NfsContext:
         self,
         op: str,
         path: str,
-        kind: Literal["none", "stat", "statvfs", "dir"],
+        kind: _Kind,
         start: Callable[[int, object, int], int],
     ) -> object:
         ctx = self._ctx
@@ -354,40 +406,64 @@ class NfsContext:
         self._sync_events()
         return await future
 
-    def _on_reply(self, err: int, _ctx: int | None, data: int | None, token: int | None) -> None:
+    def _on_reply(self, err: int, ctx: int | None, data: int | None, token: int | None) -> None:
         # Called by libnfs from inside nfs_service / nfs_destroy_context, on
         # the loop thread.  Must never raise (ctypes would only print it).
         try:
+            self.last_reply_at = time.monotonic()
             pending = self._pending.pop(token or 0, None)
-            if err >= 0 and pending is not None and pending.kind == "dir" and data:
+            if pending is None:
+                return  # the context was closed; its waiters were failed then
+            value: object = None
+            if err < 0:
+                value = errno_to_error(err, pending.op, pending.path, libnfs.error_from(data))
+            elif pending.kind == "dir" and data:
                 # Read and free the handle even if nobody waits any more.
-                ctx = self._ctx if self._ctx is not None else _ctx
                 raw = self._lib.readdir_all(ctx or 0, data)
                 self._lib.closedir(ctx or 0, data)
-                value: object = [
+                value = [
                     Entry(name, kind == libnfs.NF3DIR, mode & 0o7777)
                     for name, kind, mode in raw
                     if name not in (".", "..")
                 ]
-            elif pending is None:
-                return
-            elif err < 0:
-                value = errno_to_error(err, pending.op, pending.path, libnfs.error_from(data))
             elif pending.kind == "stat" and data:
                 value = libnfs.stat_from(data)
             elif pending.kind == "statvfs" and data:
                 value = libnfs.statvfs_from(data)
-            else:
-                value = None
-            self.last_reply_at = asyncio.get_running_loop().time()
-            if pending is None or pending.future.done():
-                return
+            if pending.future.done():
+                return  # timed out / cancelled meanwhile
             if isinstance(value, DriverError):
                 pending.future.set_exception(value)
             else:
                 pending.future.set_result(value)
         except Exception:  # pragma: no cover - defensive, see above
             log.exception("nfs: error in libnfs callback")
+
+    def _on_rpc_reply(
+        self, _rpc: int | None, status: int, data: int | None, token: int | None
+    ) -> None:
+        # Raw NFSv4 COMPOUND replies (see chmod); same contract as _on_reply.
+        try:
+            self.last_reply_at = time.monotonic()
+            pending = self._pending.pop(token or 0, None)
+            if pending is None or pending.future.done():
+                return
+            if status == libnfs.RPC_STATUS_SUCCESS and data:
+                nfsstat = libnfs.compound_status(data)
+                if nfsstat == libnfs.NFS4_OK:
+                    pending.future.set_result(None)
+                    return
+                err = nfs4_errno(nfsstat)
+                detail = f"NFS4 COMPOUND failed with nfsstat4 {nfsstat}"
+            elif status == libnfs.RPC_STATUS_CANCEL:
+                err, detail = errno.EINTR, "RPC cancelled"
+            elif status == libnfs.RPC_STATUS_TIMEOUT:
+                err, detail = errno.ETIMEDOUT, "RPC timed out"
+            else:
+                err, detail = errno.EFAULT, libnfs.error_from(data) or "RPC failed"
+            pending.future.set_exception(errno_to_error(err, pending.op, pending.path, detail))
+        except Exception:  # pragma: no cover - defensive, see _on_reply
+            log.exception("nfs: error in libnfs RPC callback")
 
     def _on_event(self, revents: int) -> None:
         ctx = self._ctx
@@ -448,6 +524,23 @@ def _copy_error(exc: DriverError) -> DriverError:
     return type(exc)(exc.message)
 
 
+def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a failed task group: its first domain error,
+    else its first exception (nested groups flattened)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, DriverError):
+            return exc
+    return leaves[0] if leaves else Internal("nfs: empty error group")
+
+
 # -- the backend ------------------------------------------------------------
 
 
@@ -471,11 +564,13 @@ class NfsBackend:
         uid: int | None = None,
         gid: int | None = None,
     ) -> None:
-        if version not in ("3", "4", "4.1"):
-            raise InvalidArgument(f"nfs: unsupported version {version!r} (3, 4 or 4.1)")
-        if version == "4.1":
-            # libnfs 4.0 cannot send minorversion 1: talk NFSv4.0 instead.
-            log.warning("nfs: libnfs 4.0 supports NFSv4.0 only; using 4.0 for %s", server)
+        if version not in ("3", "4", "4.0", "4.1", "4.2"):
+            raise InvalidArgument(f"nfs: unsupported version {version!r} (3, 4, 4.0, 4.1, 4.2)")
+        if version in ("4.1", "4.2"):
+            # libnfs 4.0 always sends minorversion 0 and has no sessions: it
+            # cannot speak 4.1+.  Talk NFSv4.0 (every 4.1 server we know also
+            # offers 4.0; one that does not fails the mount with Unavailable).
+            log.warning("nfs: libnfs 4.0 speaks NFSv4.0 only; using 4.0 for %s", server)
         if not export.startswith("/"):
             raise InvalidArgument("nfs: export must be an absolute path")
         if timeout <= 0:
@@ -494,8 +589,15 @@ class NfsBackend:
             uid=uid,
             gid=gid,
         )
+        # asyncio primitives belong to one loop: made anew for each loop.
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._connect_lock = asyncio.Lock()
         self._remove_slots = asyncio.Semaphore(REMOVE_CONCURRENCY)
+
+    @property
+    def connects(self) -> int:
+        """How many connections (libnfs contexts) this backend has opened."""
+        return self._nfs.generation
 
     def __repr__(self) -> str:
         port = f":{self.port}" if self.port else ""
@@ -512,7 +614,11 @@ class NfsBackend:
 
     async def _call(self, op: str, body: Callable[[NfsContext], Awaitable[_T]]) -> _T:
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        if loop is not self._loop:
+            self._loop = loop
+            self._connect_lock = asyncio.Lock()
+            self._remove_slots = asyncio.Semaphore(REMOVE_CONCURRENCY)
+        started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
                 return await body(await self._connected())
@@ -629,13 +735,16 @@ class NfsBackend:
                 entries = await nfs.listdir(path)
             if not entries:
                 return
-            async with asyncio.TaskGroup() as tg:
-                for e in entries:
-                    child = f"{path}/{e.name}"
-                    if e.is_dir:
-                        tg.create_task(self._remove_subdir(nfs, child, e.mode))
-                    else:
-                        tg.create_task(self._unlink(nfs, child))
+            try:
+                async with asyncio.TaskGroup() as tg:
+                    for e in entries:
+                        child = f"{path}/{e.name}"
+                        if e.is_dir:
+                            tg.create_task(self._remove_subdir(nfs, child, e.mode))
+                        else:
+                            tg.create_task(self._unlink(nfs, child))
+            except BaseExceptionGroup as group:
+                raise _first_error(group) from None
         # Something keeps adding entries; let rmdir report ENOTEMPTY.
 
     async def _remove_subdir(self, nfs: NfsContext, path: str, mode: int) -> None:
@@ -699,7 +808,3 @@ class NfsBackendPool:
         backends, self._backends = list(self._backends.values()), {}
         for backend in backends:
             await backend.aclose()
-
-
-def _unused(_: ctypes.c_void_p) -> None:  # pragma: no cover - keeps ctypes import typed
-    return None

@@ -83,8 +83,8 @@ def options_from_mount_flags(flags: Sequence[str]) -> dict[str, str]:
     """Split mount flags (``["vers=3", "hard"]`` or ``["vers=3,hard"]``)."""
     out: dict[str, str] = {}
     for flag in flags:
-        for item in flag.split(","):
-            item = item.strip()
+        for raw in flag.split(","):
+            item = raw.strip()
             if not item:
                 continue
             key, _, value = item.partition("=")
@@ -100,7 +100,9 @@ def nfs_version_from(options: Mapping[str, str]) -> str | None:
         else:
             return None
     if version not in NFS_VERSIONS:
-        raise InvalidArgument(f"mount options: NFS version {version!r} is not one of {NFS_VERSIONS}")
+        raise InvalidArgument(
+            f"mount options: NFS version {version!r} is not one of {NFS_VERSIONS}"
+        )
     return "4.0" if version == "4" else version
 
 
@@ -120,7 +122,9 @@ def parse_params(
         if low in lowered:
             raise InvalidArgument(f"parameter {key!r} given twice (keys are case-insensitive)")
         lowered[low] = value
-    metadata = {k.lower(): v for k, v in parameters.items() if k.lower().startswith(RESERVED_PREFIX)}
+    metadata = {
+        k.lower(): v for k, v in parameters.items() if k.lower().startswith(RESERVED_PREFIX)
+    }
     if not lowered.get("source", "").strip():
         raise InvalidArgument("parameter 'source' is required (//server/share or server:/export)")
     source = parse_source(lowered["source"], lowered.get("protocol") or None)
@@ -148,4 +152,4 @@ def parse_params(
     if lowered.get("mountpermissions", "").strip():
         mode = parse_mount_permissions(lowered["mountpermissions"])
     nfs_version = nfs_version_from(options) if source.protocol == "nfs" else None
-    return VolumeParams(source, subdir, on_delete, mode, nfs_version)  # type: ignore[arg-type]
+    return VolumeParams(source, subdir, on_delete, mode, nfs_version)

@@ -41,7 +41,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         asyncio.run(serve(config))
     except Exception as exc:  # noqa: BLE001 - one clear line instead of a traceback
-        log.get_logger("driver.cli").error("driver failed", error=str(exc), error_type=type(exc).__name__)
+        log.get_logger("driver.cli").error(
+            "driver failed", error=str(exc), error_type=type(exc).__name__
+        )
         return 1
     return 0
 

@@ -92,21 +92,40 @@ class Config:
 
 
 def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--endpoint", default=DEFAULT_ENDPOINT, help="unix://PATH or tcp://HOST:PORT")
+    parser.add_argument(
+        "--endpoint", default=DEFAULT_ENDPOINT, help="unix://PATH or tcp://HOST:PORT"
+    )
     parser.add_argument("--mode", choices=("all", "controller", "node"), default="all")
     parser.add_argument("--node-id", default="", help="node name (default: host name)")
     parser.add_argument("--driver-name", default=DEFAULT_DRIVER_NAME)
-    parser.add_argument("--metrics-address", default="", help="HOST:PORT for /metrics (off if unset)")
+    parser.add_argument(
+        "--metrics-address", default="", help="HOST:PORT for /metrics (off if unset)"
+    )
     parser.add_argument("--log-format", choices=("json", "text"), default="json")
-    parser.add_argument("-v", "--v", dest="verbosity", type=int, default=2, help="log verbosity 0-5")
-    parser.add_argument("--grace-period", type=float, default=30.0,
-                        help="seconds in-flight RPCs may take to finish on SIGTERM")
-    parser.add_argument("--backend-timeout", type=float, default=30.0,
-                        help="controller: timeout of one SMB/NFS operation, seconds")
-    parser.add_argument("--backend-workers", type=int, default=16,
-                        help="controller: threads for blocking SMB calls")
-    parser.add_argument("--mount-timeout", type=float, default=110.0,
-                        help="node: timeout of one mount command, seconds")
+    parser.add_argument(
+        "-v", "--v", dest="verbosity", type=int, default=2, help="log verbosity 0-5"
+    )
+    parser.add_argument(
+        "--grace-period",
+        type=float,
+        default=30.0,
+        help="seconds in-flight RPCs may take to finish on SIGTERM",
+    )
+    parser.add_argument(
+        "--backend-timeout",
+        type=float,
+        default=30.0,
+        help="controller: timeout of one SMB/NFS operation, seconds",
+    )
+    parser.add_argument(
+        "--backend-workers", type=int, default=16, help="controller: threads for blocking SMB calls"
+    )
+    parser.add_argument(
+        "--mount-timeout",
+        type=float,
+        default=110.0,
+        help="node: timeout of one mount command, seconds",
+    )
 
 
 def config_from_args(args: argparse.Namespace) -> Config:

@@ -62,8 +62,11 @@ def _capabilities(args: argparse.Namespace, stubs: Stubs) -> dict[str, Any]:
     )
     out["plugin"] = _to_json(plugin).get("capabilities", [])
     for key, call, request in (
-        ("controller", stubs.controller.ControllerGetCapabilities,
-         csi_pb2.ControllerGetCapabilitiesRequest()),
+        (
+            "controller",
+            stubs.controller.ControllerGetCapabilities,
+            csi_pb2.ControllerGetCapabilitiesRequest(),
+        ),
         ("node", stubs.node.NodeGetCapabilities, csi_pb2.NodeGetCapabilitiesRequest()),
     ):
         try:
@@ -78,7 +81,9 @@ def _capabilities(args: argparse.Namespace, stubs: Stubs) -> dict[str, Any]:
 COMMANDS: dict[str, CommandSpec] = {
     "info": CommandSpec("plugin name and version (GetPluginInfo)", _no_args, _info),
     "probe": CommandSpec("readiness (Probe)", _no_args, _probe),
-    "capabilities": CommandSpec("plugin, controller and node capabilities", _no_args, _capabilities),
+    "capabilities": CommandSpec(
+        "plugin, controller and node capabilities", _no_args, _capabilities
+    ),
 }
 
 

@@ -52,14 +52,17 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any]]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any]:
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
         handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler  # unknown method (grpc answers UNIMPLEMENTED) or streaming
         method = _short(handler_call_details.method)
-        behavior: Behavior = handler.unary_unary
+        # grpc.aio hands coroutine functions here; the stubs type them as sync.
+        behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
         wrapped = self._wrap(method, behavior)
         return grpc.unary_unary_rpc_method_handler(
             wrapped,
@@ -92,11 +95,11 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
             except asyncio.CancelledError:
                 code, message = "CANCELLED", "the call was cancelled"
                 raise
-            except Exception as exc:  # noqa: BLE001 - the boundary: nothing escapes unmapped
+            except Exception as exc:
                 code = "INTERNAL"
                 message = f"internal error in {method}: {type(exc).__name__}"
                 secrets = redact.secret_values(request) if isinstance(request, Message) else set()
-                log.error(
+                log.exception(
                     "rpc crashed",
                     error=redact.scrub(repr(exc), secrets),
                     error_type=type(exc).__name__,
@@ -108,7 +111,14 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
                 rpc.end(token)
                 if message and isinstance(request, Message):
                     message = redact.scrub(message, redact.secret_values(request))
-                self._log(method, quiet, code, message, elapsed, request)
+                self._log(
+                    method,
+                    quiet=quiet,
+                    code=code,
+                    message=message,
+                    elapsed=elapsed,
+                    request=request,
+                )
                 if metrics is not None:
                     metrics.observe(method, code, protocol or "none", elapsed)
                 structlog.contextvars.clear_contextvars()
@@ -119,7 +129,9 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
         return wrapped
 
     @staticmethod
-    def _log(method: str, quiet: bool, code: str, message: str, elapsed: float, request: Any) -> None:
+    def _log(
+        method: str, *, quiet: bool, code: str, message: str, elapsed: float, request: Any
+    ) -> None:
         fields: dict[str, Any] = {"code": code, "duration_ms": round(elapsed * 1000, 3)}
         if isinstance(request, Message) and not quiet:
             fields["request"] = redact.redact(request)

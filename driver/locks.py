@@ -57,19 +57,19 @@ class VolumeLock:
         async def wait_then_release() -> None:
             try:
                 await work
-            except BaseException:  # noqa: BLE001 - outcome is irrelevant, only the end
+            except BaseException:  # noqa: BLE001, S110 - only the end matters, not the outcome
                 pass
             finally:
                 self.release()
 
         task = asyncio.get_running_loop().create_task(wait_then_release())
-        self._owner._background.add(task)  # noqa: SLF001 - same module
-        task.add_done_callback(self._owner._background.discard)  # noqa: SLF001
+        self._owner._background.add(task)
+        task.add_done_callback(self._owner._background.discard)
 
     def release(self) -> None:
         if not self._released:
             self._released = True
-            self._owner._release(self.key)  # noqa: SLF001
+            self._owner._release(self.key)
 
     def __enter__(self) -> VolumeLock:
         return self

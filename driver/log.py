@@ -14,6 +14,7 @@ from typing import Any, TextIO
 
 import structlog
 
+
 # -v N → stdlib level.  Quiet RPCs (Probe, capabilities) log at DEBUG.
 def level_for_verbosity(verbosity: int) -> int:
     if verbosity <= 0:
@@ -37,9 +38,7 @@ def configure(fmt: str = "json", verbosity: int = 2, stream: TextIO | None = Non
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         structlog.processors.StackInfoRenderer(),
     ]
-    renderer: Any = (
-        structlog.processors.JSONRenderer() if fmt == "json" else _text_renderer()
-    )
+    renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else _text_renderer()
     structlog.configure(
         processors=[
             *shared,

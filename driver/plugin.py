@@ -55,5 +55,7 @@ def load_builder(name: str) -> Builder:
 
 
 def build_plugins(config: Config) -> list[ServicePlugin]:
-    names = [n for n, on in (("controller", config.runs_controller), ("node", config.runs_node)) if on]
+    names = [
+        n for n, on in (("controller", config.runs_controller), ("node", config.runs_node)) if on
+    ]
     return [load_builder(name)(config) for name in names]

@@ -51,9 +51,9 @@ def redact(message: Message) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for fd, value in message.ListFields():
         if _is_secret_field(fd):
-            out[fd.name] = {k: REDACTED for k in value} if _is_map(fd) else REDACTED
+            out[fd.name] = dict.fromkeys(value, REDACTED) if _is_map(fd) else REDACTED
         elif _is_map(fd):
-            value_fd = fd.message_type.fields_by_name["value"]
+            value_fd = fd.message_type.fields_by_name["value"]  # type: ignore[union-attr]
             out[fd.name] = {
                 k: REDACTED if is_secret_key(str(k)) else _scalar(value_fd, v)
                 for k, v in value.items()

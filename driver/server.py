@@ -8,6 +8,7 @@ import os
 import signal
 import socket
 import stat
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -30,24 +31,27 @@ class EndpointInUseError(RuntimeError):
 
 def _prepare_unix_socket(path: Path) -> None:
     """Create the socket's directory; replace a stale socket, refuse a live one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        st = path.lstat()
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise EndpointInUseError(f"{path} exists and is not a socket; refusing to replace it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.settimeout(0.5)
-        probe.connect(str(path))
-    except OSError:
-        log.info("removing stale socket", path=str(path))
-        path.unlink(missing_ok=True)
-    else:
-        raise EndpointInUseError(f"another process is serving on {path}")
-    finally:
-        probe.close()
+    if sys.platform == "win32":  # grpcio cannot listen on AF_UNIX there; the chart bridges TCP
+        raise EndpointInUseError("unix:// endpoints are not supported on Windows: use tcp://")
+    else:  # noqa: RET506 - a platform branch mypy can skip on win32
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            st = path.lstat()
+        except FileNotFoundError:
+            return
+        if not stat.S_ISSOCK(st.st_mode):
+            raise EndpointInUseError(f"{path} exists and is not a socket; refusing to replace it")
+        probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            probe.settimeout(0.5)
+            probe.connect(str(path))
+        except OSError:
+            log.info("removing stale socket", path=str(path))
+            path.unlink(missing_ok=True)
+        else:
+            raise EndpointInUseError(f"another process is serving on {path}")
+        finally:
+            probe.close()
 
 
 class DriverServer:
@@ -110,16 +114,16 @@ class DriverServer:
         ep = self.config.endpoint
         if ep.scheme == "unix":
             with contextlib.suppress(FileNotFoundError):
-                Path(ep.path).unlink()
+                os.unlink(ep.path)
         log.info("stopped")
 
     async def wait_for_termination(self) -> None:
         await self.server.wait_for_termination()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, plugins: Sequence[ServicePlugin] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
-    driver = DriverServer(config)
+    driver = DriverServer(config, plugins)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -116,9 +116,9 @@ def parse_volume_id(text: str) -> VolumeId:
     if on_delete not in ON_DELETE:
         raise InvalidArgument(f"volume ID: onDelete {on_delete!r} is not valid")
     vid = VolumeId(
-        source=Source(protocol, server, port, _share(protocol, share)),  # type: ignore[arg-type]
+        source=Source(protocol, server, port, _share(protocol, share)),
         dir=directory,
-        on_delete=on_delete,  # type: ignore[arg-type]
+        on_delete=on_delete,
         options=tuple(options),
     )
     if vid.format() != text:

@@ -97,7 +97,7 @@ def ensure_system_user(name: str) -> None:
         with contextlib.suppress(KeyError):
             pwd.getpwnam(name)
             return
-        done = subprocess.run(  # noqa: S603 - fixed argument list, no shell
+        done = subprocess.run(
             [useradd, "-M", "-s", "/usr/sbin/nologin", name],
             capture_output=True,
             text=True,
@@ -328,9 +328,9 @@ class SambaServer:
             path = self.share_path(share.name)
             path.mkdir(parents=True, exist_ok=True)
             # Every testbed user may write at the top; below, smbd's masks decide.
-            os.chmod(path, 0o777)
-            os.chmod(path.parent, 0o755)
-        os.chmod(self.root_dir, 0o755)
+            os.chmod(path, 0o777)  # noqa: S103 - testbed share root, loopback only
+            os.chmod(path.parent, 0o755)  # noqa: S103 - smbd users must traverse it
+        os.chmod(self.root_dir, 0o755)  # noqa: S103 - smbd users must traverse it
         self.conf_path.write_text(self._render_conf(), encoding="utf-8")
 
     def _render_conf(self) -> str:
@@ -395,7 +395,7 @@ class SambaServer:
                 msg = f"password of {user!r} must be non-empty and single-line"
                 raise ValueError(msg)
             # The password goes on stdin, never on the command line.
-            done = subprocess.run(  # noqa: S603 - fixed argument list, no shell
+            done = subprocess.run(
                 [smbpasswd, "-c", str(self.conf_path), "-s", "-a", user],
                 input=f"{password}\n{password}\n",
                 capture_output=True,
@@ -407,10 +407,12 @@ class SambaServer:
                 raise SambaError(msg)
 
     def _spawn(self, smbd: str) -> None:
-        self._log_file = os.open(self.state_dir / "log" / "smbd.stdout", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        self._log_file = os.open(
+            self.state_dir / "log" / "smbd.stdout", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600
+        )
         # A new session: smbd signals its whole process group when it stops, and
         # pause()/kill() reach every smbd process of this instance through it.
-        self._proc = subprocess.Popen(  # noqa: S603 - fixed argument list, no shell
+        self._proc = subprocess.Popen(
             [smbd, "--foreground", "--no-process-group", "-s", str(self.conf_path)],
             stdin=subprocess.DEVNULL,
             stdout=self._log_file,
@@ -432,7 +434,10 @@ class SambaServer:
                     return
             if time.monotonic() > deadline:
                 self.kill()
-                msg = f"smbd did not listen on {self._host}:{self._port} within {_START_TIMEOUT}s:\n{self._log_tail()}"
+                msg = (
+                    f"smbd did not listen on {self._host}:{self._port} within "
+                    f"{_START_TIMEOUT}s:\n{self._log_tail()}"
+                )
                 raise SambaError(msg)
             time.sleep(0.005)
 
@@ -448,9 +453,15 @@ class SambaServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tests.servers.samba", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--dir", type=Path, required=True, help="instance directory (state, shares, password file)")
-    parser.add_argument("--port", type=int, default=0, help="TCP port on the host (0: pick a free one)")
+    parser = argparse.ArgumentParser(
+        prog="python -m tests.servers.samba", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument(
+        "--dir", type=Path, required=True, help="instance directory (state, shares, password file)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=0, help="TCP port on the host (0: pick a free one)"
+    )
     parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
     parser.add_argument("--user", default="csitest1")
     parser.add_argument("--share", default="csi")
@@ -464,12 +475,14 @@ def main(argv: list[str] | None = None) -> int:
     with os.fdopen(fd, "w", encoding="utf-8") as handle:
         handle.write(password)
 
-    server = SambaServer(root, args.port, {args.user: password}, [Share(args.share)], host=args.host)
+    server = SambaServer(
+        root, args.port, {args.user: password}, [Share(args.share)], host=args.host
+    )
     try:
         server.start()
     except SambaError as err:
         password_file.unlink(missing_ok=True)
-        print(err, file=sys.stderr)  # noqa: T201 - command-line tool
+        print(err, file=sys.stderr)
         return 1
 
     facts = {
@@ -481,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
         "share_path": str(server.share_path(args.share)),
         "pid": server.pid,
     }
-    print(json.dumps(facts), flush=True)  # noqa: T201 - command-line tool
+    print(json.dumps(facts), flush=True)
 
     # Block the signals only now: smbd must not inherit a blocked mask.
     wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
@@ -493,7 +506,7 @@ def main(argv: list[str] | None = None) -> int:
             if got is not None and got.si_signo != signal.SIGCHLD:
                 break
         else:
-            print("smbd exited on its own; see " + str(server.log_path), file=sys.stderr)  # noqa: T201
+            print("smbd exited on its own; see " + str(server.log_path), file=sys.stderr)
             code = 1
     finally:
         server.cleanup()

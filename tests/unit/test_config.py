@@ -6,9 +6,8 @@ import sys
 import pytest
 
 from driver.cli import build_parser
-from driver.config import Config, parse_endpoint
+from driver.config import Config, config_from_args, parse_endpoint
 from driver.errors import InvalidArgument
-from driver.config import config_from_args
 
 
 def _config(*argv: str) -> Config:
@@ -18,8 +17,11 @@ def _config(*argv: str) -> Config:
 
 def test_defaults() -> None:
     cfg = _config()
-    assert cfg.endpoint.scheme == "unix" and cfg.endpoint.path == "/csi/csi.sock"
-    assert cfg.mode == "all" and cfg.runs_controller and cfg.runs_node
+    assert cfg.endpoint.scheme == "unix"
+    assert cfg.endpoint.path == "/csi/csi.sock"
+    assert cfg.mode == "all"
+    assert cfg.runs_controller
+    assert cfg.runs_node
     assert cfg.node_id  # host name
     assert cfg.driver_name == "smb-nfs.csi.io"
     assert cfg.metrics_address is None
@@ -28,12 +30,24 @@ def test_defaults() -> None:
 
 def test_all_flags() -> None:
     cfg = _config(
-        "--endpoint", "tcp://127.0.0.1:10000", "--mode", "node", "--node-id", "n1",
-        "--driver-name", "x.example.com", "--metrics-address", "127.0.0.1:9808",
-        "--log-format", "text", "-v", "5",
+        "--endpoint",
+        "tcp://127.0.0.1:10000",
+        "--mode",
+        "node",
+        "--node-id",
+        "n1",
+        "--driver-name",
+        "x.example.com",
+        "--metrics-address",
+        "127.0.0.1:9808",
+        "--log-format",
+        "text",
+        "-v",
+        "5",
     )
     assert cfg.endpoint.grpc_target == "127.0.0.1:10000"
-    assert cfg.mode == "node" and not cfg.runs_controller
+    assert cfg.mode == "node"
+    assert not cfg.runs_controller
     assert cfg.metrics_address == ("127.0.0.1", 9808)
     assert cfg.verbosity == 5
     with pytest.raises(AttributeError):
@@ -42,14 +56,19 @@ def test_all_flags() -> None:
 
 @pytest.mark.parametrize(
     ("text", "target"),
-    [("unix:///csi/csi.sock", "unix:///csi/csi.sock"), ("tcp://[::1]:5000", "[::1]:5000"),
-     ("unix://./run/csi.sock", "unix://./run/csi.sock")],
+    [
+        ("unix:///csi/csi.sock", "unix:///csi/csi.sock"),
+        ("tcp://[::1]:5000", "[::1]:5000"),
+        ("unix://./run/csi.sock", "unix://./run/csi.sock"),
+    ],
 )
 def test_endpoints(text: str, target: str) -> None:
     assert parse_endpoint(text).grpc_target == target
 
 
-@pytest.mark.parametrize("text", ["csi.sock", "unix://csi.sock", "tcp://host", "tcp://h:0", "http://x:1"])
+@pytest.mark.parametrize(
+    "text", ["csi.sock", "unix://csi.sock", "tcp://host", "tcp://h:0", "http://x:1"]
+)
 def test_bad_endpoints(text: str) -> None:
     with pytest.raises(InvalidArgument):
         parse_endpoint(text)
@@ -75,13 +94,19 @@ def test_bad_flags_rejected(argv: list[str]) -> None:
 def test_bad_flag_exits_2_with_message() -> None:
     proc = subprocess.run(
         [sys.executable, "-m", "driver", "serve", "--endpoint", "bogus"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "expected unix://PATH or tcp://HOST:PORT" in proc.stderr
     proc = subprocess.run(
         [sys.executable, "-m", "driver", "serve", "--mode", "both"],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr

@@ -7,8 +7,8 @@ from driver.errors import InvalidArgument
 
 
 def test_reads_case_insensitive_keys() -> None:
-    creds = smb_credentials({"UserName": "bob", "Password": "pw,\"`x", "domain": "CORP"}, which="s")
-    assert (creds.username, creds.password, creds.domain) == ("bob", "pw,\"`x", "CORP")
+    creds = smb_credentials({"UserName": "bob", "Password": 'pw,"`x', "domain": "CORP"}, which="s")
+    assert (creds.username, creds.password, creds.domain) == ("bob", 'pw,"`x', "CORP")
 
 
 def test_domain_in_username() -> None:
@@ -26,7 +26,12 @@ def test_password_never_in_repr_or_str() -> None:
 
 @pytest.mark.parametrize(
     "secrets",
-    [{}, {"username": "u"}, {"password": "s3cr3t-value"}, {"username": " ", "password": "s3cr3t-value"}],
+    [
+        {},
+        {"username": "u"},
+        {"password": "s3cr3t-value"},
+        {"username": " ", "password": "s3cr3t-value"},
+    ],
 )
 def test_missing_keys(secrets: dict[str, str]) -> None:
     with pytest.raises(InvalidArgument, match="missing") as info:

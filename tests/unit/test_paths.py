@@ -15,8 +15,27 @@ def test_accepts(good: str) -> None:
 
 @pytest.mark.parametrize(
     "bad",
-    ["", "/a", "a/", "a//b", ".", "..", "a/..", "../a", "a/./b", "a\\b", "a\x00b", "c:x",
-     "NUL", "com1.txt", "a*", "x\n", " a", "a.", "x" * 256],
+    [
+        "",
+        "/a",
+        "a/",
+        "a//b",
+        ".",
+        "..",
+        "a/..",
+        "../a",
+        "a/./b",
+        "a\\b",
+        "a\x00b",
+        "c:x",
+        "NUL",
+        "com1.txt",
+        "a*",
+        "x\n",
+        " a",
+        "a.",
+        "x" * 256,
+    ],
 )
 def test_rejects(bad: str) -> None:
     with pytest.raises(InvalidArgument):

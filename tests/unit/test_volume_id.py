@@ -9,9 +9,7 @@ from driver.paths import safe_relpath
 from driver.source import Source
 from driver.volume_id import VolumeId, parse_volume_id
 
-_name_chars = st.characters(
-    blacklist_categories=("Cs", "Cc"), blacklist_characters='\\:*?"<>|/'
-)
+_name_chars = st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='\\:*?"<>|/')
 component = st.text(_name_chars, min_size=1, max_size=20).filter(
     lambda s: s.strip() == s and not s.endswith(".") and s not in (".", "..")
 )

@@ -4,7 +4,7 @@
 # those become our environment. The host root is the guest root,
 # read-only through hostfs).
 #
-#  - mounts proc/sys/dev/devpts, tmpfs /run /tmp /dev/shm, tmpfs-backed
+#  - mounts proc/sys/dev/devpts, tmpfs /run /tmp /dev/shm /srv, tmpfs-backed
 #    overlays on /etc /var /usr/lib /root (+ $E2E_OVERLAYS, e.g. the repo):
 #    writes there succeed inside the guest and are thrown away at poweroff;
 #  - mounts $E2E_WORKDIR read-write (hostfs): the ONLY path whose writes reach
@@ -24,6 +24,7 @@ here=$(dirname "$(readlink -f "$0")")
 WD=${E2E_WORKDIR:-}
 
 log() { echo "E2E-GUEST: $*"; }
+uptime_s() { cut -d' ' -f1 /proc/uptime; }
 
 halt_guest() {
     sync
@@ -69,6 +70,7 @@ mount_basics() {
         mount -t tmpfs -o mode=1777 shm /dev/shm &&
         mount -t tmpfs -o mode=755 run /run &&
         mount -t tmpfs -o mode=1777 tmp /tmp &&
+        { [ ! -d /srv ] || mount -t tmpfs -o mode=755,size=1m srv /srv; } &&
         touch /run/e2e-guest     # marker: the server scripts refuse to run elsewhere
 }
 
@@ -104,16 +106,23 @@ step "link modules" link_modules
 step "lo up" ip link set lo up
 hostname "${GUEST_HOSTNAME:-e2e-guest}" 2>/dev/null || true
 
+# Both servers start concurrently (each spends time waiting).
+pids=() names=()
 if [ "${START_SAMBA:-0}" = 1 ]; then
-    step "start samba" "$here/start-samba.sh"
+    log "starting samba (uptime $(uptime_s) s)"
+    "$here/start-samba.sh" & pids+=($!) names+=(samba)
 fi
 if [ "${START_NFS:-0}" = 1 ]; then
-    step "start nfs" "$here/start-nfs.sh"
+    log "starting nfs (uptime $(uptime_s) s)"
+    "$here/start-nfs.sh" & pids+=($!) names+=(nfs)
 fi
+for i in "${!pids[@]}"; do
+    step "start ${names[$i]}" wait "${pids[$i]}"
+done
 
-log "running command (guest uptime $(cut -d' ' -f1 /proc/uptime) s)"
+log "running command (uptime $(uptime_s) s)"
 cd "${E2E_CWD:-/}" || finish 125
 bash "$WD/cmd.sh" </dev/null
 rc=$?
-log "command exited with $rc (guest uptime $(cut -d' ' -f1 /proc/uptime) s)"
+log "command exited with $rc (uptime $(uptime_s) s)"
 finish "$rc"

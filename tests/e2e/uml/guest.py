@@ -30,6 +30,7 @@ exits with the guest command's code (124 on timeout, 125 if the guest broke).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import secrets
@@ -41,9 +42,9 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
@@ -79,7 +80,8 @@ def ensure_setup(*, run_setup: bool = True) -> Path:
     cmd = ["bash", str(SETUP_SH)]
     if not run_setup:
         raise GuestSetupError(f"UML testbed missing; run: {shlex.join(cmd)}")
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.run(
+        cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0 or not is_ready():
         raise GuestSetupError(
             f"{shlex.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
@@ -116,7 +118,9 @@ def _session_pids(sid: int) -> list[int]:
             continue
         # fields after "(comm)": state ppid pgrp session ...
         fields = stat[stat.rfind(b")") + 2:].split()
-        if int(fields[3]) == sid:
+        # zombies are dead already (ours is reaped by proc.wait(), the
+        # reparented ones by the host's init)
+        if int(fields[3]) == sid and fields[0] != b"Z":
             pids.append(int(entry.name))
     return pids
 
@@ -129,10 +133,8 @@ def _kill_session(sid: int, deadline: float = 10.0) -> None:
         if not pids:
             return
         for pid in pids:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
         if time.monotonic() > end:
             raise RuntimeError(f"UML processes survive SIGKILL: {pids}")
         time.sleep(0.05)
@@ -150,6 +152,65 @@ def _pss_kib(pids: Sequence[int]) -> int:
         except (OSError, ValueError):
             pass
     return total
+
+
+def _run_uml(
+    argv: list[str],
+    host_env: dict[str, str],
+    console_path: Path,
+    timeout: float,
+    echo: Callable[[str], None] | None,
+) -> tuple[bool, int, str, int]:
+    """Run UML in its own session; -> (timed out, UML exit status, console, peak PSS KiB)."""
+    chunks: list[str] = []
+    peak = [0]
+    done = threading.Event()
+    with open(console_path, "w", encoding="utf-8", errors="replace") as console:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT, env=host_env, cwd="/", start_new_session=True,
+        )
+        sid = proc.pid  # start_new_session: the UML tree's session id
+        assert proc.stdout is not None
+        out_fd = proc.stdout.fileno()
+
+        def reader() -> None:
+            while True:
+                try:
+                    data = os.read(out_fd, 65536)
+                except OSError:
+                    break
+                if not data:
+                    break
+                text = data.decode("utf-8", errors="replace").replace("\r", "")
+                chunks.append(text)
+                console.write(text)
+                console.flush()
+                if echo is not None:
+                    echo(text)
+
+        def sampler() -> None:
+            while not done.wait(0.5):
+                peak[0] = max(peak[0], _pss_kib(_session_pids(sid)))
+
+        threads = [threading.Thread(target=reader, daemon=True),
+                   threading.Thread(target=sampler, daemon=True)]
+        for t in threads:
+            t.start()
+        timed_out = False
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            timed_out = True
+        finally:
+            # Always sweep, also after a normal exit or ^C: no UML host
+            # process may survive us.
+            done.set()
+            _kill_session(sid)
+            proc.wait()
+            threads[0].join(timeout=10)
+            proc.stdout.close()
+    return timed_out, proc.returncode, "".join(chunks), peak[0]
 
 
 # ---------------------------------------------------------------- main API
@@ -275,59 +336,14 @@ def run_in_guest(
     if "TMPDIR" in os.environ:
         host_env["TMPDIR"] = os.environ["TMPDIR"]
 
-    chunks: list[str] = []
-    console = open(workdir / "console.log", "w", encoding="utf-8", errors="replace")
     start = time.monotonic()
-    proc = subprocess.Popen(
-        argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        env=host_env, cwd="/", start_new_session=True,
-    )
-    sid = proc.pid  # start_new_session: the UML tree's session id
-    peak = [0]
-    done = threading.Event()
-
-    def reader() -> None:
-        assert proc.stdout is not None
-        fd = proc.stdout.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                break
-            if not data:
-                break
-            text = data.decode("utf-8", errors="replace").replace("\r", "")
-            chunks.append(text)
-            console.write(text)
-            console.flush()
-            if echo is not None:
-                echo(text)
-
-    def sampler() -> None:
-        while not done.wait(0.5):
-            peak[0] = max(peak[0], _pss_kib(_session_pids(sid)))
-
-    threads = [threading.Thread(target=reader, daemon=True),
-               threading.Thread(target=sampler, daemon=True)]
-    for t in threads:
-        t.start()
-    timed_out = False
     try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        timed_out = True
+        timed_out, uml_rc, output, peak = _run_uml(
+            argv, host_env, workdir / "console.log", timeout, echo)
     finally:
-        # Always sweep: also after a normal exit (or ^C) no helper may survive.
-        done.set()
-        _kill_session(sid)
-        proc.wait()
-        threads[0].join(timeout=10)
-        proc.stdout.close()  # type: ignore[union-attr]
-        console.close()
         shutil.rmtree(umldir, ignore_errors=True)
     duration = time.monotonic() - start
 
-    output = "".join(chunks)
     rc_file = workdir / "exitcode"
     got = False
     if timed_out:
@@ -338,8 +354,8 @@ def run_in_guest(
         got = True
     else:
         rc = RC_GUEST_BROKEN
-        output += f"\nE2E-HOST: guest wrote no exit code (UML exit status {proc.returncode})\n"
-    return GuestResult(rc, output, duration, timed_out, got, peak[0] or None)
+        output += f"\nE2E-HOST: guest wrote no exit code (UML exit status {uml_rc})\n"
+    return GuestResult(rc, output, duration, timed_out, got, peak or None)
 
 
 def main(argv: list[str] | None = None) -> int:

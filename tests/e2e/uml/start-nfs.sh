@@ -14,8 +14,8 @@ set -eu
 NFS_EXPORT_DIR=${NFS_EXPORT_DIR:-/srv/nfs}
 grace=${NFS_GRACE:-10}
 
-# Backing store: nfsd cannot export hostfs/overlay, so a tmpfs.
-mountpoint -q /srv || mount -t tmpfs -o mode=755,size=1m srv /srv
+# Backing store: nfsd cannot export hostfs/overlay, so a tmpfs (on the
+# /srv tmpfs guest-init.sh mounted, the root being read-only).
 if ! mountpoint -q "$NFS_EXPORT_DIR"; then
     mkdir -p "$NFS_EXPORT_DIR"
     mount -t tmpfs -o "mode=777,size=${NFS_SIZE:-256m}" nfs "$NFS_EXPORT_DIR"

@@ -14,9 +14,8 @@ SMB_SHARE_DIR=${SMB_SHARE_DIR:-/srv/smb}
 state=/run/e2e-samba
 conf=$state/smb.conf
 
-# Backing store: a tmpfs of known size (a fresh /srv tmpfs first, since the
-# root is read-only).
-mountpoint -q /srv || mount -t tmpfs -o mode=755,size=1m srv /srv
+# Backing store: a tmpfs of known size (guest-init.sh put a tmpfs on /srv,
+# the root being read-only).
 if ! mountpoint -q "$SMB_SHARE_DIR"; then
     mkdir -p "$SMB_SHARE_DIR"
     mount -t tmpfs -o "mode=777,size=${SMB_SIZE:-256m}" smb "$SMB_SHARE_DIR"

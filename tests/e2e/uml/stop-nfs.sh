@@ -13,7 +13,7 @@ exportfs -ua 2>/dev/null || true
 pkill -x rpc.mountd 2>/dev/null || true
 pkill -x rpc.statd 2>/dev/null || true
 for _ in $(seq 50); do
-    pgrep -x 'rpc.mountd|rpc.statd' >/dev/null || break
+    pgrep -x rpc.mountd >/dev/null || pgrep -x rpc.statd >/dev/null || break
     sleep 0.1
 done
 echo "stop-nfs.sh: nfsd stopped"

@@ -1,0 +1,23 @@
+"""Which backend serves a share: one place that knows SMB from NFS."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from controller.backend import ShareBackend
+from driver.credentials import Credentials
+from driver.source import Source
+
+
+class BackendFactory(Protocol):
+    def get(
+        self, source: Source, *, credentials: Credentials | None, nfs_version: str | None
+    ) -> ShareBackend:
+        """A backend for the share root of ``source`` (cheap when cached)."""
+        ...
+
+    def cached(self, source: Source) -> ShareBackend | None:
+        """A live backend for this share, if one was used already (any identity)."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,391 @@
+"""The CSI Controller service: volumes are directories on existing shares.
+
+Stateless by design: the volume ID carries everything DeleteVolume needs.
+The only memory is a bounded map of recent CreateVolume requests, used to
+answer ALREADY_EXISTS when a name comes back with different parameters.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import grpc
+
+from controller.backend import ShareBackend
+from controller.factory import BackendFactory
+from controller.params import VolumeParams, options_from_mount_flags, parse_params
+from driver import paths, rpc
+from driver.config import Config
+from driver.credentials import Credentials, smb_credentials
+from driver.csi import csi_pb2, csi_pb2_grpc
+from driver.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+)
+from driver.locks import VolumeLocks
+from driver.log import get_logger
+from driver.source import Source
+from driver.volume_id import VolumeId, parse_volume_id
+
+log = get_logger("controller")
+
+Ctx = grpc.aio.ServicerContext[Any, Any]
+AccessMode = csi_pb2.VolumeCapability.AccessMode
+_SUPPORTED_MODES = frozenset(
+    {
+        AccessMode.SINGLE_NODE_WRITER,
+        AccessMode.SINGLE_NODE_READER_ONLY,
+        AccessMode.MULTI_NODE_READER_ONLY,
+        AccessMode.MULTI_NODE_SINGLE_WRITER,
+        AccessMode.MULTI_NODE_MULTI_WRITER,
+        AccessMode.SINGLE_NODE_SINGLE_WRITER,
+        AccessMode.SINGLE_NODE_MULTI_WRITER,
+    }
+)
+_FS_TYPES = frozenset({"", "cifs", "smb", "smb3", "nfs", "nfs4"})
+_CAPABILITIES = (
+    csi_pb2.ControllerServiceCapability.RPC.CREATE_DELETE_VOLUME,
+    csi_pb2.ControllerServiceCapability.RPC.EXPAND_VOLUME,
+    csi_pb2.ControllerServiceCapability.RPC.GET_CAPACITY,
+    csi_pb2.ControllerServiceCapability.RPC.SINGLE_NODE_MULTI_WRITER,
+)
+_RECENT_MAX = 10_000
+# Volume context keys handed to the node (never a secret).
+CTX_PROTOCOL = "protocol"
+CTX_SOURCE = "source"
+CTX_SUBDIR = "subDir"
+
+
+def check_capabilities(caps: Iterable[csi_pb2.VolumeCapability]) -> list[str]:
+    """Validate capabilities; return the mount flags of the mount ones."""
+    caps = list(caps)
+    if not caps:
+        raise InvalidArgument("volume_capabilities: at least one is required")
+    flags: list[str] = []
+    for cap in caps:
+        kind = cap.WhichOneof("access_type")
+        if kind == "block":
+            raise InvalidArgument(
+                "volume_capabilities: block access is not supported (file shares)"
+            )
+        if kind != "mount":
+            raise InvalidArgument("volume_capabilities: access_type mount is required")
+        if cap.mount.fs_type.lower() not in _FS_TYPES:
+            raise InvalidArgument(
+                f"volume_capabilities: fs_type {cap.mount.fs_type!r} is not cifs/nfs"
+            )
+        if cap.access_mode.mode not in _SUPPORTED_MODES:
+            raise InvalidArgument("volume_capabilities: access_mode is missing or unknown")
+        flags.extend(cap.mount.mount_flags)
+    return flags
+
+
+def _capacity(request: csi_pb2.CreateVolumeRequest | csi_pb2.ControllerExpandVolumeRequest) -> int:
+    if not request.HasField("capacity_range"):
+        return 0
+    required = request.capacity_range.required_bytes
+    limit = request.capacity_range.limit_bytes
+    if required < 0 or limit < 0:
+        raise InvalidArgument("capacity_range: byte counts must not be negative")
+    if limit and required > limit:
+        raise InvalidArgument("capacity_range: required_bytes exceeds limit_bytes")
+    return required or limit
+
+
+def _fingerprint(request: csi_pb2.CreateVolumeRequest) -> str:
+    digest = hashlib.sha256()
+    for key in sorted(request.parameters):
+        digest.update(f"{key.lower()}={request.parameters[key]}\0".encode())
+    digest.update(
+        f"cap={request.capacity_range.required_bytes}:{request.capacity_range.limit_bytes}".encode()
+    )
+    return digest.hexdigest()
+
+
+def lock_key(source: Source, directory: str) -> str:
+    return f"{source.protocol}://{source.host_port}/{source.share.strip('/')}/{directory}"
+
+
+class ControllerService(csi_pb2_grpc.ControllerServicer):
+    def __init__(self, backends: BackendFactory) -> None:
+        self._backends = backends
+        self._locks = VolumeLocks()
+        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
+
+    # -- helpers -----------------------------------------------------------
+
+    def _backend(
+        self,
+        source: Source,
+        secrets: Mapping[str, str],
+        *,
+        nfs_version: str | None,
+        which: str,
+        mount_options: Mapping[str, str] | None = None,
+    ) -> ShareBackend:
+        root = Source(source.protocol, source.server, source.port, source.share)
+        creds: Credentials | None = None
+        if source.protocol == "smb":
+            creds = smb_credentials(secrets, which=which)
+        elif mount_options and mount_options.get("sec", "sys") not in ("sys", "none", ""):
+            raise InvalidArgument(
+                f"mount option sec={mount_options['sec']} is not supported by the controller "
+                "(NFS volumes are provisioned with sec=sys)"
+            )
+        return self._backends.get(root, credentials=creds, nfs_version=nfs_version)
+
+    def _remember(self, name: str, fingerprint: str, volume_id: str) -> None:
+        self._recent[name] = (fingerprint, volume_id)
+        self._recent.move_to_end(name)
+        while len(self._recent) > _RECENT_MAX:
+            self._recent.popitem(last=False)
+
+    # -- RPCs ----------------------------------------------------------------
+
+    async def CreateVolume(
+        self, request: csi_pb2.CreateVolumeRequest, context: Ctx
+    ) -> csi_pb2.CreateVolumeResponse:
+        if not request.name:
+            raise InvalidArgument("name: required")
+        flags = check_capabilities(request.volume_capabilities)
+        capacity = _capacity(request)
+        params: VolumeParams = parse_params(request.name, request.parameters, flags)
+        rpc.set_protocol(params.source.protocol)
+        if request.HasField("volume_content_source"):
+            raise InvalidArgument(
+                "volume_content_source: clones and snapshots are not supported yet"
+            )
+        options: tuple[tuple[str, str], ...] = ()
+        if params.nfs_version:
+            options = (("vers", params.nfs_version),)
+        root = Source(
+            params.source.protocol, params.source.server, params.source.port, params.source.share
+        )
+        vid = VolumeId(root, params.dir, params.on_delete, options).format()
+        fingerprint = _fingerprint(request)
+        seen = self._recent.get(request.name)
+        if seen is not None and seen != (fingerprint, vid):
+            raise AlreadyExists(
+                f"volume {request.name!r} already exists with different parameters or capacity"
+            )
+        backend = self._backend(
+            params.source,
+            request.secrets,
+            nfs_version=params.nfs_version,
+            which="provisioner secret",
+            mount_options=options_from_mount_flags(flags),
+        )
+        with self._locks.acquire(lock_key(root, params.dir)):
+            created = await backend.mkdir(params.dir, mode=params.mount_permissions)
+        self._remember(request.name, fingerprint, vid)
+        log.info("volume ready", volume_id=vid, created=created)
+        context_map = {
+            CTX_PROTOCOL: root.protocol,
+            CTX_SOURCE: str(root),
+            CTX_SUBDIR: params.dir,
+        }
+        if params.mount_permissions is not None:
+            context_map["mountPermissions"] = f"{params.mount_permissions:04o}"
+        return csi_pb2.CreateVolumeResponse(
+            volume=csi_pb2.Volume(
+                volume_id=vid, capacity_bytes=capacity, volume_context=context_map
+            )
+        )
+
+    async def DeleteVolume(
+        self, request: csi_pb2.DeleteVolumeRequest, context: Ctx
+    ) -> csi_pb2.DeleteVolumeResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        try:
+            vid = parse_volume_id(request.volume_id)
+        except InvalidArgument as exc:
+            # The spec: deleting something that cannot exist is success.
+            log.warning("ignoring DeleteVolume of a malformed volume ID", reason=exc.message)
+            return csi_pb2.DeleteVolumeResponse()
+        rpc.set_protocol(vid.source.protocol)
+        if vid.on_delete == "retain":
+            log.info("volume retained on the share", dir=vid.dir)
+            return csi_pb2.DeleteVolumeResponse()
+        backend = self._backend(
+            vid.source, request.secrets, nfs_version=vid.option("vers"), which="provisioner secret"
+        )
+        with self._locks.acquire(lock_key(vid.source, vid.dir)):
+            if vid.on_delete == "archive":
+                parent, leaf = paths.parent_and_leaf(vid.dir)
+                target = paths.join(parent, f"archived-{leaf}")
+                try:
+                    await backend.rename(vid.dir, target, replace=True)
+                except NotFound:
+                    log.info("volume already gone; nothing to archive", dir=vid.dir)
+                else:
+                    log.info("volume archived", dir=vid.dir, archive=target)
+            else:
+                removed = await backend.remove_tree(vid.dir)
+                log.info("volume deleted", dir=vid.dir, existed=removed)
+        return csi_pb2.DeleteVolumeResponse()
+
+    async def ValidateVolumeCapabilities(
+        self, request: csi_pb2.ValidateVolumeCapabilitiesRequest, context: Ctx
+    ) -> csi_pb2.ValidateVolumeCapabilitiesResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        if not request.volume_capabilities:
+            raise InvalidArgument("volume_capabilities: at least one is required")
+        try:
+            vid = parse_volume_id(request.volume_id)
+        except InvalidArgument as exc:
+            raise NotFound(f"volume {request.volume_id!r} does not exist ({exc.message})") from exc
+        rpc.set_protocol(vid.source.protocol)
+        if vid.source.protocol == "nfs" or request.secrets:
+            backend = self._backend(
+                vid.source, request.secrets, nfs_version=vid.option("vers"), which="secret"
+            )
+            if not await backend.exists(vid.dir):
+                raise NotFound(f"volume directory {vid.dir!r} does not exist on the share")
+        try:
+            check_capabilities(request.volume_capabilities)
+        except InvalidArgument as exc:
+            return csi_pb2.ValidateVolumeCapabilitiesResponse(message=exc.message)
+        return csi_pb2.ValidateVolumeCapabilitiesResponse(
+            confirmed=csi_pb2.ValidateVolumeCapabilitiesResponse.Confirmed(
+                volume_context=request.volume_context,
+                volume_capabilities=request.volume_capabilities,
+                parameters=request.parameters,
+            )
+        )
+
+    async def ControllerExpandVolume(
+        self, request: csi_pb2.ControllerExpandVolumeRequest, context: Ctx
+    ) -> csi_pb2.ControllerExpandVolumeResponse:
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        if not request.HasField("capacity_range"):
+            raise InvalidArgument("capacity_range: required")
+        capacity = _capacity(request)
+        try:
+            vid = parse_volume_id(request.volume_id)
+        except InvalidArgument as exc:
+            raise NotFound(f"volume {request.volume_id!r} does not exist ({exc.message})") from exc
+        rpc.set_protocol(vid.source.protocol)
+        if request.HasField("volume_capability"):
+            check_capabilities([request.volume_capability])
+        # A directory has no size of its own: accept and report the new size.
+        return csi_pb2.ControllerExpandVolumeResponse(
+            capacity_bytes=capacity, node_expansion_required=False
+        )
+
+    async def GetCapacity(
+        self, request: csi_pb2.GetCapacityRequest, context: Ctx
+    ) -> csi_pb2.GetCapacityResponse:
+        flags = (
+            check_capabilities(request.volume_capabilities) if request.volume_capabilities else []
+        )
+        params = parse_params("capacity", request.parameters, flags)
+        rpc.set_protocol(params.source.protocol)
+        root = Source(
+            params.source.protocol, params.source.server, params.source.port, params.source.share
+        )
+        backend: ShareBackend | None
+        if root.protocol == "nfs":
+            backend = self._backends.get(root, credentials=None, nfs_version=params.nfs_version)
+        else:
+            # GetCapacity carries no secrets: use a session opened by an
+            # earlier CreateVolume for this share, if there is one.
+            backend = self._backends.cached(root)
+            if backend is None:
+                raise FailedPrecondition(
+                    f"no SMB session to {root} yet: capacity is known after the first CreateVolume"
+                )
+        cap = await backend.capacity()
+        return csi_pb2.GetCapacityResponse(available_capacity=cap.available_bytes)
+
+    async def ControllerGetCapabilities(
+        self, request: csi_pb2.ControllerGetCapabilitiesRequest, context: Ctx
+    ) -> csi_pb2.ControllerGetCapabilitiesResponse:
+        return csi_pb2.ControllerGetCapabilitiesResponse(
+            capabilities=[
+                csi_pb2.ControllerServiceCapability(
+                    rpc=csi_pb2.ControllerServiceCapability.RPC(type=t)
+                )
+                for t in _CAPABILITIES
+            ]
+        )
+
+    # -- not offered (not advertised in ControllerGetCapabilities) ----------
+
+    async def ControllerPublishVolume(
+        self, request: csi_pb2.ControllerPublishVolumeRequest, context: Ctx
+    ) -> csi_pb2.ControllerPublishVolumeResponse:
+        raise Unimplemented("ControllerPublishVolume is not supported by this driver")
+
+    async def ControllerUnpublishVolume(
+        self, request: csi_pb2.ControllerUnpublishVolumeRequest, context: Ctx
+    ) -> csi_pb2.ControllerUnpublishVolumeResponse:
+        raise Unimplemented("ControllerUnpublishVolume is not supported by this driver")
+
+    async def ListVolumes(
+        self, request: csi_pb2.ListVolumesRequest, context: Ctx
+    ) -> csi_pb2.ListVolumesResponse:
+        raise Unimplemented("ListVolumes is not supported by this driver")
+
+    async def CreateSnapshot(
+        self, request: csi_pb2.CreateSnapshotRequest, context: Ctx
+    ) -> csi_pb2.CreateSnapshotResponse:
+        raise Unimplemented("CreateSnapshot is not supported by this driver")
+
+    async def DeleteSnapshot(
+        self, request: csi_pb2.DeleteSnapshotRequest, context: Ctx
+    ) -> csi_pb2.DeleteSnapshotResponse:
+        raise Unimplemented("DeleteSnapshot is not supported by this driver")
+
+    async def ListSnapshots(
+        self, request: csi_pb2.ListSnapshotsRequest, context: Ctx
+    ) -> csi_pb2.ListSnapshotsResponse:
+        raise Unimplemented("ListSnapshots is not supported by this driver")
+
+    async def GetSnapshot(
+        self, request: csi_pb2.GetSnapshotRequest, context: Ctx
+    ) -> csi_pb2.GetSnapshotResponse:
+        raise Unimplemented("GetSnapshot is not supported by this driver")
+
+    async def ControllerGetVolume(
+        self, request: csi_pb2.ControllerGetVolumeRequest, context: Ctx
+    ) -> csi_pb2.ControllerGetVolumeResponse:
+        raise Unimplemented("ControllerGetVolume is not supported by this driver")
+
+    async def ControllerModifyVolume(
+        self, request: csi_pb2.ControllerModifyVolumeRequest, context: Ctx
+    ) -> csi_pb2.ControllerModifyVolumeResponse:
+        raise Unimplemented("ControllerModifyVolume is not supported by this driver")
+
+
+class ControllerPlugin:
+    """The controller service with its backends, as the core runs it."""
+
+    name = "controller"
+
+    def __init__(self, backends: BackendFactory) -> None:
+        self.backends = backends
+        self.service = ControllerService(backends)
+
+    def register(self, server: grpc.aio.Server) -> None:
+        csi_pb2_grpc.add_ControllerServicer_to_server(self.service, server)
+
+    async def ready(self) -> bool:
+        return True
+
+    async def aclose(self) -> None:
+        await self.backends.aclose()
+
+
+def build(config: Config) -> ControllerPlugin:
+    from controller.backends import ShareBackends
+
+    return ControllerPlugin(ShareBackends(config))

@@ -1,0 +1,155 @@
+"""Real gRPC servers for tests: in-process on a Unix socket, or a subprocess."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from driver.config import Config, parse_endpoint
+from driver.csi import csi_pb2, csi_pb2_grpc
+from driver.plugin import ServicePlugin
+from driver.server import DriverServer
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Client:
+    channel: grpc.aio.Channel
+    identity: csi_pb2_grpc.IdentityStub
+    controller: csi_pb2_grpc.ControllerStub
+    node: csi_pb2_grpc.NodeStub
+
+
+def client_for(target: str) -> Client:
+    channel = grpc.aio.insecure_channel(target)
+    return Client(
+        channel,
+        csi_pb2_grpc.IdentityStub(channel),
+        csi_pb2_grpc.ControllerStub(channel),
+        csi_pb2_grpc.NodeStub(channel),
+    )
+
+
+@asynccontextmanager
+async def running_driver(
+    socket_path: Path,
+    plugins: Sequence[ServicePlugin] | None = None,
+    *,
+    mode: str = "all",
+    metrics: bool = False,
+    grace: float = 5.0,
+) -> AsyncIterator[tuple[DriverServer, Client]]:
+    """An in-process driver on ``unix://socket_path`` and a client for it."""
+    config = Config(
+        endpoint=parse_endpoint(f"unix://{socket_path}"),
+        mode=mode,  # type: ignore[arg-type]
+        node_id="test-node",
+        metrics_address=("127.0.0.1", 0) if metrics else None,
+        grace_period=grace,
+    )
+    server = DriverServer(config, plugins)
+    await server.start()
+    client = client_for(config.endpoint.grpc_target)
+    try:
+        yield server, client
+    finally:
+        await client.channel.close()
+        await server.stop(grace)
+
+
+@dataclass
+class DriverProcess:
+    proc: subprocess.Popen[str]
+    endpoint: str
+    log_path: Path
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_for_socket(
+    path: Path, proc: subprocess.Popen[Any] | None = None, timeout: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            try:
+                with grpc.insecure_channel(f"unix://{path}") as ch:
+                    csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=1)
+                return
+            except grpc.RpcError:
+                pass
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"driver exited early with {proc.returncode}")
+        time.sleep(0.02)
+    raise TimeoutError(f"driver did not serve on {path}")
+
+
+@contextmanager
+def driver_process(
+    tmp: Path, *extra: str, env: dict[str, str] | None = None
+) -> Iterator[DriverProcess]:
+    """``csi-smb-nfs serve`` as a real subprocess; logs go to a file."""
+    sock = tmp / "csi.sock"
+    log_path = tmp / "driver.log"
+    with log_path.open("w") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "driver",
+                "serve",
+                "--endpoint",
+                f"unix://{sock}",
+                "--node-id",
+                "n1",
+                *extra,
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=ROOT,
+            env={**os.environ, **(env or {})},
+        )
+    try:
+        wait_for_socket(sock, proc)
+        yield DriverProcess(proc, f"unix://{sock}", log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def run_ctl(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "driver", "ctl", "--endpoint", endpoint, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        check=False,
+    )
+
+
+async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        await asyncio.sleep(0.01)
