@@ -91,8 +91,27 @@ _CONNECTION_ERRNOS: Final = frozenset(
     }
 )
 
-# nfsstat4 values >= 10000 that have an errno meaning (RFC 7530).
+# nfsstat4 (RFC 7530) → errno.  Up to 31 they equal Linux errno values; 63
+# and up follow other systems' numbering and must be translated.
 _NFS4ERR_ERRNO: Final = {
+    1: errno.EPERM,
+    2: errno.ENOENT,
+    5: errno.EIO,
+    6: errno.ENXIO,
+    13: errno.EACCES,
+    17: errno.EEXIST,
+    18: errno.EXDEV,
+    20: errno.ENOTDIR,
+    21: errno.EISDIR,
+    22: errno.EINVAL,
+    27: errno.EFBIG,
+    28: errno.ENOSPC,
+    30: errno.EROFS,
+    31: errno.EMLINK,
+    63: errno.ENAMETOOLONG,
+    66: errno.ENOTEMPTY,
+    69: errno.EDQUOT,
+    70: errno.ESTALE,
     10001: errno.ESTALE,  # NFS4ERR_BADHANDLE
     10008: errno.EAGAIN,  # NFS4ERR_DELAY
     10011: errno.ESTALE,  # NFS4ERR_EXPIRED
@@ -103,9 +122,7 @@ _NFS4ERR_ERRNO: Final = {
 
 
 def nfs4_errno(nfsstat: int) -> int:
-    """errno for an nfsstat4: below 10000 they are the errno values."""
-    if 0 < nfsstat < 10000:
-        return nfsstat
+    """errno for an nfsstat4 of a raw COMPOUND reply (EIO if unknown)."""
     return _NFS4ERR_ERRNO.get(nfsstat, errno.EIO)
 
 
@@ -177,6 +194,20 @@ def errno_to_error(err: int, op: str, path: str, detail: str = "") -> DriverErro
     if code in (errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY):
         return FailedPrecondition(text)
     return Internal(text)
+
+
+class ConnectionLost(Unavailable):
+    """The connection broke under a call (not: the server refused a new
+    one).  Every backend call is idempotent, so it is retried once on a new
+    connection before this reaches the caller."""
+
+
+def _rpc_failure(err: int, op: str, path: str, detail: str) -> DriverError:
+    """A callback error: EFAULT/EINTR on an established connection mean the
+    RPC died with its socket (libnfs' RPC_STATUS_ERROR / _CANCEL)."""
+    if op != "mount" and -abs(err) in (-errno.EFAULT, -errno.EINTR):
+        return ConnectionLost(errno_to_error(err, op, path, detail).message)
+    return errno_to_error(err, op, path, detail)
 
 
 # -- one connection ---------------------------------------------------------
@@ -416,7 +447,8 @@ class NfsContext:
                 return  # the context was closed; its waiters were failed then
             value: object = None
             if err < 0:
-                value = errno_to_error(err, pending.op, pending.path, libnfs.error_from(data))
+                detail = libnfs.error_from(data) or (self._lib.get_error(ctx) if ctx else "")
+                value = _rpc_failure(err, pending.op, pending.path, detail)
             elif pending.kind == "dir" and data:
                 # Read and free the handle even if nobody waits any more.
                 raw = self._lib.readdir_all(ctx or 0, data)
@@ -461,7 +493,7 @@ class NfsContext:
                 err, detail = errno.ETIMEDOUT, "RPC timed out"
             else:
                 err, detail = errno.EFAULT, libnfs.error_from(data) or "RPC failed"
-            pending.future.set_exception(errno_to_error(err, pending.op, pending.path, detail))
+            pending.future.set_exception(_rpc_failure(err, pending.op, pending.path, detail))
         except Exception:  # pragma: no cover - defensive, see _on_reply
             log.exception("nfs: error in libnfs RPC callback")
 
@@ -471,9 +503,9 @@ class NfsContext:
             self._unregister()
             return
         if self._lib.service(ctx, revents) < 0:
-            detail = self._lib.get_error(ctx) or "connection lost"
-            log.warning("nfs: connection to %s lost: %s", self._server, detail)
-            self.close(Unavailable(f"nfs: connection to {self._server} lost: {detail}"))
+            detail = self._lib.get_error(ctx) or "-"
+            log.warning("nfs: connection to %s lost (last error: %s)", self._server, detail)
+            self.close(ConnectionLost(f"nfs: connection to {self._server} lost"))
             return
         self._sync_events()
 
@@ -621,7 +653,14 @@ class NfsBackend:
         started = time.monotonic()
         try:
             async with asyncio.timeout(self.timeout):
-                return await body(await self._connected())
+                try:
+                    return await body(await self._connected())
+                except ConnectionLost as exc:
+                    # E.g. the server restarted and this call met the dead
+                    # socket first.  Idempotent: once more, on a new one.
+                    log.info("nfs: %s; retrying %s on a new connection", exc.message, op)
+                    self._nfs.close(ConnectionLost(exc.message))
+                    return await body(await self._connected())
         except TimeoutError:
             nfs = self._nfs
             if nfs.last_reply_at < started and nfs.connected:

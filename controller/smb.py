@@ -825,6 +825,10 @@ class SmbBackend:
         src_unc = _unc(self._share_unc, check_path(src))
         dst_unc = _unc(self._share_unc, check_path(dst))
         if replace:
+            # A missing source must not cost the target.
+            if await self._run("stat", src, _attributes_step, src_unc) is None:
+                msg = f"SMB rename {src!r} -> {dst!r}: the source does not exist"
+                raise NotFound(msg)
             await self.remove_tree(dst)
         try:
             await self._run(

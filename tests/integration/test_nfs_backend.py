@@ -416,6 +416,21 @@ async def test_server_killed_then_restarted(faulty: Target) -> None:
         await b.aclose()
 
 
+async def test_server_restarted_behind_idle_connection(faulty: Target) -> None:
+    # No loop iteration between kill and start: the client meets the dead
+    # socket only with the next call, which reconnects and retries once.
+    b = faulty.backend(timeout=FAULT_TIMEOUT)
+    try:
+        assert await b.mkdir("before") is True
+        faulty.server.kill()
+        faulty.server.start()
+        assert await b.mkdir("after") is True
+        assert await b.exists("before") is True
+        assert b.connects == 2
+    finally:
+        await b.aclose()
+
+
 async def test_server_killed_during_call(faulty: Target) -> None:
     b = faulty.backend(timeout=FAULT_TIMEOUT * 4)
     try:
@@ -505,9 +520,8 @@ async def test_measure_mkdir_latency(target: Target, base: str) -> None:
     finally:
         await b.aclose()
     median_ms = statistics.median(samples) * 1000
-    print(  # noqa: T201 - measurement output for the report
+    print(
         f"\nNFSv{target.version}: median mkdir {median_ms:.2f} ms; "
         f"ganesha start {target.server.last_start_seconds * 1000:.0f} ms"
     )
     assert median_ms < 50
-

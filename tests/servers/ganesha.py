@@ -394,9 +394,34 @@ class GaneshaServer:
         self.start()
 
     def pause(self) -> None:
-        """SIGSTOP: connections stay open, nothing is answered."""
+        """SIGSTOP: connections stay open, nothing is answered.  Returns once
+        every thread of ganesha is stopped (the signal is asynchronous)."""
         self._signal(signal.SIGSTOP)
         self._paused = True
+        if self._proc is None:
+            return
+        deadline = time.monotonic() + _STOP_TIMEOUT
+        while not self._all_threads_stopped(self._proc.pid):
+            if time.monotonic() > deadline:
+                msg = "ganesha.nfsd did not stop on SIGSTOP"
+                raise GaneshaError(msg)
+            time.sleep(0.005)
+
+    @staticmethod
+    def _all_threads_stopped(pid: int) -> bool:
+        try:
+            tasks = os.listdir(f"/proc/{pid}/task")
+        except FileNotFoundError:
+            return True  # gone
+        for tid in tasks:
+            try:
+                text = Path(f"/proc/{pid}/task/{tid}/stat").read_text()
+            except FileNotFoundError:
+                continue
+            # "pid (comm) S ..." -- comm may hold spaces: split after ")".
+            if text.rpartition(")")[2].split()[0] not in ("T", "t"):
+                return False
+        return True
 
     def resume(self) -> None:
         self._signal(signal.SIGCONT)

@@ -206,6 +206,20 @@ class SambaServer:
             raise KeyError(msg)
         return self.root_dir / "shares" / name
 
+    def sessions(self) -> list[dict[str, str]]:
+        """SMB sessions the server has now (``smbstatus``): user name and client address."""
+        done = subprocess.run(
+            [_which("smbstatus"), "-s", str(self.conf_path), "-b", "--json"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        sessions = json.loads(done.stdout).get("sessions", {})
+        return [
+            {"username": str(v.get("username", "")), "client": str(v.get("hostname", ""))}
+            for v in sessions.values()
+        ]
+
     # --- lifecycle -----------------------------------------------------------
 
     def start(self) -> None:
