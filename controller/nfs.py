@@ -15,9 +15,14 @@ Failure handling:
 * Auto-reconnect inside libnfs is switched off (with it, a dead server makes
   calls hang until the deadline instead of failing fast, and an NFSv4 context
   never recovers: libnfs 4.0 reconnects the socket but not the v4 client
-  state).  When the socket dies (``nfs_service`` < 0) the context is destroyed,
-  waiting calls get Unavailable and the next call builds a new context and
-  mounts again (~1-5 ms), for v3 and v4 alike.
+  state).  When the socket dies (``nfs_service`` < 0, or an RPC fails with
+  libnfs' EFAULT/EINTR) the context is destroyed and a new one is built and
+  mounted (~2-5 ms), for v3 and v4 alike.  A call that met the broken
+  connection is retried once on the new one (every call is idempotent), so a
+  server restart between two calls costs no error; a server that is down
+  gives Unavailable at once (connection refused), well within the deadline.
+* NFSv4 chmod goes through a raw COMPOUND (see ``libnfs.nfs4_setattr_mode_async``):
+  libnfs 4.0's own v4 chmod fails on directories.
 * Errors come back from libnfs as negative errno values and are mapped once,
   in :func:`errno_to_error`.
 
@@ -35,6 +40,7 @@ measured 796/801 against loopback), so kernel nfsd exports with the default
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import itertools
 import logging
@@ -336,7 +342,9 @@ class NfsContext:
         exc = reason or Unavailable("nfs: connection closed")
         for p in pending.values():
             if not p.future.done():
-                p.future.set_exception(_copy_error(exc))
+                # A future of a loop that is gone cannot be completed.
+                with contextlib.suppress(RuntimeError):
+                    p.future.set_exception(_copy_error(exc))
         if ctx is not None:
             # libnfs calls the pending callbacks from here; they find nothing.
             self._lib.destroy_context(ctx)
@@ -441,10 +449,10 @@ class NfsContext:
         # Called by libnfs from inside nfs_service / nfs_destroy_context, on
         # the loop thread.  Must never raise (ctypes would only print it).
         try:
-            self.last_reply_at = time.monotonic()
             pending = self._pending.pop(token or 0, None)
             if pending is None:
                 return  # the context was closed; its waiters were failed then
+            self.last_reply_at = time.monotonic()
             value: object = None
             if err < 0:
                 detail = libnfs.error_from(data) or (self._lib.get_error(ctx) if ctx else "")
@@ -476,9 +484,11 @@ class NfsContext:
     ) -> None:
         # Raw NFSv4 COMPOUND replies (see chmod); same contract as _on_reply.
         try:
-            self.last_reply_at = time.monotonic()
             pending = self._pending.pop(token or 0, None)
-            if pending is None or pending.future.done():
+            if pending is None:
+                return
+            self.last_reply_at = time.monotonic()
+            if pending.future.done():
                 return
             if status == libnfs.RPC_STATUS_SUCCESS and data:
                 nfsstat = libnfs.compound_status(data)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -23,8 +25,8 @@ SMB_READER = "csitest3"
 
 
 @pytest.fixture(scope="session")
-def samba(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaServer]:
-    """A running Samba on 127.0.0.1 with shares ``csi`` and ``extra``.
+def samba() -> Iterator[SambaServer]:
+    """A running Samba on 127.0.0.1 with shares ``csi`` and ``extra``, in /tmp.
 
     ``csitest1`` and ``csitest2`` may write; ``csitest3`` only reads ``csi``.
     Passwords are random per session: ``samba.password(user)``.  Tests that
@@ -36,13 +38,17 @@ def samba(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SambaServer]:
     if shutil.which("smbd", path=sbin) is None:
         pytest.fail(f"smbd is not installed: {APT_HINT} (or `make deps`)")
     users = {name: secrets.token_urlsafe(16) for name in (SMB_WRITER, SMB_WRITER2, SMB_READER)}
+    # Not under pytest's basetemp: that is 0700 root, and smbd reaches the
+    # shares as the connecting user, who must be able to traverse every parent.
+    root = Path(tempfile.mkdtemp(prefix="pytest-samba-"))
     server = SambaServer(
-        tmp_path_factory.mktemp("samba"),
+        root,
         users=users,
         shares=[Share("csi", read_list=(SMB_READER,)), Share("extra")],
     )
-    server.start()
     try:
+        server.start()
         yield server
     finally:
         server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)

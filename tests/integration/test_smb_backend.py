@@ -69,7 +69,9 @@ def _texts(err: BaseException) -> Iterator[str]:
         current = current.__cause__ or current.__context__
     # Frame locals of the driver's own frames, as structlog/rich show_locals
     # would render them (the test's frames hold the passwords legitimately).
-    rendered = traceback.TracebackException.from_exception(err, capture_locals=True)
+    rendered: traceback.TracebackException | None = traceback.TracebackException.from_exception(
+        err, capture_locals=True
+    )
     while rendered is not None:
         for frame in rendered.stack:
             if "/controller/" in frame.filename or "smbclient" in frame.filename:

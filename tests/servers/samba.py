@@ -34,6 +34,7 @@ import secrets
 import shutil
 import signal
 import socket
+import stat
 import subprocess
 import sys
 import time
@@ -345,6 +346,14 @@ class SambaServer:
             os.chmod(path, 0o777)  # noqa: S103 - testbed share root, loopback only
             os.chmod(path.parent, 0o755)  # noqa: S103 - smbd users must traverse it
         os.chmod(self.root_dir, 0o755)  # noqa: S103 - smbd users must traverse it
+        for parent in self.root_dir.parents:
+            if not parent.stat().st_mode & stat.S_IXOTH:
+                msg = (
+                    f"{parent} is not traversable by other users (mode "
+                    f"{stat.S_IMODE(parent.stat().st_mode):o}), so smbd cannot reach the shares "
+                    f"as the connecting user: put the root_dir elsewhere (e.g. under /tmp)"
+                )
+                raise SambaError(msg)
         self.conf_path.write_text(self._render_conf(), encoding="utf-8")
 
     def _render_conf(self) -> str:

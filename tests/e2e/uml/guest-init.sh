@@ -1,6 +1,6 @@
 #!/bin/bash
 # PID 1 of the user-mode-Linux e2e guest (booted by guest.py with
-# `init=<this file> E2E_WORKDIR=<dir> E2E_MODROOT=<dir> E2E_OVERLAYS=<a:b>`;
+# `init=<this file> E2E_WORKDIR=<dir> E2E_UMLDIR=<dir> E2E_OVERLAYS=<a:b>`;
 # those become our environment. The host root is the guest root,
 # read-only through hostfs).
 #
@@ -15,9 +15,9 @@
 #  - runs `bash cmd.sh` in $E2E_CWD with the console as stdin/out/err,
 #  - writes its exit code, syncs, powers off.
 # Exit code 125 + an "E2E-GUEST: setup failed" line = the guest setup broke
-# before the command ran. PID 1 must never exit (kernel panic), hence no -e
-# at top level: every step goes through `step`.
-set -u
+# before the command ran. PID 1 must never exit (kernel panic): everything
+# runs in a `set -eu` subshell; PID 1 itself only records its status and
+# powers off.
 export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 export HOME=/root LANG=C.UTF-8 TERM=dumb
 here=$(dirname "$(readlink -f "$0")")
@@ -43,12 +43,12 @@ finish() {   # finish <exit code>
     halt_guest
 }
 
-step() {     # step <description> <command...>: run, or report + power off
+step() {     # step <description> <command...>: run, or report and exit 125
     local what=$1
     shift
     if ! "$@"; then
         log "setup failed at: $what"
-        finish 125
+        exit 125
     fi
 }
 
@@ -79,50 +79,66 @@ mount_workdir() {
     mkdir -p "$WD" && mount -t hostfs -o "$WD" hostfs "$WD"
 }
 
-link_modules() {
-    local ver
-    ver=$(uname -r)
-    [ -d "${UML_MODULES:-}" ] || { echo "UML_MODULES not set or missing"; return 1; }
-    mkdir -p /usr/lib/modules && ln -sfn "$UML_MODULES" "/usr/lib/modules/$ver"
+mount_umldir() {
+    [ -n "${E2E_UMLDIR:-}" ] || { echo "E2E_UMLDIR not set on the kernel command line"; return 1; }
+    mkdir -p /run/e2e-uml && mount -t hostfs -o "$E2E_UMLDIR" -r hostfs /run/e2e-uml
 }
 
-step "mount proc/sys/dev/run/tmp" mount_basics
-# overlay is a module; /usr/lib/modules is not writable yet: use the
-# depmod'ed tree from setup.sh directly.
-step "load overlay module" modprobe -d "${E2E_MODROOT:-}" overlay
-# E2E_OVERLAYS (kernel command line, ':'-separated): extra dirs, e.g. the repo.
-IFS=: read -r -a extra <<<"${E2E_OVERLAYS:-}"
-for d in /etc /var /usr/lib /root ${extra[@]+"${extra[@]}"}; do
-    [ -n "$d" ] && step "overlay $d" overlay "$d"
-done
-# after the overlays, which would hide it if it lies below one of them
-step "mount workdir $WD (hostfs)" mount_workdir
-[ -f "$WD/env" ] || { log "setup failed at: no $WD/env"; finish 125; }
-set -a
-# shellcheck disable=SC1091
-. "$WD/env"
-set +a
-step "link modules" link_modules
-step "lo up" ip link set lo up
-hostname "${GUEST_HOSTNAME:-e2e-guest}" 2>/dev/null || true
+link_modules() {  # so that modprobe (and the kernel's request_module) work
+    local ver
+    ver=$(uname -r)
+    mkdir -p /usr/lib/modules &&
+        ln -sfn "/run/e2e-uml/root/usr/lib/uml/modules/$ver" "/usr/lib/modules/$ver"
+}
 
-# Both servers start concurrently (each spends time waiting).
-pids=() names=()
-if [ "${START_SAMBA:-0}" = 1 ]; then
-    log "starting samba (uptime $(uptime_s) s)"
-    "$here/start-samba.sh" & pids+=($!) names+=(samba)
-fi
-if [ "${START_NFS:-0}" = 1 ]; then
-    log "starting nfs (uptime $(uptime_s) s)"
-    "$here/start-nfs.sh" & pids+=($!) names+=(nfs)
-fi
-for i in "${!pids[@]}"; do
-    step "start ${names[$i]}" wait "${pids[$i]}"
-done
+main() {
+    set -eu
+    step "mount proc/sys/dev/run/tmp" mount_basics
+    # $E2E_UMLDIR (setup.sh's cache) at a fixed path: the host path may be
+    # hidden (e.g. under /tmp). overlay is a module and /usr/lib/modules is
+    # not writable yet: load it from the depmod'ed tree directly.
+    step "mount E2E_UMLDIR (hostfs)" mount_umldir
+    step "load overlay module" modprobe -d /run/e2e-uml/modroot overlay
+    # E2E_OVERLAYS (kernel command line, ':'-separated): extra dirs, e.g. the repo.
+    local d extra
+    IFS=: read -r -a extra <<<"${E2E_OVERLAYS:-}" || true
+    for d in /etc /var /usr/lib /root ${extra[@]+"${extra[@]}"}; do
+        if [ -n "$d" ]; then step "overlay $d" overlay "$d"; fi
+    done
+    # after the overlays, which would hide it if it lies below one of them
+    step "mount workdir $WD (hostfs)" mount_workdir
+    step "read $WD/env" test -f "$WD/env"
+    set -a
+    # shellcheck disable=SC1091
+    . "$WD/env"
+    set +a
+    step "link modules" link_modules
+    step "lo up" ip link set lo up
+    hostname "${GUEST_HOSTNAME:-e2e-guest}" 2>/dev/null || true
 
-log "running command (uptime $(uptime_s) s)"
-cd "${E2E_CWD:-/}" || finish 125
-bash "$WD/cmd.sh" </dev/null
-rc=$?
-log "command exited with $rc (uptime $(uptime_s) s)"
-finish "$rc"
+    # Both servers start concurrently (each spends time waiting).
+    local pids=() names=() i
+    if [ "${START_SAMBA:-0}" = 1 ]; then
+        log "starting samba (uptime $(uptime_s) s)"
+        "$here/start-samba.sh" & pids+=($!) names+=(samba)
+    fi
+    if [ "${START_NFS:-0}" = 1 ]; then
+        log "starting nfs (uptime $(uptime_s) s)"
+        "$here/start-nfs.sh" & pids+=($!) names+=(nfs)
+    fi
+    for i in "${!pids[@]}"; do
+        step "start ${names[$i]}" wait "${pids[$i]}"
+    done
+
+    step "cd ${E2E_CWD:-/}" cd "${E2E_CWD:-/}"
+    log "running command (uptime $(uptime_s) s)"
+    local rc=0
+    bash "$WD/cmd.sh" </dev/null || rc=$?
+    log "command exited with $rc (uptime $(uptime_s) s)"
+    exit "$rc"
+}
+
+# PID 1: run everything in a subshell (mounts are shared with it), then
+# record its status and power off whatever happened.
+(main)
+finish $?

@@ -239,8 +239,6 @@ def default_env(*, samba: bool, nfs: bool) -> dict[str, str]:
         "TERM": "dumb",
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",
-        "UML_MODULES": str(uml_dir() / "root" / "usr" / "lib" / "uml" / "modules" /
-                           (uml_dir() / ".ready").read_text().strip()),
     }
     if samba:
         env.update(
@@ -287,6 +285,7 @@ def run_in_guest(
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     _check_path(workdir, "workdir")
+    _check_path(uml_dir(), "UML_DIR")
     for o in overlays:
         _check_path(Path(o), "overlay")
         if ":" in str(o):
@@ -324,7 +323,7 @@ def run_in_guest(
         "con=null", "con0=null,fd:1",
         f"init={INIT_SH}",
         f"E2E_WORKDIR={workdir}",
-        f"E2E_MODROOT={uml_dir() / 'modroot'}",
+        f"E2E_UMLDIR={uml_dir()}",
         f"E2E_OVERLAYS={':'.join(str(o) for o in overlays)}",
     ]
     # UML keeps a pid file and its mconsole socket under uml_dir (default

@@ -34,10 +34,12 @@ missing_packages() {
 
 uml_ready() {
     [ -f "$UML_DIR/.ready" ] || return 1
-    local ver
+    local ver modlink
     ver=$(cat "$UML_DIR/.ready")
+    modlink=../../../root/usr/lib/uml/modules/$ver
     [ -x "$UML_DIR/root/usr/bin/linux.uml" ] &&
-        [ -s "$UML_DIR/root/usr/lib/uml/modules/$ver/modules.dep" ]
+        [ -s "$UML_DIR/root/usr/lib/uml/modules/$ver/modules.dep" ] &&
+        [ "$(readlink "$UML_DIR/modroot/lib/modules/$ver")" = "$modlink" ]
 }
 
 # Fast path: nothing to do.
@@ -115,9 +117,10 @@ if ! uml_ready; then
     rm -rf "$UML_DIR/root"
     mv "$UML_DIR/root.tmp" "$UML_DIR/root"
     # depmod wants <base>/lib/modules/<ver>; point it at the unpacked tree
-    # (modules.dep etc. are written into the unpacked tree itself).
+    # (modules.dep etc. are written into the unpacked tree itself). Relative
+    # link: the guest sees $UML_DIR at another path (/run/e2e-uml).
     mkdir -p "$UML_DIR/modroot/lib/modules"
-    ln -sfn "$UML_DIR/root/usr/lib/uml/modules/$ver" "$UML_DIR/modroot/lib/modules/$ver"
+    ln -sfn "../../../root/usr/lib/uml/modules/$ver" "$UML_DIR/modroot/lib/modules/$ver"
     /sbin/depmod -b "$UML_DIR/modroot" "$ver"
     rm -rf "$UML_DIR/deb.tmp"      # the 41 MB .deb is no longer needed
     echo "$ver" >"$UML_DIR/.ready"
