@@ -846,11 +846,16 @@ class SmbBackend:
             return False
         entry = _Entry(parts[-1], attributes)
         if entry.is_dir and not entry.is_link:
-            await self._remove_dir(path, unc, attributes)
+            # Up to max_in_flight subdirectories are walked side by side; the
+            # rest inline, so the number of live coroutines stays bounded.
+            walkers = asyncio.Semaphore(self._channel.settings.max_in_flight)
+            await self._remove_dir(path, unc, attributes, walkers)
             return True
         return await self._run("remove", path, _remove_step, unc, entry.is_dir)
 
-    async def _remove_dir(self, rel: str, unc: str, attributes: int) -> None:
+    async def _remove_dir(
+        self, rel: str, unc: str, attributes: int, walkers: asyncio.Semaphore
+    ) -> None:
         for attempt in range(2):
             if attributes & _ATTR_READONLY:
                 # Clearing it makes the directory writable (Samba: owner w bit).
@@ -859,22 +864,36 @@ class SmbBackend:
             entries = await self._run("list", rel, _list_step, unc)
             if entries is None:
                 return  # removed by someone else meanwhile
+            await self._remove_entries(rel, unc, entries, walkers)
+            try:
+                await self._run("rmdir", rel, _remove_step, unc, True)
+            except FailedPrecondition:
+                if attempt:  # still not empty: something keeps writing into it
+                    raise
+            else:
+                return
+
+    async def _remove_entries(
+        self, rel: str, unc: str, entries: list[_Entry], walkers: asyncio.Semaphore
+    ) -> None:
+        walking: list[asyncio.Task[None]] = []
+        try:
             for entry in entries:
-                if entry.is_dir and not entry.is_link:
-                    await self._remove_dir(
-                        f"{rel}/{entry.name}", f"{unc}\\{entry.name}", entry.attributes
-                    )
+                if not entry.is_dir or entry.is_link:
+                    continue
+                child = (f"{rel}/{entry.name}", f"{unc}\\{entry.name}", entry.attributes)
+                if walkers.locked():
+                    await self._remove_dir(*child, walkers)
+                else:
+                    await walkers.acquire()
+                    walking.append(asyncio.create_task(self._walk(*child, walkers)))
             files = [e for e in entries if not e.is_dir or e.is_link]
             batch = 4 * self._channel.settings.max_in_flight
             for start in range(0, len(files), batch):
                 results = await asyncio.gather(
                     *(
                         self._run(
-                            "remove",
-                            f"{rel}/{e.name}",
-                            _remove_step,
-                            f"{unc}\\{e.name}",
-                            e.is_dir,
+                            "remove", f"{rel}/{e.name}", _remove_step, f"{unc}\\{e.name}", e.is_dir
                         )
                         for e in files[start : start + batch]
                     ),
@@ -883,13 +902,18 @@ class SmbBackend:
                 for result in results:
                     if isinstance(result, BaseException):
                         raise result
-            try:
-                await self._run("rmdir", rel, _remove_step, unc, True)
-            except FailedPrecondition:
-                if attempt:  # still not empty: something keeps writing into it
-                    raise
-            else:
-                return
+            for task in walking:
+                await task
+        finally:
+            for task in walking:
+                task.cancel()
+            await asyncio.gather(*walking, return_exceptions=True)
+
+    async def _walk(self, rel: str, unc: str, attributes: int, walkers: asyncio.Semaphore) -> None:
+        try:
+            await self._remove_dir(rel, unc, attributes, walkers)
+        finally:
+            walkers.release()
 
     async def exists(self, path: str) -> bool:
         unc = _unc(self._share_unc, check_path(path))

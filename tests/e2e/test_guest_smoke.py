@@ -116,6 +116,8 @@ def test_kernel_cifs_and_nfs_mounts_in_guest(tmp_path: Path) -> None:
     res = run_in_guest(SMOKE.replace("__UML__", str(UML)), workdir=tmp_path,
                        samba=True, nfs=True, timeout=300)
 
+    print(f"guest: exit {res.returncode}, {res.duration:.1f} s, "
+          f"peak {(res.peak_mem_kib or 0) // 1024} MiB")
     failed = re.findall(r"SMOKE-FAILED: (.*)", res.output)
     where = f"failed step: {failed[-1]}" if failed else "no step reported failure"
     assert res.returncode == 0, (
