@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
-import stat
 import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -120,7 +118,7 @@ async def test_archive_replaces_older_archive(
     root = samba.share_path("csi") / "k8s"
     for round_ in (1, 2):
         vid = (
-            await c.controller.CreateVolume(create(samba, f"pvc-ar", onDelete="archive"))
+            await c.controller.CreateVolume(create(samba, "pvc-ar", onDelete="archive"))
         ).volume.volume_id
         (root / "pvc-ar" / f"round{round_}.txt").write_text(str(round_))
         await c.controller.DeleteVolume(
@@ -130,9 +128,6 @@ async def test_archive_replaces_older_archive(
         assert sorted(p.name for p in (root / "archived-pvc-ar").iterdir()) == [
             f"round{round_}.txt"
         ]
-        # A fresh controller run would not remember; emulate by a new name cycle.
-        c2 = c
-        del c2
 
 
 async def test_retain_keeps_directory(
