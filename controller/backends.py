@@ -10,7 +10,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from controller.backend import ShareBackend
-from controller.smb import SmbBackendPool, SmbSettings
 from driver.config import Config
 from driver.credentials import Credentials
 from driver.errors import InvalidArgument
@@ -18,15 +17,26 @@ from driver.source import Source
 
 if TYPE_CHECKING:
     from controller.nfs import NfsBackendPool
+    from controller.smb import SmbBackendPool
 
+# Served over NFSv4.0: libnfs 4.0 has no 4.1 sessions (see controller/nfs.py).
 DEFAULT_NFS_VERSION = "4.1"
 
 
 class ShareBackends:
     def __init__(self, config: Config) -> None:
-        self._smb = SmbBackendPool(SmbSettings(op_timeout=config.backend_timeout))
+        # Client libraries load on first use: Probe answers sooner, and a
+        # cluster using one protocol never loads the other.
+        self._smb: SmbBackendPool | None = None
         self._nfs: NfsBackendPool | None = None
         self._timeout = config.backend_timeout
+
+    def _smb_pool(self) -> SmbBackendPool:
+        if self._smb is None:
+            from controller.smb import SmbBackendPool, SmbSettings
+
+            self._smb = SmbBackendPool(SmbSettings(op_timeout=self._timeout))
+        return self._smb
 
     def _nfs_pool(self) -> NfsBackendPool:
         if self._nfs is None:
@@ -41,16 +51,19 @@ class ShareBackends:
         if source.protocol == "smb":
             if credentials is None:
                 raise InvalidArgument("SMB shares need credentials")
-            return self._smb.get(source.server, source.effective_port, source.share, credentials)
+            return self._smb_pool().get(
+                source.server, source.effective_port, source.share, credentials
+            )
         version = nfs_version or DEFAULT_NFS_VERSION
         return self._nfs_pool().get(source.server, source.port, source.share, version)  # type: ignore[arg-type]
 
     def cached(self, source: Source) -> ShareBackend | None:
-        if source.protocol == "smb":
+        if source.protocol == "smb" and self._smb is not None:
             return self._smb.cached(source.server, source.effective_port, source.share)
         return None
 
     async def aclose(self) -> None:
-        await self._smb.aclose()
+        if self._smb is not None:
+            await self._smb.aclose()
         if self._nfs is not None:
             await self._nfs.aclose()

@@ -619,7 +619,11 @@ class _Channel:
             future.exception()  # mark retrieved: a late failure after a timeout is expected
 
     async def aclose(self) -> None:
-        """Log off politely within ``close_timeout``, then cut the sockets."""
+        """Log off politely within ``close_timeout``, then cut the sockets.
+
+        Best effort against concurrency: a step that is opening a connection at
+        this very moment may leave it open until the next ``aclose``.
+        """
         self._generation += 1
         executor, self._executor = self._executor, None
         connections = list(self._cache.values())

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -21,7 +21,9 @@ from google.protobuf.message import Message
 from driver import redact, rpc
 from driver.errors import DriverError
 from driver.log import get_logger
-from driver.metrics import Metrics
+
+if TYPE_CHECKING:
+    from driver.metrics import Metrics
 
 log = get_logger("driver.rpc")
 

@@ -11,6 +11,7 @@ import stat
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -19,8 +20,10 @@ from driver.csi import csi_pb2_grpc
 from driver.identity import IdentityService
 from driver.interceptor import ErrorBoundary
 from driver.log import get_logger
-from driver.metrics import Metrics
 from driver.plugin import ServicePlugin, build_plugins
+
+if TYPE_CHECKING:
+    from driver.metrics import Metrics
 
 log = get_logger("driver.server")
 
@@ -60,7 +63,12 @@ class DriverServer:
     def __init__(self, config: Config, plugins: Sequence[ServicePlugin] | None = None) -> None:
         self.config = config
         self.plugins = list(plugins) if plugins is not None else build_plugins(config)
-        self.metrics = Metrics()
+        # prometheus_client costs ~25 ms and ~4 MiB: load it only when asked.
+        self.metrics: Metrics | None = None
+        if config.metrics_address is not None:
+            from driver.metrics import Metrics
+
+            self.metrics = Metrics()
         self.server = grpc.aio.server(
             interceptors=[ErrorBoundary(self.metrics)],
             options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
@@ -89,7 +97,7 @@ class DriverServer:
         await self.server.start()
         if ep.scheme == "unix":
             os.chmod(ep.path, 0o660)  # kubelet and sidecars run as root; nobody else needs it
-        if self.config.metrics_address is not None:
+        if self.metrics is not None and self.config.metrics_address is not None:
             host, mport = self.config.metrics_address
             self.metrics_port = self.metrics.serve(host, mport)
         log.info(
@@ -110,7 +118,8 @@ class DriverServer:
                 await plugin.aclose()
             except Exception as exc:  # noqa: BLE001 - shutdown continues regardless
                 log.warning("service shutdown failed", service=plugin.name, error=repr(exc))
-        self.metrics.stop()
+        if self.metrics is not None:
+            self.metrics.stop()
         ep = self.config.endpoint
         if ep.scheme == "unix":
             with contextlib.suppress(FileNotFoundError):

@@ -307,6 +307,26 @@ async def test_remove_tree_with_read_only_files_and_dirs(
     assert await backend.remove_tree(f"{d}/tree") is False
 
 
+async def test_remove_tree_of_a_wide_and_deep_tree(
+    make: Callable[..., SmbBackend], share_dir: Path
+) -> None:
+    # max_in_flight=2: some subdirectories are walked side by side, the rest inline.
+    backend = make(settings=SmbSettings(op_timeout=5.0, close_timeout=1.0, max_in_flight=2))
+    d = _unique()
+    await backend.mkdir(d)
+    for i in range(12):
+        deep = share_dir / d / f"w{i}" / "x" / "y"
+        deep.mkdir(parents=True)
+        for j in range(3):
+            (deep.parent / f"f{j}").write_text("x")
+        (deep / "leaf").write_text("x")
+    for path in (share_dir / d).rglob("*"):
+        _own(path)
+    (share_dir / d / "w3" / "x").chmod(0o555)
+    assert await backend.remove_tree(d) is True
+    assert not (share_dir / d).exists()
+
+
 async def test_remove_tree_of_a_file_and_of_nothing(
     make: Callable[..., SmbBackend], share_dir: Path
 ) -> None:

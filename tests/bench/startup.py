@@ -1,0 +1,91 @@
+"""Start-up time to the first successful Probe, and idle RSS per mode.
+
+Baseline in the same run: a bare ``python -c pass`` start, so the driver's
+own cost shows as a ratio.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from driver.csi import csi_pb2, csi_pb2_grpc
+from tests.bench.common import table, write
+
+RUNS = 10
+
+
+def _probe_ready(sock: Path) -> bool:
+    if not sock.exists():
+        return False
+    try:
+        with grpc.insecure_channel(f"unix://{sock}") as ch:
+            resp = csi_pb2_grpc.IdentityStub(ch).Probe(csi_pb2.ProbeRequest(), timeout=0.5)
+            return bool(resp.ready.value)
+    except grpc.RpcError:
+        return False
+
+
+def start_once(mode: str, tmp: Path) -> tuple[float, int]:
+    sock = tmp / f"{mode}.sock"
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "driver", "serve", "--endpoint", f"unix://{sock}", "--mode", mode],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not _probe_ready(sock):
+            if proc.poll() is not None:
+                raise RuntimeError(f"driver exited with {proc.returncode}")
+            time.sleep(0.002)
+        ready = time.perf_counter() - t0
+        time.sleep(1.0)  # idle
+        rss = psutil.Process(proc.pid).memory_info().rss
+        return ready, rss
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def bare_python() -> float:
+    t0 = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.perf_counter() - t0
+
+
+def main() -> dict[str, Any]:
+    rows = []
+    results: dict[str, Any] = {}
+    baseline = statistics.median(bare_python() for _ in range(RUNS))
+    with tempfile.TemporaryDirectory() as tmp:
+        for mode in ("node", "controller", "all"):
+            samples = [start_once(mode, Path(tmp)) for _ in range(RUNS)]
+            ready = statistics.median(s[0] for s in samples)
+            rss = statistics.median(s[1] for s in samples) / 2**20
+            results[mode] = {"ready_ms_median": ready * 1000, "idle_rss_mib_median": rss}
+            rows.append(
+                {
+                    "mode": mode,
+                    "ready_ms": ready * 1000,
+                    "x_bare_python": ready / baseline,
+                    "idle_rss_MiB": rss,
+                }
+            )
+    results["bare_python_start_ms_median"] = baseline * 1000
+    print(f"start-up (median of {RUNS}; bare `python -c pass` = {baseline * 1000:.1f} ms)")
+    print(table(rows, ["mode", "ready_ms", "x_bare_python", "idle_rss_MiB"]))
+    write("startup", results)
+    return results
+
+
+if __name__ == "__main__":
+    main()
