@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from driver import paths
 from driver.errors import InvalidArgument
+from driver.modes import parse_octal_mode
 from driver.source import Source, parse_source
 from driver.volume_id import ON_DELETE, OnDelete
 
@@ -70,13 +71,7 @@ def render_template(template: str, metadata: Mapping[str, str]) -> str:
 
 
 def parse_mount_permissions(text: str) -> int:
-    text = text.strip()
-    if not re.fullmatch(r"0?[0-7]{1,4}", text) and not re.fullmatch(r"0o[0-7]{1,4}", text):
-        raise InvalidArgument(f"mountPermissions: {text!r} is not an octal mode like 0777")
-    mode = int(text.removeprefix("0o"), 8)
-    if mode > 0o7777:
-        raise InvalidArgument("mountPermissions: mode out of range")
-    return mode
+    return parse_octal_mode(text, what="mountPermissions")
 
 
 def options_from_mount_flags(flags: Sequence[str]) -> dict[str, str]:

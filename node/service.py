@@ -1,74 +1,246 @@
-"""The CSI Node service.
+"""The CSI Node service: request validation, locks, and the platform.
 
-Only what is built is advertised: NodeGetInfo answers; staging and publishing
-arrive with the platform mounters and answer UNIMPLEMENTED until then.
+This module knows CSI; the platform (``node/linux.py`` or ``node/windows.py``,
+chosen in :func:`build`) knows the OS.  The volume's location comes from the
+volume context the controller returned (``protocol``, ``source``,
+``subDir``); for a static PV without a context, from a volume ID in this
+driver's format.
 """
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
 
+from driver import paths, rpc
 from driver.config import Config
+from driver.credentials import Credentials, smb_credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
-from driver.errors import Unimplemented
+from driver.errors import InvalidArgument, Unimplemented
+from driver.locks import VolumeLocks
+from driver.log import get_logger
+from driver.modes import parse_octal_mode
+from driver.source import Source, parse_source
+from driver.volume_id import parse_volume_id
+from node.platform import NodePlatform, PublishRequest, StageRequest
+
+log = get_logger("node")
 
 Ctx = grpc.aio.ServicerContext[Any, Any]
+AccessMode = csi_pb2.VolumeCapability.AccessMode
+_READ_ONLY_MODES = frozenset(
+    {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
+)
+_KNOWN_MODES = frozenset(AccessMode.Mode.values()) - {AccessMode.UNKNOWN}
+RpcType = csi_pb2.NodeServiceCapability.RPC.Type
+
+
+def split_mount_flags(flags: Any) -> tuple[str, ...]:
+    out: list[str] = []
+    for flag in flags:
+        out.extend(item.strip() for item in str(flag).split(",") if item.strip())
+    return tuple(out)
+
+
+def check_capability(cap: csi_pb2.VolumeCapability, *, required: bool = True) -> None:
+    if not cap.ByteSize():
+        if required:
+            raise InvalidArgument("volume_capability: required")
+        return
+    kind = cap.WhichOneof("access_type")
+    if kind == "block":
+        raise InvalidArgument("volume_capability: block access is not supported (file shares)")
+    if kind != "mount":
+        raise InvalidArgument("volume_capability: access_type mount is required")
+    if cap.access_mode.mode not in _KNOWN_MODES:
+        raise InvalidArgument("volume_capability: access_mode is missing or unknown")
+
+
+def locate(volume_id: str, context: Mapping[str, str]) -> tuple[Source, str, int | None]:
+    """(share root, directory under it, mountPermissions) for a volume."""
+    ctx = {k.lower(): v for k, v in context.items()}
+    mode: int | None = None
+    if ctx.get("mountpermissions"):
+        mode = parse_octal_mode(ctx["mountpermissions"])
+    if ctx.get("source"):
+        src = parse_source(ctx["source"], ctx.get("protocol") or None)
+        subdir = ctx.get("subdir", "").strip("/")
+        if subdir:
+            paths.safe_relpath(subdir, what="volume context subDir")
+        root = Source(src.protocol, src.server, src.port, src.share)
+        return root, paths.join(src.base, subdir), mode
+    try:
+        vid = parse_volume_id(volume_id)
+    except InvalidArgument as exc:
+        raise InvalidArgument(
+            f"volume_context has no 'source' and the volume ID is not this driver's: {exc.message}"
+        ) from None
+    return vid.source, vid.dir, mode
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, node_id: str) -> None:
+    def __init__(self, node_id: str, platform: NodePlatform | None) -> None:
         self._node_id = node_id
+        self._platform = platform
+        self._locks = VolumeLocks()
+
+    def _require_platform(self, method: str) -> NodePlatform:
+        if self._platform is None:
+            raise Unimplemented(f"{method}: no mounter for this platform ({sys.platform})")
+        return self._platform
+
+    async def NodeStageVolume(
+        self, request: csi_pb2.NodeStageVolumeRequest, context: Ctx
+    ) -> csi_pb2.NodeStageVolumeResponse:
+        platform = self._require_platform("NodeStageVolume")
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        if not request.staging_target_path:
+            raise InvalidArgument("staging_target_path: required")
+        staging = platform.check_path(request.staging_target_path, what="staging_target_path")
+        cap = request.volume_capability
+        check_capability(cap)
+        source, subdir, mode = locate(request.volume_id, request.volume_context)
+        rpc.set_protocol(source.protocol)
+        creds: Credentials | None = None
+        if source.protocol == "smb":
+            creds = smb_credentials(request.secrets, which="node-stage secret")
+        stage = StageRequest(
+            volume_id=request.volume_id,
+            source=source,
+            subdir=subdir,
+            staging_path=staging,
+            mount_options=split_mount_flags(cap.mount.mount_flags),
+            credentials=creds,
+            mount_group=cap.mount.volume_mount_group,
+            read_only=cap.access_mode.mode in _READ_ONLY_MODES,
+            mount_permissions=mode,
+        )
+        with self._locks.acquire(request.volume_id):
+            await platform.stage(stage)
+        return csi_pb2.NodeStageVolumeResponse()
+
+    async def NodeUnstageVolume(
+        self, request: csi_pb2.NodeUnstageVolumeRequest, context: Ctx
+    ) -> csi_pb2.NodeUnstageVolumeResponse:
+        platform = self._require_platform("NodeUnstageVolume")
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        if not request.staging_target_path:
+            raise InvalidArgument("staging_target_path: required")
+        staging = platform.check_path(request.staging_target_path, what="staging_target_path")
+        with self._locks.acquire(request.volume_id):
+            await platform.unstage(request.volume_id, staging)
+        return csi_pb2.NodeUnstageVolumeResponse()
+
+    async def NodePublishVolume(
+        self, request: csi_pb2.NodePublishVolumeRequest, context: Ctx
+    ) -> csi_pb2.NodePublishVolumeResponse:
+        platform = self._require_platform("NodePublishVolume")
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        if not request.target_path:
+            raise InvalidArgument("target_path: required")
+        if not request.staging_target_path:
+            raise InvalidArgument("staging_target_path: required (this driver stages volumes)")
+        target = platform.check_path(request.target_path, what="target_path")
+        staging = platform.check_path(request.staging_target_path, what="staging_target_path")
+        cap = request.volume_capability
+        check_capability(cap)
+        if request.volume_context.get("csi.storage.k8s.io/ephemeral") == "true":
+            raise InvalidArgument("inline ephemeral volumes are not supported")
+        publish = PublishRequest(
+            volume_id=request.volume_id,
+            staging_path=staging,
+            target_path=target,
+            read_only=request.readonly or cap.access_mode.mode in _READ_ONLY_MODES,
+            mount_options=split_mount_flags(cap.mount.mount_flags),
+        )
+        with self._locks.acquire(f"{request.volume_id}@{target}", what="target"):
+            await platform.publish(publish)
+        return csi_pb2.NodePublishVolumeResponse()
+
+    async def NodeUnpublishVolume(
+        self, request: csi_pb2.NodeUnpublishVolumeRequest, context: Ctx
+    ) -> csi_pb2.NodeUnpublishVolumeResponse:
+        platform = self._require_platform("NodeUnpublishVolume")
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        if not request.target_path:
+            raise InvalidArgument("target_path: required")
+        target = platform.check_path(request.target_path, what="target_path")
+        with self._locks.acquire(f"{request.volume_id}@{target}", what="target"):
+            await platform.unpublish(request.volume_id, target)
+        return csi_pb2.NodeUnpublishVolumeResponse()
+
+    async def NodeGetVolumeStats(
+        self, request: csi_pb2.NodeGetVolumeStatsRequest, context: Ctx
+    ) -> csi_pb2.NodeGetVolumeStatsResponse:
+        platform = self._require_platform("NodeGetVolumeStats")
+        if not request.volume_id:
+            raise InvalidArgument("volume_id: required")
+        if not request.volume_path:
+            raise InvalidArgument("volume_path: required")
+        path = platform.check_path(request.volume_path, what="volume_path")
+        usage = await platform.usage(request.volume_id, path)
+        unit = csi_pb2.VolumeUsage.Unit
+        items = [
+            csi_pb2.VolumeUsage(
+                unit=unit.BYTES,
+                total=usage.total_bytes,
+                available=usage.available_bytes,
+                used=usage.used_bytes,
+            )
+        ]
+        if usage.total_inodes is not None:
+            items.append(
+                csi_pb2.VolumeUsage(
+                    unit=unit.INODES,
+                    total=usage.total_inodes,
+                    available=usage.free_inodes or 0,
+                    used=usage.used_inodes or 0,
+                )
+            )
+        return csi_pb2.NodeGetVolumeStatsResponse(
+            usage=items,
+            volume_condition=csi_pb2.VolumeCondition(
+                abnormal=usage.health.abnormal, message=usage.health.message
+            ),
+        )
+
+    async def NodeExpandVolume(
+        self, request: csi_pb2.NodeExpandVolumeRequest, context: Ctx
+    ) -> csi_pb2.NodeExpandVolumeResponse:
+        raise Unimplemented("NodeExpandVolume: directory volumes need no node expansion")
+
+    async def NodeGetCapabilities(
+        self, request: csi_pb2.NodeGetCapabilitiesRequest, context: Ctx
+    ) -> csi_pb2.NodeGetCapabilitiesResponse:
+        names = sorted(self._platform.capabilities) if self._platform is not None else []
+        return csi_pb2.NodeGetCapabilitiesResponse(
+            capabilities=[
+                csi_pb2.NodeServiceCapability(
+                    rpc=csi_pb2.NodeServiceCapability.RPC(type=RpcType.Value(name))
+                )
+                for name in names
+            ]
+        )
 
     async def NodeGetInfo(
         self, request: csi_pb2.NodeGetInfoRequest, context: Ctx
     ) -> csi_pb2.NodeGetInfoResponse:
         return csi_pb2.NodeGetInfoResponse(node_id=self._node_id)
 
-    async def NodeGetCapabilities(
-        self, request: csi_pb2.NodeGetCapabilitiesRequest, context: Ctx
-    ) -> csi_pb2.NodeGetCapabilitiesResponse:
-        return csi_pb2.NodeGetCapabilitiesResponse(capabilities=[])
-
-    # -- built with the platform mounters ---------------------------------
-
-    async def NodeStageVolume(
-        self, request: csi_pb2.NodeStageVolumeRequest, context: Ctx
-    ) -> csi_pb2.NodeStageVolumeResponse:
-        raise Unimplemented("NodeStageVolume is not supported by this driver")
-
-    async def NodeUnstageVolume(
-        self, request: csi_pb2.NodeUnstageVolumeRequest, context: Ctx
-    ) -> csi_pb2.NodeUnstageVolumeResponse:
-        raise Unimplemented("NodeUnstageVolume is not supported by this driver")
-
-    async def NodePublishVolume(
-        self, request: csi_pb2.NodePublishVolumeRequest, context: Ctx
-    ) -> csi_pb2.NodePublishVolumeResponse:
-        raise Unimplemented("NodePublishVolume is not supported by this driver")
-
-    async def NodeUnpublishVolume(
-        self, request: csi_pb2.NodeUnpublishVolumeRequest, context: Ctx
-    ) -> csi_pb2.NodeUnpublishVolumeResponse:
-        raise Unimplemented("NodeUnpublishVolume is not supported by this driver")
-
-    async def NodeGetVolumeStats(
-        self, request: csi_pb2.NodeGetVolumeStatsRequest, context: Ctx
-    ) -> csi_pb2.NodeGetVolumeStatsResponse:
-        raise Unimplemented("NodeGetVolumeStats is not supported by this driver")
-
-    async def NodeExpandVolume(
-        self, request: csi_pb2.NodeExpandVolumeRequest, context: Ctx
-    ) -> csi_pb2.NodeExpandVolumeResponse:
-        raise Unimplemented("NodeExpandVolume is not supported by this driver")
-
 
 class NodePlugin:
     name = "node"
 
-    def __init__(self, config: Config) -> None:
-        self.service = NodeService(config.node_id)
+    def __init__(self, config: Config, platform: NodePlatform | None) -> None:
+        self.platform = platform
+        self.service = NodeService(config.node_id, platform)
 
     def register(self, server: grpc.aio.Server) -> None:
         csi_pb2_grpc.add_NodeServicer_to_server(self.service, server)
@@ -77,8 +249,26 @@ class NodePlugin:
         return True
 
     async def aclose(self) -> None:
-        return None
+        if self.platform is not None:
+            await self.platform.aclose()
+
+
+def select_platform(config: Config) -> NodePlatform | None:
+    """The one place that picks the OS implementation."""
+    if sys.platform == "win32":
+        try:
+            from node.windows import WindowsPlatform
+        except ImportError:  # not built yet
+            return None
+        return WindowsPlatform(config)
+    if sys.platform.startswith("linux"):
+        try:
+            from node.linux import LinuxPlatform
+        except ImportError:  # not built yet
+            return None
+        return LinuxPlatform(config)
+    return None
 
 
 def build(config: Config) -> NodePlugin:
-    return NodePlugin(config)
+    return NodePlugin(config, select_platform(config))

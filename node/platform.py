@@ -1,0 +1,95 @@
+"""What the Node service asks of a platform (Linux or Windows).
+
+The service (``node/service.py``) validates CSI requests, takes the
+per-volume lock and turns a request into one of the plain values below; a
+platform module (``node/linux.py``, ``node/windows.py``) does the work.  The
+platform is chosen in one place, :func:`node.service.build`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from driver.credentials import Credentials
+from driver.source import Source
+
+
+@dataclass(frozen=True, slots=True)
+class StageRequest:
+    volume_id: str
+    source: Source  # the share root (SMB share / NFS export), base folded into subdir
+    subdir: str  # relative to the share root; "" = the share root itself
+    staging_path: str  # absolute, as kubelet gave it
+    mount_options: tuple[str, ...] = ()  # StorageClass mountOptions, split on ','
+    credentials: Credentials | None = field(default=None, repr=False)  # SMB only
+    mount_group: str = ""  # VolumeCapability.mount.volume_mount_group (fsGroup)
+    read_only: bool = False  # every access mode is *_READER_ONLY
+    mount_permissions: int | None = None  # chmod the volume root after mounting (NFS)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishRequest:
+    volume_id: str
+    staging_path: str
+    target_path: str
+    read_only: bool = False
+    mount_options: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeHealth:
+    abnormal: bool
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class VolumeUsage:
+    total_bytes: int
+    available_bytes: int
+    used_bytes: int
+    total_inodes: int | None  # None where the platform has no inode counts
+    free_inodes: int | None
+    used_inodes: int | None
+    health: VolumeHealth
+
+
+class NodePlatform(Protocol):
+    """One implementation per OS.  Every method is idempotent and raises
+    ``driver.errors`` domain errors only."""
+
+    name: str
+    # NodeServiceCapability.RPC.Type names this platform supports, e.g.
+    # "STAGE_UNSTAGE", "GET_VOLUME_STATS", "VOLUME_CONDITION", "VOLUME_MOUNT_GROUP".
+    capabilities: frozenset[str]
+
+    def check_path(self, path: str, *, what: str) -> str:
+        """Validate and normalise a kubelet path (absolute, no ``..``);
+        InvalidArgument names ``what`` otherwise."""
+        ...
+
+    async def stage(self, request: StageRequest) -> None:
+        """Make ``request.staging_path`` show the volume (mount / link)."""
+        ...
+
+    async def unstage(self, volume_id: str, staging_path: str) -> None:
+        """Undo :meth:`stage`; a path that is not staged is success."""
+        ...
+
+    async def publish(self, request: PublishRequest) -> None:
+        """Make ``target_path`` show the staged volume (bind mount / link)."""
+        ...
+
+    async def unpublish(self, volume_id: str, target_path: str) -> None:
+        """Undo :meth:`publish`; a missing target is success."""
+        ...
+
+    async def usage(self, volume_id: str, path: str) -> VolumeUsage:
+        """Space, inodes and health of a staged or published path, bounded in
+        time: a dead server makes it abnormal, never a hang.  NotFound when
+        ``path`` does not exist."""
+        ...
+
+    async def aclose(self) -> None:
+        """Stop background work (health checks, pending mounts)."""
+        ...
