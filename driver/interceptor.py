@@ -10,6 +10,7 @@ duration and status in the metrics.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from driver.metrics import Metrics
 
 log = get_logger("driver.rpc")
+_stdlog = logging.getLogger("driver.rpc")
 
 QUIET_METHODS = frozenset(
     {
@@ -134,14 +136,17 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
     def _log(
         method: str, *, quiet: bool, code: str, message: str, elapsed: float, request: Any
     ) -> None:
+        if code == "OK":
+            level = logging.DEBUG if quiet else logging.INFO
+        elif code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
+            level = logging.ERROR
+        else:
+            level = logging.WARNING
+        if not _stdlog.isEnabledFor(level):
+            return  # rendering the request is the costly part: skip it
         fields: dict[str, Any] = {"code": code, "duration_ms": round(elapsed * 1000, 3)}
         if isinstance(request, Message) and not quiet:
             fields["request"] = redact.redact(request)
         if message:
             fields["error"] = message
-        if code == "OK":
-            (log.debug if quiet else log.info)("rpc", **fields)
-        elif code in ("INTERNAL", "UNKNOWN", "DATA_LOSS"):
-            log.error("rpc", **fields)
-        else:
-            log.warning("rpc", **fields)
+        log.log(level, "rpc", **fields)

@@ -41,6 +41,8 @@ def configure(fmt: str = "json", verbosity: int = 2, stream: TextIO | None = Non
     renderer: Any = structlog.processors.JSONRenderer() if fmt == "json" else _text_renderer()
     structlog.configure(
         processors=[
+            # Drop filtered-out events before any work is done on them.
+            structlog.stdlib.filter_by_level,
             *shared,
             structlog.stdlib.ProcessorFormatter.wrap_for_formatter,
         ],

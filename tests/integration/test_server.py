@@ -37,7 +37,7 @@ def _plugins(backends: FakeBackends, mode: str = "all") -> list[object]:
     if mode in ("all", "controller"):
         out.append(ControllerPlugin(backends))
     if mode in ("all", "node"):
-        out.append(NodePlugin(cfg))
+        out.append(NodePlugin(cfg, None))
     return out
 
 

@@ -105,9 +105,9 @@ class GuestResult:
 
 # ---------------------------------------------------------------- processes
 
-def _session_pids(sid: int) -> list[int]:
-    """Host pids whose session id is ``sid`` (the UML process tree)."""
-    pids = []
+def _proc_table() -> dict[int, tuple[int, int, bool]]:
+    """pid -> (ppid, session id, is zombie) for every host process."""
+    table = {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
             continue
@@ -118,18 +118,36 @@ def _session_pids(sid: int) -> list[int]:
             continue
         # fields after "(comm)": state ppid pgrp session ...
         fields = stat[stat.rfind(b")") + 2:].split()
-        # zombies are dead already (ours is reaped by proc.wait(), the
-        # reparented ones by the host's init)
-        if int(fields[3]) == sid and fields[0] != b"Z":
-            pids.append(int(entry.name))
-    return pids
+        table[int(entry.name)] = (int(fields[1]), int(fields[3]), fields[0] == b"Z")
+    return table
 
 
-def _kill_session(sid: int, deadline: float = 10.0) -> None:
-    """SIGKILL every process of the session until none is left."""
+def _uml_pids(root: int, sids: set[int]) -> list[int]:
+    """Live host processes of the UML run started as ``root``: its
+    descendants plus every process in their sessions (UML calls setsid;
+    orphans of a killed UML leave the tree but keep the session). ``sids``
+    collects the sessions seen so far (the tree is gone once root is reaped)."""
+    table = _proc_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        if pid in table and pid not in tree:
+            tree.add(pid)
+            todo.extend(children.get(pid, ()))
+    sids |= {table[p][1] for p in tree} | {root}
+    members = tree | {p for p, (_, sid, _) in table.items() if sid in sids}
+    # zombies are dead already (reaped by proc.wait() or the host's init)
+    return sorted(p for p in members if not table[p][2])
+
+
+def _kill_tree(root: int, sids: set[int], deadline: float = 10.0) -> None:
+    """SIGKILL every UML process until none is left."""
     end = time.monotonic() + deadline
     while True:
-        pids = _session_pids(sid)
+        pids = _uml_pids(root, sids)
         if not pids:
             return
         for pid in pids:
@@ -164,13 +182,13 @@ def _run_uml(
     """Run UML in its own session; -> (timed out, UML exit status, console, peak PSS KiB)."""
     chunks: list[str] = []
     peak = [0]
+    sids: set[int] = set()  # host sessions of UML processes (UML calls setsid)
     done = threading.Event()
     with open(console_path, "w", encoding="utf-8", errors="replace") as console:
         proc = subprocess.Popen(
             argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT, env=host_env, cwd="/", start_new_session=True,
         )
-        sid = proc.pid  # start_new_session: the UML tree's session id
         assert proc.stdout is not None
         out_fd = proc.stdout.fileno()
 
@@ -191,7 +209,7 @@ def _run_uml(
 
         def sampler() -> None:
             while not done.wait(0.5):
-                peak[0] = max(peak[0], _pss_kib(_session_pids(sid)))
+                peak[0] = max(peak[0], _pss_kib(_uml_pids(proc.pid, sids)))
 
         threads = [threading.Thread(target=reader, daemon=True),
                    threading.Thread(target=sampler, daemon=True)]
@@ -206,7 +224,7 @@ def _run_uml(
             # Always sweep, also after a normal exit or ^C: no UML host
             # process may survive us.
             done.set()
-            _kill_session(sid)
+            _kill_tree(proc.pid, sids)
             proc.wait()
             threads[0].join(timeout=10)
             proc.stdout.close()
@@ -326,11 +344,18 @@ def run_in_guest(
         f"E2E_UMLDIR={uml_dir()}",
         f"E2E_OVERLAYS={':'.join(str(o) for o in overlays)}",
     ]
+    # If we die without cleaning up (SIGKILL, CI timeout), nothing may
+    # survive: as root, UML runs as PID 1 of its own PID namespace (killing
+    # it kills every UML process), and setpriv's parent-death signal takes
+    # unshare, hence (--kill-child) UML, down with the calling thread.
+    if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
+        argv[:0] = ["setpriv", "--pdeathsig", "KILL", "--",
+                    "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
     # UML keeps a pid file and its mconsole socket under uml_dir (default
     # $HOME/.uml): use a short private dir (socket paths max 108 bytes).
     # It puts its RAM in an unlinked file under TMPDIR (or /dev/shm).
     umldir = tempfile.mkdtemp(prefix="uml-")
-    argv.insert(1, f"uml_dir={umldir}")
+    argv.insert(argv.index(str(kernel)) + 1, f"uml_dir={umldir}")
     host_env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "HOME": umldir}
     if "TMPDIR" in os.environ:
         host_env["TMPDIR"] = os.environ["TMPDIR"]

@@ -1,0 +1,306 @@
+"""CreateVolume through the driver's gRPC socket vs the raw client (the floor).
+
+For each protocol the same server is used in one run: first the raw client
+makes 500 directories at concurrency 1, 16 and 64, then the driver (a real
+``csi-smb-nfs serve --mode controller`` subprocess) makes 500 volumes through
+its Unix socket at the same concurrencies.  Reported: median and p99
+latency, operations per second, errors, and the ratios the issues ask for.
+
+SMB raw floor: smbprotocol's ``smbclient.mkdir`` on one warmed private
+session from a thread pool of ``min(concurrency, 8)`` threads (smbprotocol
+has no credit queueing: more in-flight requests on one session fail, so 8 is
+the best a raw caller can do).  NFS raw floor: the driver's own libnfs
+binding called in-process (``NfsBackend.mkdir``), which is the fastest
+user-space NFS client available here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from driver.csi import csi_pb2, csi_pb2_grpc
+from tests.bench.common import summary, table, write
+from tests.harness import wait_for_socket
+
+VOLUMES = 500
+CONCURRENCY = (1, 16, 64)
+AM = csi_pb2.VolumeCapability.AccessMode
+
+
+async def _timed(n: int, concurrency: int, op: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
+    sem = asyncio.Semaphore(concurrency)
+    latencies: list[float] = []
+    errors = 0
+
+    async def one(i: int) -> None:
+        nonlocal errors
+        async with sem:
+            t0 = time.perf_counter()
+            try:
+                await op(i)
+            except Exception:
+                errors += 1
+                return
+            latencies.append(time.perf_counter() - t0)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return summary(latencies, time.perf_counter() - start, errors)
+
+
+def _driver(tmp: Path, prefix: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
+    sock = tmp / "bench.sock"
+    proc = subprocess.Popen(
+        [
+            *(prefix or []),
+            sys.executable,
+            "-m",
+            "driver",
+            "serve",
+            "--mode",
+            "controller",
+            "--endpoint",
+            f"unix://{sock}",
+            "-v",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    wait_for_socket(sock, proc)
+    return proc, f"unix://{sock}"
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _through_driver(
+    endpoint: str, params: dict[str, str], secrets_: dict[str, str], flags: list[str], tag: str
+) -> list[dict[str, Any]]:
+    rows = []
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        stub = csi_pb2_grpc.ControllerStub(channel)
+        cap = csi_pb2.VolumeCapability(
+            mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=flags),
+            access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
+        )
+
+        def request(name: str) -> csi_pb2.CreateVolumeRequest:
+            return csi_pb2.CreateVolumeRequest(
+                name=name, volume_capabilities=[cap], parameters=params, secrets=secrets_
+            )
+
+        await stub.CreateVolume(request(f"warm-{tag}"))  # session set-up is not measured
+        identity = csi_pb2_grpc.IdentityStub(channel)
+
+        async def probe(_: int) -> None:
+            await identity.Probe(csi_pb2.ProbeRequest())
+
+        # The transport's own floor: a Probe round trip through the same socket.
+        rows.append(
+            {"client": "Probe (gRPC floor)", "concurrency": 1, **await _timed(VOLUMES, 1, probe)}
+        )
+        for c in CONCURRENCY:
+            ids: dict[int, str] = {}
+
+            async def create(i: int, c: int = c, ids: dict[int, str] = ids) -> None:
+                resp = await stub.CreateVolume(request(f"{tag}-c{c}-{i:04d}"))
+                ids[i] = resp.volume.volume_id
+
+            rows.append(
+                {
+                    "client": "CreateVolume (gRPC)",
+                    "concurrency": c,
+                    **await _timed(VOLUMES, c, create),
+                }
+            )
+            await asyncio.gather(
+                *(
+                    stub.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=v, secrets=secrets_))
+                    for v in ids.values()
+                )
+            )
+    return rows
+
+
+# -- SMB -------------------------------------------------------------------------
+
+
+def _raw_smb(host: str, port: int, share: str, user: str, password: str) -> list[dict[str, Any]]:
+    import smbclient
+    from smbprotocol.connection import Connection  # noqa: F401 - ensures the package is complete
+
+    cache: dict[str, Any] = {}
+    kw = {"username": user, "password": password, "port": port, "connection_cache": cache}
+    root = rf"\\{host}\{share}"
+    smbclient.mkdir(rf"{root}\raw-warm", **kw)
+    rows = []
+    for c in CONCURRENCY:
+        with ThreadPoolExecutor(min(c, 8)) as pool:
+            loop = asyncio.new_event_loop()
+            try:
+
+                async def op(i: int, c: int = c, pool: ThreadPoolExecutor = pool) -> None:
+                    path = rf"{root}\raw-c{c}-{i:04d}"
+                    await asyncio.get_running_loop().run_in_executor(
+                        pool, lambda: smbclient.mkdir(path, **kw)
+                    )
+
+                rows.append(
+                    {
+                        "client": "raw smbclient.mkdir",
+                        "concurrency": c,
+                        **loop.run_until_complete(_timed(VOLUMES, c, op)),
+                    }
+                )
+            finally:
+                loop.close()
+    smbclient.reset_connection_cache(connection_cache=cache)
+    return rows
+
+
+def bench_smb(tmp: Path) -> dict[str, Any]:
+    from tests.servers.samba import SambaServer, Share
+
+    user, password = "csibench", secrets.token_urlsafe(16)
+    with SambaServer(
+        Path(tempfile.mkdtemp(prefix="bench-samba-")), 0, {user: password}, [Share("csi")]
+    ) as samba:
+        rows = _raw_smb(samba.host, samba.port, "csi", user, password)
+        proc, endpoint = _driver(tmp)
+        try:
+            rows += asyncio.run(
+                _through_driver(
+                    endpoint,
+                    {"source": f"//{samba.host}:{samba.port}/csi/vols"},
+                    {"username": user, "password": password},
+                    [],
+                    "smb",
+                )
+            )
+        finally:
+            _stop(proc)
+    return _report("smb", rows)
+
+
+# -- NFS ---------------------------------------------------------------------------
+
+
+def bench_nfs(tmp: Path, version: str) -> dict[str, Any]:
+    from controller.nfs import NfsBackend
+    from tests.servers.ganesha import GaneshaServer
+
+    versions = ("3", "4") if version == "3" else ("4",)
+    with GaneshaServer(
+        Path(tempfile.mkdtemp(prefix=f"bench-nfs{version}-")), versions=versions
+    ) as server:
+        (server.export_path / "vols").mkdir()
+        if version == "3":
+            source, port, export = (
+                f"{server.host}:{server.export}/vols",
+                None,
+                f"{server.export}/vols",
+            )
+        else:
+            source = f"nfs://{server.host}:{server.port}{server.pseudo_path}/vols"
+            port, export = server.port, f"{server.pseudo_path}/vols"
+
+        async def raw() -> list[dict[str, Any]]:
+            backend = NfsBackend(server.host, port, export, version, 30.0)  # type: ignore[arg-type]
+            rows = []
+            try:
+                await backend.mkdir("raw-warm")
+                for c in CONCURRENCY:
+
+                    async def op(i: int, c: int = c) -> None:
+                        await backend.mkdir(f"raw-c{c}-{i:04d}")
+
+                    rows.append(
+                        {
+                            "client": "raw libnfs mkdir",
+                            "concurrency": c,
+                            **await _timed(VOLUMES, c, op),
+                        }
+                    )
+            finally:
+                await backend.aclose()
+            return rows
+
+        with server.client_netns():
+            rows = asyncio.run(raw())
+        prefix = ["nsenter", f"--net={server.netns_path}"] if server.netns_path else None
+        proc, endpoint = _driver(tmp, prefix)
+        try:
+            rows += asyncio.run(
+                _through_driver(
+                    endpoint, {"source": source}, {}, [f"nfsvers={version}"], f"nfs{version}"
+                )
+            )
+        finally:
+            _stop(proc)
+    return _report(f"nfs-v{version}", rows)
+
+
+def _report(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    by = {
+        (r["client"].startswith("raw"), r["concurrency"]): r
+        for r in rows
+        if not r["client"].startswith("Probe")
+    }
+    raw1, drv1 = by[(True, 1)], by[(False, 1)]
+    raw64, drv64 = by[(True, 64)], by[(False, 64)]
+    ratios = {
+        "median_c1_driver_over_raw": drv1["median_ms"] / raw1["median_ms"],
+        "throughput_c64_driver_over_raw": drv64["per_second"] / raw64["per_second"],
+        "errors_total": sum(r["errors"] for r in rows),
+    }
+    print(f"\n{name}: {VOLUMES} volumes per row")
+    print(table(rows, ["client", "concurrency", "median_ms", "p99_ms", "per_second", "errors"]))
+    print(
+        f"  CreateVolume median at c=1: {ratios['median_c1_driver_over_raw']:.2f}x raw"
+        " (target <= 2);"
+        f" throughput at c=64: {ratios['throughput_c64_driver_over_raw']:.2f}x raw (target >= 0.5)"
+    )
+    write(f"provision-{name}", {"rows": rows, "ratios": ratios})
+    return ratios
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--only", choices=("smb", "nfs3", "nfs4"), action="append")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("provisioning benchmarks need root (Samba users, ganesha namespaces)")
+        return
+    wanted = args.only or ["smb", "nfs4", "nfs3"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if "smb" in wanted:
+            bench_smb(Path(tmp))
+        if "nfs4" in wanted:
+            bench_nfs(Path(tmp), "4")
+        if "nfs3" in wanted:
+            bench_nfs(Path(tmp), "3")
+
+
+if __name__ == "__main__":
+    main()
