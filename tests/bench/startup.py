@@ -34,11 +34,11 @@ def _probe_ready(sock: Path) -> bool:
         return False
 
 
-def start_once(mode: str, tmp: Path) -> tuple[float, int]:
+def start_once(mode: str, tmp: Path, python: str) -> tuple[float, int]:
     sock = tmp / f"{mode}.sock"
     t0 = time.perf_counter()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "driver", "serve", "--endpoint", f"unix://{sock}", "--mode", mode],
+        [python, "-m", "driver", "serve", "--endpoint", f"unix://{sock}", "--mode", mode],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -56,19 +56,21 @@ def start_once(mode: str, tmp: Path) -> tuple[float, int]:
         proc.wait(timeout=30)
 
 
-def bare_python() -> float:
+def bare_python(python: str) -> float:
     t0 = time.perf_counter()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    subprocess.run([python, "-c", "pass"], check=True)
     return time.perf_counter() - t0
 
 
-def main() -> dict[str, Any]:
+def main(python: str = sys.executable) -> dict[str, Any]:
+    """``python``: the interpreter of the environment to measure (the bench
+    runner passes a runtime-only venv, as in the image: no dev packages)."""
     rows = []
-    results: dict[str, Any] = {}
-    baseline = statistics.median(bare_python() for _ in range(RUNS))
+    results: dict[str, Any] = {"python": python}
+    baseline = statistics.median(bare_python(python) for _ in range(RUNS))
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("node", "controller", "all"):
-            samples = [start_once(mode, Path(tmp)) for _ in range(RUNS)]
+            samples = [start_once(mode, Path(tmp), python) for _ in range(RUNS)]
             ready = statistics.median(s[0] for s in samples)
             rss = statistics.median(s[1] for s in samples) / 2**20
             results[mode] = {"ready_ms_median": ready * 1000, "idle_rss_mib_median": rss}

@@ -300,6 +300,9 @@ def run_in_guest(
     default: echo when E2E_GUEST_ECHO=1. ``setup``: run setup.sh if needed.
     """
     kernel = ensure_setup(run_setup=setup)
+    for sh in HERE.glob("*.sh"):
+        if not os.access(sh, os.X_OK):  # the guest kernel execs init directly
+            raise GuestSetupError(f"{sh} is not executable (chmod +x; git mode 100755)")
     workdir = Path(workdir).resolve()
     workdir.mkdir(parents=True, exist_ok=True)
     _check_path(workdir, "workdir")

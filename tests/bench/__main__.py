@@ -1,0 +1,39 @@
+"""``make bench``: start-up, provisioning (SMB, NFS v3/v4) and, where the
+user-mode Linux guest is available, node stage+publish."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.bench import provision, startup
+
+ROOT = Path(__file__).resolve().parents[2]
+RUNTIME_VENV = ROOT / ".cache" / "runtime-venv"
+
+
+def runtime_python() -> str:
+    """A venv with only the runtime dependencies, like the container image."""
+    python = RUNTIME_VENV / "bin" / "python"
+    stamp = RUNTIME_VENV / ".installed"
+    if not stamp.exists() or stamp.stat().st_mtime < (ROOT / "pyproject.toml").stat().st_mtime:
+        subprocess.run([sys.executable, "-m", "venv", "--clear", str(RUNTIME_VENV)], check=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True, cwd="/")
+        stamp.touch()
+    return str(python)
+
+
+def main() -> None:
+    startup.main(runtime_python())
+    provision.main([])
+    try:
+        from tests.bench import node
+    except ImportError:
+        print("\nnode benchmark: not available yet")
+    else:
+        node.main()
+
+
+if __name__ == "__main__":
+    main()
