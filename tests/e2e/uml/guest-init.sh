@@ -52,6 +52,13 @@ step() {     # step <description> <command...>: run, or report and exit 125
     fi
 }
 
+reveal() {   # reveal <dir>: a host dir hidden by our tmpfs (/tmp, /run, /srv)
+    case "$1" in
+        /tmp/* | /run/* | /srv/* | /dev/shm/*)
+            mkdir -p "$1" && mount -t hostfs -o "$1" -r hostfs "$1" ;;
+    esac
+}
+
 overlay() {  # overlay <dir>: tmpfs-backed writable layer over a read-only dir
     local d=$1 n
     [ -d "$d" ] || return 0
@@ -102,6 +109,10 @@ main() {
     # E2E_OVERLAYS (kernel command line, ':'-separated): extra dirs, e.g. the repo.
     local d extra
     IFS=: read -r -a extra <<<"${E2E_OVERLAYS:-}" || true
+    for d in ${extra[@]+"${extra[@]}"}; do
+        # e.g. a CI checkout under /tmp: mount it again from the host first
+        if [ -n "$d" ]; then step "reveal $d" reveal "$d"; fi
+    done
     for d in /etc /var /usr/lib /root ${extra[@]+"${extra[@]}"}; do
         if [ -n "$d" ]; then step "overlay $d" overlay "$d"; fi
     done

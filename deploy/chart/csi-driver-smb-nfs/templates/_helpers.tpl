@@ -89,3 +89,14 @@ imagePullSecrets:
 {{- define "csi-smb-nfs.windowsSocket" -}}
 {{- printf "%s\\csi.sock" (include "csi-smb-nfs.windowsPluginDir" .) -}}
 {{- end -}}
+
+{{/* "host:port", with brackets around an IPv6 host. Call with (list host port). */}}
+{{- define "csi-smb-nfs.hostPort" -}}
+{{- $host := index . 0 -}}
+{{- $port := index . 1 -}}
+{{- if contains ":" $host -}}
+{{- printf "[%s]:%v" $host $port -}}
+{{- else -}}
+{{- printf "%s:%v" $host $port -}}
+{{- end -}}
+{{- end -}}
