@@ -130,14 +130,31 @@ class DriverServer:
         await self.server.wait_for_termination()
 
 
+def _install_fallback_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asyncio.Event) -> None:
+    """Where the loop cannot watch signals (Windows): plain ``signal.signal``
+    handlers for Ctrl+C (SIGINT), Ctrl+Break (SIGBREAK) and SIGTERM that wake
+    the loop thread-safely."""
+
+    def handler(signum: int, frame: object) -> None:
+        loop.call_soon_threadsafe(stop.set)
+
+    for name in ("SIGINT", "SIGBREAK", "SIGTERM"):
+        sig = getattr(signal, name, None)
+        if sig is not None:
+            signal.signal(sig, handler)
+
+
 async def serve(config: Config, plugins: Sequence[ServicePlugin] | None = None) -> None:
     """Run until SIGTERM/SIGINT, then stop gracefully."""
     driver = DriverServer(config, plugins)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError):  # Windows: no signal handlers on the loop
+        try:
             loop.add_signal_handler(sig, stop.set)
+        except NotImplementedError:  # Windows: no signal handlers on the loop
+            _install_fallback_signal_handlers(loop, stop)
+            break
     await driver.start()
     try:
         await stop.wait()

@@ -152,7 +152,6 @@ def powershell_executable() -> str:
 # --------------------------------------------------------------------------- errors
 
 # Win32 error code → (domain error, short explanation).  Codes from winerror.h.
-_PERMISSION = PermissionDenied
 _WINDOWS_ERRORS: dict[int, tuple[type[DriverError], str]] = {
     2: (NotFound, "file not found"),
     3: (NotFound, "path not found"),
@@ -168,7 +167,7 @@ _WINDOWS_ERRORS: dict[int, tuple[type[DriverError], str]] = {
     64: (Unavailable, "the network name is no longer available"),
     67: (FailedPrecondition, "the share does not exist on the server (bad network name)"),
     85: (AlreadyExists, "the local device name is already in use"),
-    86: (_PERMISSION, "logon failure: wrong password"),
+    86: (PermissionDenied, "logon failure: wrong password"),
     121: (Unavailable, "the semaphore timeout period expired (server not answering)"),
     1202: (AlreadyExists, "the mapping is already remembered"),
     1203: (Unavailable, "no network provider accepted the path"),
@@ -181,20 +180,25 @@ _WINDOWS_ERRORS: dict[int, tuple[type[DriverError], str]] = {
     1222: (Unavailable, "the network is not present or not started"),
     1231: (Unavailable, "the network location cannot be reached"),
     1232: (Unavailable, "the network location cannot be reached (host unreachable)"),
-    1244: (_PERMISSION, "the user has not been authenticated"),
-    1272: (_PERMISSION, "the server requires authentication; guest access is blocked"),
+    1244: (PermissionDenied, "the user has not been authenticated"),
+    1272: (PermissionDenied, "the server requires authentication; guest access is blocked"),
     1311: (Unavailable, "no logon servers available to service the logon request"),
     1312: (
-        _PERMISSION,
+        PermissionDenied,
         "a specified logon session does not exist: the user name needs a domain "
         "(DOMAIN\\user, or server\\user for a local account of the server)",
     ),
-    1326: (_PERMISSION, "logon failure: unknown user name or bad password"),
-    1327: (_PERMISSION, "account restriction"),
-    1328: (_PERMISSION, "account logon time restriction"),
-    1330: (_PERMISSION, "the password of the account has expired"),
-    1331: (_PERMISSION, "the account is disabled"),
-    1909: (_PERMISSION, "the account is locked out"),
+    1326: (PermissionDenied, "logon failure: unknown user name or bad password"),
+    1327: (PermissionDenied, "account restriction"),
+    1328: (PermissionDenied, "account logon time restriction"),
+    1330: (PermissionDenied, "the password of the account has expired"),
+    1331: (PermissionDenied, "the account is disabled"),
+    1909: (PermissionDenied, "the account is locked out"),
+    1314: (
+        PermissionDenied,
+        "a required privilege is not held (symlinks need SeCreateSymbolicLinkPrivilege: run "
+        "as NT AUTHORITY\\SYSTEM in a HostProcess container)",
+    ),
     1450: (ResourceExhausted, "insufficient system resources"),
     2250: (NotFound, "the network connection does not exist"),
 }
@@ -225,15 +229,23 @@ def map_windows_error(
     error: Mapping[str, Any], *, what: str, secrets: Iterable[str] = ()
 ) -> DriverError:
     """A domain error for a script's error object; secrets scrubbed."""
-    code = windows_error_code(error)
     message = scrub(_clip(str(error.get("Message") or "").strip()), secrets)
+    kind = str(error.get("Type") or "error")
+    return map_windows_code(windows_error_code(error), message, what=what, unknown=kind)
+
+
+def map_windows_code(
+    code: int | None, message: str, *, what: str, unknown: str = "error"
+) -> DriverError:
+    """A domain error for a Win32 error code (``message`` must be scrubbed
+    already).  Unknown codes are Internal, naming the code."""
     if code is not None and code in _WINDOWS_ERRORS:
         kind, meaning = _WINDOWS_ERRORS[code]
         text = f"{what}: Windows error {code}: {meaning}"
         if message:
             text += f" ({message})"
         return kind(text)
-    detail = f"Windows error {code}" if code is not None else str(error.get("Type") or "error")
+    detail = f"Windows error {code}" if code is not None else unknown
     return Internal(f"{what}: {detail}: {message or 'no message'}")
 
 

@@ -65,13 +65,6 @@ is given, else "repo:tag". Call with (list $image $defaultTag).
 - --grace-period={{ .Values.driver.gracePeriod }}
 {{- end -}}
 
-{{- define "csi-smb-nfs.imagePullSecrets" -}}
-{{- with .Values.imagePullSecrets }}
-imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
-{{- end }}
-{{- end -}}
-
 {{/* Host paths of the kubelet plugin on Linux nodes. */}}
 {{- define "csi-smb-nfs.linuxPluginDir" -}}
 {{- printf "%s/plugins/%s" (trimSuffix "/" .Values.linux.kubeletDir) .Values.driver.name -}}
