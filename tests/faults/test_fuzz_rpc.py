@@ -186,7 +186,7 @@ secrets_maps = st.one_of(
         max_size=4,
     ),
 )
-access_modes = st.sampled_from(list(csi_pb2.VolumeCapability.AccessMode.Mode.values()) + [99])
+access_modes = st.sampled_from([*list(csi_pb2.VolumeCapability.AccessMode.Mode.values()), 99])
 
 
 GOOD_CAP = csi_pb2.VolumeCapability(
