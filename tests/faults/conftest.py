@@ -1,0 +1,120 @@
+"""Fixtures of the fault suite: real servers and the driver as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.harness import ROOT, wait_for_socket
+from tests.servers.ganesha import GaneshaServer
+from tests.servers.samba import APT_HINT, SambaServer, Share
+
+SMB_USER = "csifault1"
+
+
+def _need_root() -> None:
+    if os.geteuid() != 0:
+        pytest.skip("the fault suite needs root (Samba users, ganesha)")
+
+
+@pytest.fixture(scope="module")
+def samba() -> Iterator[SambaServer]:
+    _need_root()
+    if (
+        shutil.which("smbd", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin")))
+        is None
+    ):
+        pytest.fail(f"smbd is not installed: {APT_HINT}")
+    root = Path(tempfile.mkdtemp(prefix="faults-samba-"))
+    server = SambaServer(root, 0, {SMB_USER: secrets.token_urlsafe(16)}, [Share("csi")])
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def nfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
+    _need_root()
+    with GaneshaServer(tmp_path_factory.mktemp("faults-nfs"), versions=("4",)) as server:
+        yield server
+
+
+@dataclass
+class Driver:
+    proc: subprocess.Popen[bytes]
+    endpoint: str
+    log_path: Path
+
+    @property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.proc.pid)
+
+    def resources(self) -> dict[str, int]:
+        p = self.ps
+        return {
+            "fds": p.num_fds(),
+            "threads": p.num_threads(),
+            "rss": p.memory_info().rss,
+        }
+
+    def connections_to(self, port: int) -> int:
+        return sum(
+            1
+            for c in self.ps.net_connections(kind="tcp")
+            if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
+        )
+
+    def logs(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def driver(tmp_path: Path) -> Iterator[Driver]:
+    """``csi-smb-nfs serve --mode controller`` with short backend timeouts."""
+    sock = tmp_path / "csi.sock"
+    log_path = tmp_path / "driver.log"
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "driver",
+                "serve",
+                "--mode",
+                "controller",
+                "--endpoint",
+                f"unix://{sock}",
+                "--backend-timeout",
+                "3",
+                "-v",
+                "2",
+            ],
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+    try:
+        wait_for_socket(sock, proc)
+        yield Driver(proc, f"unix://{sock}", log_path)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
