@@ -76,7 +76,7 @@ async def test_interceptor_log_line_has_no_secret(fmt: str) -> None:
         async def handler(request: object, context: object) -> object:
             raise InvalidArgument(f"could not log on with password {PW}")
 
-        wrapped = boundary._wrap("NodeStageVolume", handler)  # noqa: SLF001 - the unit under test
+        wrapped = boundary._wrap("NodeStageVolume", handler)
         ctx = _Ctx()
         with pytest.raises(RuntimeError, match="aborted"):
             await wrapped(_request(), ctx)  # type: ignore[arg-type]
