@@ -30,7 +30,7 @@ deps:
 run: install
 	@$(PY) -m tests.tools.demo --run-dir $(RUN_DIR)
 
-test: deps install lint typecheck proto-check test-unit test-integration test-e2e test-faults
+test: deps install lint typecheck proto-check test-unit chart test-integration test-e2e test-faults
 
 test-unit: install
 	$(PYTEST) -q tests/unit
@@ -68,7 +68,7 @@ proto-check: install
 	done; echo "generated code is up to date"
 
 chart: install
-	@if [ -d deploy/chart ]; then $(PYTEST) -q tests/chart; else echo "no chart yet"; fi
+	$(PYTEST) -q tests/chart
 
 bench: deps install
 	$(PY) -m tests.bench

@@ -1,0 +1,239 @@
+"""Render the Helm chart with the real Helm engine and pick the rendered objects apart.
+
+Rendering goes through ``helm-python-sdk`` (Helm's Go SDK behind ctypes): the
+same template engine, value coalescing and ``values.schema.json`` checks as
+``helm install``, without a cluster.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import yaml
+from helm_python.chart import Chart
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = ROOT / "deploy" / "chart" / "csi-driver-smb-nfs"
+EXAMPLES_DIR = ROOT / "deploy" / "examples"
+DOCKERFILE = ROOT / "deploy" / "Dockerfile"
+RELEASE = "csi-smb-nfs"
+NAMESPACE = "kube-system"
+
+# A password used to check that secret values never leak into rendered output.
+SECRET_PASSWORD = "Pa55w0rd-never-rendered-7f3c"
+
+Doc = dict[str, Any]
+
+# Values for every toggle the chart has; each scenario is rendered, linted and validated.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "windows": {"windows": {"enabled": True}},
+    "windows-only": {"linux": {"enabled": False}, "windows": {"enabled": True}},
+    "metrics-off": {"metrics": {"enabled": False}, "windows": {"enabled": True}},
+    "service-monitor": {
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}
+    },
+    "replicas": {"controller": {"replicas": 3}},
+    "kubelet-dir": {
+        "linux": {"kubeletDir": "/var/snap/microk8s/common/var/lib/kubelet/"},
+        "windows": {"enabled": True, "kubeletDir": "D:\\kubelet\\"},
+    },
+    "demo-secret": {
+        "demoSecret": {
+            "enabled": True,
+            "username": "demo",
+            "password": SECRET_PASSWORD,
+            "domain": "EXAMPLE",
+        }
+    },
+    # Secret values given but the toggle off: nothing of them may be rendered.
+    "demo-secret-off": {
+        "demoSecret": {"enabled": False, "username": "demo", "password": SECRET_PASSWORD}
+    },
+    "storage-classes": {
+        "storageClasses": [
+            {
+                "name": "smb",
+                "source": "//fileserver.example.com/data/k8s",
+                "subDir": "${pvc.metadata.namespace}/${pvc.metadata.name}",
+                "onDelete": "archive",
+                "secretName": "smb-creds",
+                "mountOptions": ["vers=3.1.1", "dir_mode=0777", "file_mode=0666"],
+                "isDefault": True,
+            },
+            {
+                "name": "nfs",
+                "source": "nfs.example.com:/export/k8s",
+                "protocol": "nfs",
+                "mountPermissions": "0775",
+                "mountOptions": ["nfsvers=3"],
+                "reclaimPolicy": "Retain",
+                "volumeBindingMode": "WaitForFirstConsumer",
+                "allowVolumeExpansion": False,
+                "labels": {"tier": "files"},
+            },
+        ]
+    },
+    "custom": {
+        "driver": {
+            "name": "files.example.com",
+            "volumeLifecycleModes": ["Persistent", "Ephemeral"],
+        },
+        "log": {"level": 4, "format": "text"},
+        "controller": {
+            "extraArgs": ["--backend-workers=4", "--backend-timeout=45"],
+            "hostNetwork": True,
+            "dnsPolicy": "ClusterFirstWithHostNet",
+        },
+        "linux": {"extraArgs": ["--mount-timeout=60"]},
+        "windows": {"enabled": True, "extraArgs": ["--grace-period=20"], "driverPort": 10123},
+        "metrics": {"bindAddress": "::"},
+        "image": {
+            "driver": {
+                "repository": "registry.example.com/storage/csi-smb-nfs",
+                "tag": "",
+                "digest": "sha256:" + "a" * 64,
+                "pullPolicy": "Always",
+            }
+        },
+        "imagePullSecrets": [{"name": "regcred"}],
+        "podAnnotations": {"example.com/team": "storage"},
+        "serviceAccount": {"controllerName": "smbnfs-ctrl", "nodeName": "smbnfs-node"},
+    },
+}
+
+
+@functools.cache
+def chart() -> Chart:
+    return Chart.load(CHART_DIR)
+
+
+@functools.cache
+def chart_metadata() -> dict[str, Any]:
+    return chart().metadata
+
+
+@functools.cache
+def default_values() -> dict[str, Any]:
+    return chart().values
+
+
+def merged_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    return chart().merge_values(copy.deepcopy(dict(values)))
+
+
+@functools.cache
+def _render_json(values_json: str) -> dict[str, str]:
+    return chart().render(json.loads(values_json), name=RELEASE, namespace=NAMESPACE)
+
+
+def render(values: Mapping[str, Any]) -> dict[str, str]:
+    """Template path → rendered text (NOTES.txt included)."""
+    return dict(_render_json(json.dumps(values, sort_keys=True)))
+
+
+def rendered_text(values: Mapping[str, Any]) -> str:
+    return "\n".join(render(values).values())
+
+
+def documents(values: Mapping[str, Any]) -> list[Doc]:
+    """Every Kubernetes object the chart renders for these values."""
+    docs: list[Doc] = []
+    for path, text in sorted(render(values).items()):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        docs.extend(doc for doc in yaml.safe_load_all(text) if doc)
+    return docs
+
+
+def of_kind(docs: list[Doc], kind: str) -> list[Doc]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def one(docs: list[Doc], kind: str, name_suffix: str = "") -> Doc:
+    found = [d for d in of_kind(docs, kind) if d["metadata"]["name"].endswith(name_suffix)]
+    assert len(found) == 1, f"expected one {kind} *{name_suffix}, got {len(found)}"
+    return found[0]
+
+
+def workloads(docs: list[Doc]) -> Iterator[Doc]:
+    for doc in docs:
+        if doc["kind"] in ("Deployment", "DaemonSet"):
+            yield doc
+
+
+def pod_spec(workload: Doc) -> Doc:
+    spec: Doc = workload["spec"]["template"]["spec"]
+    return spec
+
+
+def containers(workload: Doc, *, init: bool = True) -> list[Doc]:
+    spec = pod_spec(workload)
+    found = list(spec.get("containers", []))
+    if init:
+        found += spec.get("initContainers", [])
+    return found
+
+
+def container(workload: Doc, name: str) -> Doc:
+    for c in containers(workload):
+        if c["name"] == name:
+            return c
+    raise AssertionError(f"{workload['metadata']['name']}: no container {name!r}")
+
+
+def os_of(workload: Doc) -> str:
+    return str(pod_spec(workload)["nodeSelector"]["kubernetes.io/os"])
+
+
+_VAR = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+
+
+def expand_env(args: list[str], env: list[Doc]) -> list[str]:
+    """Expand ``$(VAR)`` as kubelet does: literal env values, and a stand-in
+    node name for the downward API (``fieldRef: spec.nodeName``)."""
+    values: dict[str, str] = {}
+    for item in env:
+        if "value" in item:
+            values[item["name"]] = str(item["value"])
+        elif item.get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == "spec.nodeName":
+            values[item["name"]] = "node-1.example.com"
+        else:
+            values[item["name"]] = "from-downward-api"
+
+    def sub(match: re.Match[str]) -> str:
+        name = match.group(1)
+        assert name in values, f"$({name}) is not defined in the container's env"
+        return values[name]
+
+    return [_VAR.sub(sub, a) for a in args]
+
+
+def flag(args: list[str], name: str) -> str | None:
+    """The value of ``--name=value`` (last one wins), or None."""
+    value = None
+    for a in args:
+        if a.startswith(name + "="):
+            value = a.split("=", 1)[1]
+    return value
+
+
+def supported_kube_versions() -> tuple[str, str]:
+    """(oldest the chart supports, newest kubernetes-validate ships), as 'major.minor'."""
+    match = re.search(r">=\s*v?(\d+)\.(\d+)", chart_metadata()["kubeVersion"])
+    assert match, "Chart.yaml kubeVersion must have a lower bound"
+    oldest = f"{match.group(1)}.{match.group(2)}"
+    newest = ".".join(kubernetes_validate.latest_version().split(".")[:2])
+    return oldest, newest
+
+
+def validate(doc: Doc, version: str) -> None:
+    """kubernetes-validate, strict: unknown or mistyped fields fail."""
+    kubernetes_validate.validate(doc, version, strict=True)

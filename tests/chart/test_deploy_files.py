@@ -1,0 +1,136 @@
+"""deploy/examples and deploy/Dockerfile agree with the chart and the driver."""
+
+from __future__ import annotations
+
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from controller.params import parse_params
+from tests.chart.support import (
+    DOCKERFILE,
+    EXAMPLES_DIR,
+    ROOT,
+    SCENARIOS,
+    Doc,
+    default_values,
+    documents,
+    of_kind,
+    supported_kube_versions,
+    validate,
+)
+
+OLDEST, NEWEST = supported_kube_versions()
+EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+
+
+def _load(path: Path) -> list[Doc]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def _check_storage_class(storage_class: Doc) -> None:
+    """The driver's own parameter parser accepts what the StorageClass passes."""
+    params = parse_params(
+        "pvc-0b5e7c2a",
+        {
+            **storage_class["parameters"],
+            # What csi-provisioner --extra-create-metadata adds.
+            "csi.storage.k8s.io/pvc/name": "data",
+            "csi.storage.k8s.io/pvc/namespace": "default",
+            "csi.storage.k8s.io/pv/name": "pvc-0b5e7c2a",
+        },
+        storage_class.get("mountOptions", []),
+    )
+    secret_keys = {k for k in storage_class["parameters"] if "secret" in k}
+    if params.source.protocol == "smb":
+        assert secret_keys == {
+            "csi.storage.k8s.io/provisioner-secret-name",
+            "csi.storage.k8s.io/provisioner-secret-namespace",
+            "csi.storage.k8s.io/node-stage-secret-name",
+            "csi.storage.k8s.io/node-stage-secret-namespace",
+        }
+
+
+def test_there_are_smb_and_nfs_examples() -> None:
+    assert {p.stem for p in EXAMPLES} >= {"smb", "nfs"}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+def test_example(path: Path) -> None:
+    docs = _load(path)
+    assert sorted(d["kind"] for d in docs) == ["PersistentVolumeClaim", "Pod", "StorageClass"]
+    for doc in docs:
+        for version in sorted({OLDEST, NEWEST}):
+            validate(doc, version)
+    (storage_class,) = of_kind(docs, "StorageClass")
+    (claim,) = of_kind(docs, "PersistentVolumeClaim")
+    (pod,) = of_kind(docs, "Pod")
+    assert storage_class["provisioner"] == default_values()["driver"]["name"]
+    _check_storage_class(storage_class)
+    assert claim["spec"]["storageClassName"] == storage_class["metadata"]["name"]
+    claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["spec"]["volumes"]]
+    assert claims == [claim["metadata"]["name"]]
+    # No credentials in an example file.
+    assert "password:" not in path.read_text().replace("--from-literal=password", "")
+
+
+def test_chart_storage_classes_parse() -> None:
+    classes = of_kind(documents(SCENARIOS["storage-classes"]), "StorageClass")
+    assert len(classes) == 2
+    for storage_class in classes:
+        _check_storage_class(storage_class)
+
+
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
+    joined = re.sub(r"\\\n", " ", text)
+    out = []
+    for raw in joined.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        keyword, _, rest = line.partition(" ")
+        out.append((keyword.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfile() -> None:
+    steps = _instructions(DOCKERFILE.read_text())
+    known = {"ARG", "FROM", "ENV", "WORKDIR", "COPY", "RUN", "LABEL", "USER", "ENTRYPOINT", "CMD"}
+    assert {k for k, _ in steps} <= known
+    froms = [rest for k, rest in steps if k == "FROM"]
+    assert froms == ["${PYTHON_IMAGE} AS builder", "${PYTHON_IMAGE}"]
+    args = dict(rest.split("=", 1) for k, rest in steps if k == "ARG" and "=" in rest)
+    assert args["PYTHON_IMAGE"].startswith("python:3.11-slim")
+
+    # The builder copies everything the wheel needs.
+    pyproject: dict[str, Any] = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    copied = " ".join(rest for k, rest in steps if k == "COPY")
+    for package in pyproject["tool"]["setuptools"]["packages"]["find"]["include"]:
+        assert f"{package.rstrip('*')}/" in copied
+    assert "pyproject.toml" in copied
+    assert pyproject["project"]["readme"] in copied
+
+    runs = " ".join(rest for k, rest in steps if k == "RUN")
+    for package in ("cifs-utils", "nfs-common", "libnfs13", "mount", "util-linux"):
+        assert re.search(rf"(^|\s){re.escape(package)}(\s|$)", runs), package
+    assert "--no-index" in runs  # the final stage installs only the builder's wheels
+
+    # The entrypoint is the project's console script, as the chart's command.
+    (entrypoint,) = [rest for k, rest in steps if k == "ENTRYPOINT"]
+    assert entrypoint == '["csi-smb-nfs"]'
+    assert "csi-smb-nfs" in pyproject["project"]["scripts"]
+    controller = next(w for w in documents({}) if w["kind"] == "Deployment")
+    assert controller["spec"]["template"]["spec"]["containers"][0]["command"] == ["csi-smb-nfs"]
+
+    # A numeric non-root user, the one the chart's controller runs as.
+    (user,) = [rest for k, rest in steps if k == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit()
+    assert int(uid) != 0
+    assert int(uid) == default_values()["controller"]["runAsUser"]
+    assert int(gid) == default_values()["controller"]["runAsGroup"]
