@@ -20,6 +20,7 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.plugin import ServicePlugin
 from driver.server import DriverServer
+from tests.secret_scan import watch_log_file
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +104,7 @@ def driver_process(
 ) -> Iterator[DriverProcess]:
     """``csi-smb-nfs serve`` as a real subprocess; logs go to a file."""
     sock = tmp / "csi.sock"
-    log_path = tmp / "driver.log"
+    log_path = watch_log_file(tmp / "driver.log")
     with log_path.open("w") as log_file:
         proc = subprocess.Popen(
             [

@@ -17,6 +17,7 @@ import psutil
 import pytest
 
 from tests.harness import ROOT, wait_for_socket
+from tests.secret_scan import watch_log_file
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.samba import APT_HINT, SambaServer, Share
 
@@ -86,7 +87,7 @@ class Driver:
 def driver(tmp_path: Path) -> Iterator[Driver]:
     """``csi-smb-nfs serve --mode controller`` with short backend timeouts."""
     sock = tmp_path / "csi.sock"
-    log_path = tmp_path / "driver.log"
+    log_path = watch_log_file(tmp_path / "driver.log")
     with log_path.open("wb") as log_file:
         proc = subprocess.Popen(
             [

@@ -27,6 +27,7 @@ from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.server import DriverServer
 from node.service import NodePlugin
 from tests.fakes import FakeBackends, FakePlatform
+from tests.secret_scan import register_secret
 
 pytestmark = pytest.mark.faults
 
@@ -43,7 +44,7 @@ ALLOWED = {
 EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
 COUNTS: Counter[str] = Counter()
 CODES: Counter[str] = Counter()
-SECRET = "Fuzz-S3cret-Value"
+SECRET = register_secret("Fuzz-S3cret-Value")
 
 
 class Server:

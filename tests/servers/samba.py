@@ -52,6 +52,15 @@ _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
 
 
+def _register_secret(value: str) -> None:
+    """Tell the test run's secret scan about a password (no-op outside tests)."""
+    try:
+        from tests.secret_scan import register_secret
+    except ImportError:  # pragma: no cover - used from `make run` without tests
+        return
+    register_secret(value)
+
+
 class SambaError(RuntimeError):
     """The testbed could not do what was asked (message names the fix)."""
 
@@ -140,6 +149,8 @@ class SambaServer:
         self._requested_port = port
         self._port = port
         self._users = dict(users) if users is not None else {"csitest1": secrets.token_urlsafe(18)}
+        for password in self._users.values():
+            _register_secret(password)
         self.shares = tuple(shares) if shares is not None else (Share("csi"),)
         self._options = dict(options or {})
         self._proc: subprocess.Popen[bytes] | None = None
