@@ -60,7 +60,7 @@ class NodePlatform(Protocol):
 
     name: str
     # NodeServiceCapability.RPC.Type names this platform supports, e.g.
-    # "STAGE_UNSTAGE", "GET_VOLUME_STATS", "VOLUME_CONDITION", "VOLUME_MOUNT_GROUP".
+    # "STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "VOLUME_CONDITION", "VOLUME_MOUNT_GROUP".
     capabilities: frozenset[str]
 
     def check_path(self, path: str, *, what: str) -> str:

@@ -72,7 +72,9 @@ _MAX_TEXT = 600  # characters of a child's text kept in an error message
 SCRIPT_PROLOGUE = """\
 $ErrorActionPreference = 'Stop'
 $ProgressPreference = 'SilentlyContinue'
-try { [Console]::OutputEncoding = New-Object -TypeName System.Text.UTF8Encoding -ArgumentList $false } catch { }
+try {
+    [Console]::OutputEncoding = New-Object -TypeName System.Text.UTF8Encoding -ArgumentList $false
+} catch { }
 try {
 """
 SCRIPT_EPILOGUE = """\
@@ -85,7 +87,9 @@ SCRIPT_EPILOGUE = """\
         $code = [long]$Matches[1]
     }
     if ($null -eq $code -and $null -ne $exception.PSObject.Properties['ErrorData']) {
-        try { $code = [long]$exception.ErrorData.CimInstanceProperties['error_Code'].Value } catch { }
+        try {
+            $code = [long]$exception.ErrorData.CimInstanceProperties['error_Code'].Value
+        } catch { }
     }
     $native = $null
     if ($null -ne $exception.PSObject.Properties['NativeErrorCode']) {
@@ -145,7 +149,7 @@ async def spawn_process(argv: Sequence[str], *, env: Mapping[str, str]) -> Spawn
 def powershell_executable() -> str:
     """Windows PowerShell 5.1 by absolute path (PATH of a HostProcess
     container is not to be trusted for a tool we run as SYSTEM)."""
-    root = os.environ.get("SystemRoot") or os.environ.get("SYSTEMROOT") or r"C:\Windows"
+    root = os.environ.get("SYSTEMROOT") or r"C:\Windows"
     return root.rstrip("\\") + r"\System32\WindowsPowerShell\v1.0\powershell.exe"
 
 
@@ -259,8 +263,8 @@ def _decode(data: bytes) -> str:
 
 def parse_output(stdout: str) -> dict[str, Any] | None:
     """The last line of stdout that is a JSON object, or None."""
-    for line in reversed(stdout.splitlines()):
-        line = line.strip().lstrip("\ufeff")
+    for raw in reversed(stdout.splitlines()):
+        line = raw.strip().lstrip("\ufeff")
         if not line.startswith("{"):
             continue
         try:
@@ -317,7 +321,7 @@ class PowerShell:
         *,
         env: Mapping[str, str] | None = None,
         secrets: Iterable[str] = (),
-        timeout: float | None = None,
+        time_limit: float | None = None,
         what: str = "",
     ) -> dict[str, Any]:
         """Run ``script`` with ``env`` as inputs; return its ``result`` object.
@@ -328,7 +332,7 @@ class PowerShell:
         """
         what = what or op
         secret_list = [s for s in secrets if s]
-        limit = self.timeout if timeout is None else timeout
+        limit = self.timeout if time_limit is None else time_limit
         argv = self.argv(script)
         child_env = self.environment(op, env or {})
         started = time.monotonic()

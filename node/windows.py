@@ -32,10 +32,17 @@ Decisions an operator should know about:
   has read-only rights on the share and request read-write access.  Where that
   is known and accepted, ``WindowsSettings.read_only="warn"`` accepts such
   requests with a warning in the log.
+* **Stats** cost no PowerShell while the share answers and its mapping was
+  seen OK within ``status_ttl``; a volume whose share does not answer (or
+  whose link dangles) is abnormal, with the mapping's status in the message.
 * **Encryption**: ``-RequirePrivacy`` is ``$true`` unless the StorageClass
   mount options say ``requirePrivacy=false`` (``seal`` turns it on where the
   settings default is off).  A mapping that already exists is reused as it
   is; a warning is logged when it does not require privacy but a volume asks.
+* **One identity per share** (per server, in fact): the mapping is made with
+  the credentials of the first volume staged on the node and serves every
+  later volume of that share; Windows refuses a second user for the same
+  server (error 1219), which is reported as FailedPrecondition.
 * **User names** need a domain: ``DOMAIN\user`` from the secret's ``domain``
   key (or ``DOMAIN\user`` written in ``username``), a ``user@domain`` UPN as
   it is, else ``server\user`` (a local account of the file server) — a bare
@@ -97,7 +104,8 @@ OP_NEW_MAPPING = "new-mapping"
 OP_REMOVE_MAPPING = "remove-mapping"
 
 _GET_MAPPING = """
-$mapping = Get-SmbGlobalMapping -RemotePath $Env:CSI_REMOTE_PATH -ErrorAction SilentlyContinue | Select-Object -First 1
+$found = Get-SmbGlobalMapping -RemotePath $Env:CSI_REMOTE_PATH -ErrorAction SilentlyContinue
+$mapping = $found | Select-Object -First 1
 if ($null -eq $mapping) {
     $result = @{ exists = $false; status = ''; reachable = $false; privacy = $null }
 } else {
@@ -115,14 +123,18 @@ if ($null -eq $mapping) {
 _NEW_MAPPING = """
 $secure = ConvertTo-SecureString -String $Env:CSI_SMB_PASSWORD -AsPlainText -Force
 Remove-Item -LiteralPath Env:CSI_SMB_PASSWORD
-$credential = New-Object -TypeName System.Management.Automation.PSCredential -ArgumentList $Env:CSI_SMB_USER, $secure
+$user = $Env:CSI_SMB_USER
+$credentialType = 'System.Management.Automation.PSCredential'
+$credential = New-Object -TypeName $credentialType -ArgumentList $user, $secure
 $privacy = $Env:CSI_REQUIRE_PRIVACY -eq 'true'
-$null = New-SmbGlobalMapping -RemotePath $Env:CSI_REMOTE_PATH -Credential $credential -RequirePrivacy $privacy
+$remote = $Env:CSI_REMOTE_PATH
+$null = New-SmbGlobalMapping -RemotePath $remote -Credential $credential -RequirePrivacy $privacy
 $result = @{ created = $true }
 """
 
 _REMOVE_MAPPING = """
-$mapping = Get-SmbGlobalMapping -RemotePath $Env:CSI_REMOTE_PATH -ErrorAction SilentlyContinue | Select-Object -First 1
+$found = Get-SmbGlobalMapping -RemotePath $Env:CSI_REMOTE_PATH -ErrorAction SilentlyContinue
+$mapping = $found | Select-Object -First 1
 $removed = $false
 if ($null -ne $mapping) {
     $null = Remove-SmbGlobalMapping -RemotePath $Env:CSI_REMOTE_PATH -Force
@@ -405,6 +417,7 @@ class WindowsSettings:
     stats_timeout: float = 10.0  # GetDiskFreeSpaceExW for NodeGetVolumeStats
     status_timeout: float = 20.0  # mapping status looked up for NodeGetVolumeStats
     status_ttl: float = 60.0  # an OK mapping status is trusted this long by stats
+    status_retry: float = 15.0  # a bad one is looked up again after this long
 
     @classmethod
     def from_config(cls, config: Config) -> WindowsSettings:
@@ -428,7 +441,7 @@ class WindowsPlatform:
 
     name = "windows"
     capabilities = frozenset(
-        {"STAGE_UNSTAGE", "GET_VOLUME_STATS", "VOLUME_CONDITION", "SINGLE_NODE_MULTI_WRITER"}
+        {"STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "VOLUME_CONDITION", "SINGLE_NODE_MULTI_WRITER"}
     )
 
     def __init__(
@@ -453,7 +466,9 @@ class WindowsPlatform:
         )
         self._clock = clock
         self._share_locks: dict[str, asyncio.Lock] = {}
-        self._status_ok_at: dict[str, float] = {}  # share root key → when last seen OK
+        # Mapping status for stats, per share root key: (when, problem or None).
+        self._status: dict[str, tuple[float, str | None]] = {}
+        self._status_queries: dict[str, asyncio.Task[str | None]] = {}
         self._probes: dict[str, asyncio.Task[DiskSpace]] = {}  # path key → pending probe
 
     # ---------------------------------------------------------------- NodePlatform
@@ -507,12 +522,14 @@ class WindowsPlatform:
             async with self._share_lock(root):
                 users = await self._links_into(root, exclude=staging_path)
                 if users:
-                    log.info("share still in use; keeping its mapping", share=root, links=len(users))
+                    log.info(
+                        "share still in use; keeping its mapping", share=root, links=len(users)
+                    )
                 else:
                     # Mapping first, link second: when the removal fails, the link
                     # is still there for kubelet's retry to find the share by.
                     await self._run(OP_REMOVE_MAPPING, {ENV_REMOTE_PATH: root}, what="unmap")
-                    self._status_ok_at.pop(path_key(root), None)
+                    self._status.pop(path_key(root), None)
                     log.info("removed the share's global mapping", share=root)
                 await self.host.remove_link(staging_path)
         except OSError as exc:
@@ -537,9 +554,7 @@ class WindowsPlatform:
                 return
             if await self.host.is_link(target_path):
                 await self.host.remove_link(target_path)
-            elif await self.host.is_dir(target_path) and not await self.host.list_dir(
-                target_path
-            ):
+            elif await self.host.is_dir(target_path) and not await self.host.list_dir(target_path):
                 await self.host.remove_empty_dir(target_path)
             else:
                 # Data written into the pod's directory itself: never delete it.
@@ -561,11 +576,11 @@ class WindowsPlatform:
             space, problem = await self._probe(path)
         if root is not None:
             if problem is None:
-                status = await self._recent_status(root)
+                status = await self._share_problem(root)
                 if status is not None:
                     problem = f"SMB global mapping {root}: {status}"
             else:
-                status = await self._recent_status(root, force=True)
+                status = await self._share_problem(root, recheck_ok=True)
                 if status is not None:
                     problem += f"; SMB global mapping {root}: {status}"
         if space is None:
@@ -581,7 +596,7 @@ class WindowsPlatform:
         )
 
     async def aclose(self) -> None:
-        for task in list(self._probes.values()):
+        for task in [*self._probes.values(), *self._status_queries.values()]:
             task.cancel()
         if self._own_host is not None:
             self._own_host.close()
@@ -628,7 +643,7 @@ class WindowsPlatform:
     async def _ensure_mapping(
         self, root: str, credentials: Credentials, host: str, privacy: bool
     ) -> None:
-        state = await self._mapping_state(root, timeout=self.settings.map_timeout)
+        state = await self._mapping_state(root, time_limit=self.settings.map_timeout)
         if state.healthy:
             if privacy and state.privacy is False:
                 log.warning(
@@ -636,7 +651,7 @@ class WindowsPlatform:
                     "it is re-created without that gap once its last volume is unstaged",
                     share=root,
                 )
-            self._status_ok_at[path_key(root)] = self._clock()
+            self._status[path_key(root)] = (self._clock(), None)
             return
         if state.exists:
             log.warning(
@@ -658,9 +673,9 @@ class WindowsPlatform:
             )
         except AlreadyExists:
             # Someone else mapped it in between: fine if it works.
-            if not (await self._mapping_state(root, timeout=self.settings.map_timeout)).healthy:
+            if not (await self._mapping_state(root, time_limit=self.settings.map_timeout)).healthy:
                 raise
-        self._status_ok_at[path_key(root)] = self._clock()
+        self._status[path_key(root)] = (self._clock(), None)
         log.info("mapped share", share=root, user=smb_user(credentials, host), privacy=privacy)
 
     async def _ensure_link(self, link: str, target: str, *, what: str) -> None:
@@ -759,34 +774,54 @@ class WindowsPlatform:
             return None, f"cannot reach the volume: {_os_text(exc)}"
         return space, None
 
-    async def _recent_status(self, root: str, *, force: bool = False) -> str | None:
-        """None when the mapping was OK recently (or is now); else what is wrong."""
+    async def _share_problem(self, root: str, *, recheck_ok: bool = False) -> str | None:
+        """What is wrong with the share's mapping (None: nothing), for stats.
+
+        Bounded in PowerShell: a result is reused (OK for ``status_ttl``, a
+        problem for ``status_retry``; ``recheck_ok`` distrusts a cached OK),
+        and one lookup per share at a time serves every caller, so many
+        volumes on a dead share cannot fill the PowerShell slots that stage
+        and unstage need.
+        """
         key = path_key(root)
-        seen = self._status_ok_at.get(key)
-        if not force and seen is not None and self._clock() - seen < self.settings.status_ttl:
-            return None
+        cached = self._status.get(key)
+        if cached is not None:
+            when, problem = cached
+            ttl = self.settings.status_ttl if problem is None else self.settings.status_retry
+            if self._clock() - when < ttl and not (recheck_ok and problem is None):
+                return problem
+        query = self._status_queries.get(key)
+        if query is None:
+            query = asyncio.ensure_future(self._query_status(root))
+            self._status_queries[key] = query
+            query.add_done_callback(lambda _q: self._status_queries.pop(key, None))
+        return await asyncio.shield(query)
+
+    async def _query_status(self, root: str) -> str | None:
         try:
-            state = await self._mapping_state(root, timeout=self.settings.status_timeout)
+            state = await self._mapping_state(root, time_limit=self.settings.status_timeout)
         except DriverError as exc:
-            return f"status unknown ({exc.message})"
-        if state.healthy:
-            self._status_ok_at[key] = self._clock()
-            return None
-        self._status_ok_at.pop(key, None)
-        if not state.exists:
-            return "no mapping (stage the volume again)"
-        if state.status != "OK":
-            return f"status {state.status}"
-        return "status OK but the share does not answer"
+            problem: str | None = f"status unknown ({exc.message})"
+        else:
+            if state.healthy:
+                problem = None
+            elif not state.exists:
+                problem = "no mapping (stage the volume again)"
+            elif state.status != "OK":
+                problem = f"status {state.status}"
+            else:
+                problem = "status OK but the share does not answer"
+        self._status[path_key(root)] = (self._clock(), problem)
+        return problem
 
     # ---------------------------------------------------------------- helpers
 
     def _share_lock(self, root: str) -> asyncio.Lock:
         return self._share_locks.setdefault(path_key(root), asyncio.Lock())
 
-    async def _mapping_state(self, root: str, *, timeout: float) -> MappingState:
+    async def _mapping_state(self, root: str, *, time_limit: float) -> MappingState:
         result = await self._run(
-            OP_GET_MAPPING, {ENV_REMOTE_PATH: root}, what=f"checking {root}", timeout=timeout
+            OP_GET_MAPPING, {ENV_REMOTE_PATH: root}, what=f"checking {root}", time_limit=time_limit
         )
         privacy = result.get("privacy")
         return MappingState(
@@ -803,18 +838,18 @@ class WindowsPlatform:
         *,
         what: str,
         secrets: Iterable[str] = (),
-        timeout: float | None = None,
+        time_limit: float | None = None,
     ) -> dict[str, object]:
         return await self.powershell.run(
-            op, SCRIPTS[op], env=inputs, secrets=secrets, timeout=timeout, what=what
+            op, SCRIPTS[op], env=inputs, secrets=secrets, time_limit=time_limit, what=what
         )
 
     @staticmethod
-    async def _bounded(work: Awaitable[T], timeout: float, *, what: str) -> T:
+    async def _bounded(work: Awaitable[T], limit: float, *, what: str) -> T:
         try:
-            return await asyncio.wait_for(work, timeout)
+            return await asyncio.wait_for(work, limit)
         except TimeoutError:
-            raise DeadlineExceeded(f"{what}: no answer within {timeout:g}s") from None
+            raise DeadlineExceeded(f"{what}: no answer within {limit:g}s") from None
 
 
 def _port_message(port: int) -> str:

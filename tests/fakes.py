@@ -160,7 +160,7 @@ class FakePlatform:
 
     name: str = "fake"
     capabilities: frozenset[str] = frozenset(
-        {"STAGE_UNSTAGE", "GET_VOLUME_STATS", "VOLUME_CONDITION", "SINGLE_NODE_MULTI_WRITER"}
+        {"STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "VOLUME_CONDITION", "SINGLE_NODE_MULTI_WRITER"}
     )
     staged: dict[str, object] = field(default_factory=dict)  # staging path → StageRequest
     published: dict[str, object] = field(default_factory=dict)  # target → PublishRequest
