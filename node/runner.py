@@ -73,7 +73,7 @@ class CommandRunner(Protocol):
         self,
         argv: Sequence[str],
         *,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 - the command's deadline: it is killed, not just awaited
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
     ) -> CommandResult:
@@ -85,36 +85,39 @@ class CommandRunner(Protocol):
         ...
 
 
-def _group_alive(pgid: int) -> bool:
-    """True while a process (other than a zombie) of group ``pgid`` exists."""
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return False
-    for name in entries:
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # pid (comm) state ppid pgrp ...; comm may contain spaces and ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
-            return True
-    return False
+if sys.platform == "win32":  # type-checked only: the Linux node never runs there
 
+    def _group_alive(pgid: int) -> bool:
+        return False
 
-def _kill_group(proc: asyncio.subprocess.Process) -> None:
-    if sys.platform == "win32":
+    def _kill_group(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
-    else:
-        import signal
 
+else:
+    import signal
+
+    def _group_alive(pgid: int) -> bool:
+        """True while a process (other than a zombie) of group ``pgid`` exists."""
+        try:
+            entries = os.listdir("/proc")
+        except OSError:
+            return False
+        for name in entries:
+            if not name.isdigit():
+                continue
+            try:
+                with open(f"/proc/{name}/stat", "rb") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            # pid (comm) state ppid pgrp ...; comm may contain spaces and ')'.
+            fields = stat[stat.rfind(b")") + 2 :].split()
+            if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != b"Z":
+                return True
+        return False
+
+    def _kill_group(proc: asyncio.subprocess.Process) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(proc.pid, signal.SIGKILL)
 
@@ -143,7 +146,7 @@ class AsyncioRunner:
         self,
         argv: Sequence[str],
         *,
-        timeout: float,
+        timeout: float,  # noqa: ASYNC109 - the command's deadline: it is killed, not just awaited
         env: Mapping[str, str] | None = None,
         stdin: bytes | None = None,
     ) -> CommandResult:
@@ -185,8 +188,9 @@ class AsyncioRunner:
         except BaseException:
             self._kill(proc)
             raise
-        assert proc.returncode is not None  # communicate() waited for it
-        return CommandResult(args, proc.returncode, _tail(out), _tail(err))
+        # communicate() waited for the exit, so returncode is set.
+        code = proc.returncode if proc.returncode is not None else -1
+        return CommandResult(args, code, _tail(out), _tail(err))
 
     def _kill(self, proc: asyncio.subprocess.Process) -> asyncio.Task[None]:
         """SIGKILL the group; return a task that ends when the group is gone."""

@@ -9,8 +9,10 @@ driver's format.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import grpc
@@ -19,7 +21,7 @@ from driver import paths, rpc
 from driver.config import Config
 from driver.credentials import Credentials, smb_credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
-from driver.errors import InvalidArgument, Unimplemented
+from driver.errors import DeadlineExceeded, InvalidArgument, Unimplemented
 from driver.locks import VolumeLocks
 from driver.log import get_logger
 from driver.modes import parse_octal_mode
@@ -87,6 +89,21 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self._platform = platform
         self._locks = VolumeLocks()
 
+    @contextlib.contextmanager
+    def _locked(self, key: str, *, what: str = "volume") -> Iterator[None]:
+        """The try-lock for ``key`` (ABORTED when taken).  Work that outlives
+        the RPC keeps it: a DeadlineExceeded (or cancellation) carrying a
+        ``finished`` awaitable, e.g. a killed mount still stuck in the kernel,
+        hands the lock over until that has finished."""
+        with self._locks.acquire(key, what=what) as lock:
+            try:
+                yield
+            except (DeadlineExceeded, asyncio.CancelledError) as exc:
+                finished = getattr(exc, "finished", None)
+                if finished is not None:
+                    lock.release_after(finished)
+                raise
+
     def _require_platform(self, method: str) -> NodePlatform:
         if self._platform is None:
             raise Unimplemented(f"{method}: no mounter for this platform ({sys.platform})")
@@ -119,7 +136,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             read_only=cap.access_mode.mode in _READ_ONLY_MODES,
             mount_permissions=mode,
         )
-        with self._locks.acquire(request.volume_id):
+        with self._locked(request.volume_id):
             await platform.stage(stage)
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -132,7 +149,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.staging_target_path:
             raise InvalidArgument("staging_target_path: required")
         staging = platform.check_path(request.staging_target_path, what="staging_target_path")
-        with self._locks.acquire(request.volume_id):
+        with self._locked(request.volume_id):
             await platform.unstage(request.volume_id, staging)
         return csi_pb2.NodeUnstageVolumeResponse()
 
@@ -159,7 +176,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             read_only=request.readonly or cap.access_mode.mode in _READ_ONLY_MODES,
             mount_options=split_mount_flags(cap.mount.mount_flags),
         )
-        with self._locks.acquire(f"{request.volume_id}@{target}", what="target"):
+        with self._locked(f"{request.volume_id}@{target}", what="target"):
             await platform.publish(publish)
         return csi_pb2.NodePublishVolumeResponse()
 
@@ -172,7 +189,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.target_path:
             raise InvalidArgument("target_path: required")
         target = platform.check_path(request.target_path, what="target_path")
-        with self._locks.acquire(f"{request.volume_id}@{target}", what="target"):
+        with self._locked(f"{request.volume_id}@{target}", what="target"):
             await platform.unpublish(request.volume_id, target)
         return csi_pb2.NodeUnpublishVolumeResponse()
 
@@ -255,19 +272,16 @@ class NodePlugin:
 
 def select_platform(config: Config) -> NodePlatform | None:
     """The one place that picks the OS implementation."""
+    platform: NodePlatform | None = None
     if sys.platform == "win32":
-        try:
-            from node.windows import WindowsPlatform
-        except ImportError:  # not built yet
-            return None
-        return WindowsPlatform(config)
-    if sys.platform.startswith("linux"):
-        try:
-            from node.linux import LinuxPlatform
-        except ImportError:  # not built yet
-            return None
-        return LinuxPlatform(config)
-    return None
+        from node.windows import WindowsPlatform
+
+        platform = WindowsPlatform(config)
+    elif sys.platform.startswith("linux"):
+        from node.linux import LinuxPlatform
+
+        platform = LinuxPlatform(config)
+    return platform
 
 
 def build(config: Config) -> NodePlugin:

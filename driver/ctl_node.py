@@ -1,0 +1,128 @@
+"""``ctl`` commands for the Node service: stage, publish, unpublish, unstage, stats.
+
+What kubelet does, by hand: handy to debug a node without a cluster.  The
+volume context (what CreateVolume returned: ``protocol``, ``source``,
+``subDir``) comes from ``--context KEY=VALUE`` flags and/or
+``--context-file``; secrets only from ``--secrets-file``, never from flags.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from driver.ctl import CommandSpec, Stubs, register
+from driver.ctl_volumes import add_capability_args, capability, read_map_file
+from driver.errors import InvalidArgument
+
+
+def _context(args: argparse.Namespace) -> dict[str, str]:
+    out = read_map_file(args.context_file, what="context file") if args.context_file else {}
+    for item in args.context or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise InvalidArgument(f"--context {item!r}: expected KEY=VALUE")
+        out[key] = value
+    return out
+
+
+def _stage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume_id")
+    p.add_argument("--staging-path", required=True, help="staging_target_path (absolute)")
+    p.add_argument(
+        "--context",
+        action="append",
+        metavar="KEY=VALUE",
+        help="volume context from CreateVolume: protocol, source, subDir (repeatable)",
+    )
+    p.add_argument("--context-file", help="volume context as JSON or key=value lines")
+    p.add_argument(
+        "--secrets-file", help="node-stage secret (username, password, domain): JSON or key=value"
+    )
+    add_capability_args(p)
+
+
+def _stage(args: argparse.Namespace, stubs: Stubs) -> Any:
+    from driver.csi import csi_pb2
+
+    secrets = read_map_file(args.secrets_file, what="secrets file") if args.secrets_file else {}
+    request = csi_pb2.NodeStageVolumeRequest(
+        volume_id=args.volume_id,
+        staging_target_path=args.staging_path,
+        volume_capability=capability(args),
+        secrets=secrets,
+        volume_context=_context(args),
+    )
+    return stubs.node.NodeStageVolume(request, timeout=args.timeout)
+
+
+def _publish_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume_id")
+    p.add_argument("--staging-path", required=True, help="where the volume is staged")
+    p.add_argument("--target-path", required=True, help="target_path (absolute)")
+    p.add_argument("--readonly", action="store_true", help="publish read-only")
+    p.add_argument("--context", action="append", metavar="KEY=VALUE", help="volume context")
+    p.add_argument("--context-file", help="volume context as JSON or key=value lines")
+    add_capability_args(p)
+
+
+def _publish(args: argparse.Namespace, stubs: Stubs) -> Any:
+    from driver.csi import csi_pb2
+
+    request = csi_pb2.NodePublishVolumeRequest(
+        volume_id=args.volume_id,
+        staging_target_path=args.staging_path,
+        target_path=args.target_path,
+        volume_capability=capability(args),
+        readonly=args.readonly,
+        volume_context=_context(args),
+    )
+    return stubs.node.NodePublishVolume(request, timeout=args.timeout)
+
+
+def _unpublish_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume_id")
+    p.add_argument("--target-path", required=True)
+
+
+def _unpublish(args: argparse.Namespace, stubs: Stubs) -> Any:
+    from driver.csi import csi_pb2
+
+    request = csi_pb2.NodeUnpublishVolumeRequest(
+        volume_id=args.volume_id, target_path=args.target_path
+    )
+    return stubs.node.NodeUnpublishVolume(request, timeout=args.timeout)
+
+
+def _unstage_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume_id")
+    p.add_argument("--staging-path", required=True)
+
+
+def _unstage(args: argparse.Namespace, stubs: Stubs) -> Any:
+    from driver.csi import csi_pb2
+
+    request = csi_pb2.NodeUnstageVolumeRequest(
+        volume_id=args.volume_id, staging_target_path=args.staging_path
+    )
+    return stubs.node.NodeUnstageVolume(request, timeout=args.timeout)
+
+
+def _stats_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("volume_id")
+    p.add_argument("--path", required=True, help="a staging or target path of the volume")
+
+
+def _stats(args: argparse.Namespace, stubs: Stubs) -> Any:
+    from driver.csi import csi_pb2
+
+    request = csi_pb2.NodeGetVolumeStatsRequest(volume_id=args.volume_id, volume_path=args.path)
+    return stubs.node.NodeGetVolumeStats(request, timeout=args.timeout)
+
+
+def install() -> None:
+    register("stage", CommandSpec("NodeStageVolume", _stage_args, _stage))
+    register("publish", CommandSpec("NodePublishVolume", _publish_args, _publish))
+    register("unpublish", CommandSpec("NodeUnpublishVolume", _unpublish_args, _unpublish))
+    register("unstage", CommandSpec("NodeUnstageVolume", _unstage_args, _unstage))
+    register("stats", CommandSpec("NodeGetVolumeStats (usage and health)", _stats_args, _stats))

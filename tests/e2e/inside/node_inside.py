@@ -1,0 +1,421 @@
+"""Runs INSIDE the UML guest (tests/e2e/test_node_e2e.py boots it): the node
+plugin with real kernel cifs / nfs mounts against Samba and the kernel NFS
+server on the guest's loopback.
+
+The file name does not match ``test_*.py`` on purpose: a host ``pytest
+tests/e2e`` never collects it; the guest runs it by path and writes a junit
+report the host checks (so a skip or a missing test cannot pass unnoticed).
+
+The controller (``controller.service.build``, real backends) creates each
+volume; the node (NodePlugin + LinuxPlatform, real runner and mount table)
+stages and publishes it through a real gRPC server on a Unix socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import re
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from controller.service import build as build_controller
+from driver.config import Config, parse_endpoint
+from driver.csi import csi_pb2
+from node import mountinfo
+from node.linux import SECRETS_DIR, LinuxPlatform
+from node.service import NodePlugin
+from tests.harness import Client, running_driver
+
+if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):
+    pytest.fail(
+        "node_inside.py runs only inside the UML guest: run tests/e2e/test_node_e2e.py",
+        pytrace=False,
+    )
+
+pytestmark = pytest.mark.e2e
+
+UML = Path(__file__).resolve().parents[1] / "uml"
+# Read once and removed from the environment, so that processes we start
+# (mount, mount.cifs) do not inherit it: the scan below then proves the
+# driver never hands it to them.
+SMB_PASSWORD = os.environ.pop("SMB_PASSWORD")
+SMB_USER = os.environ["SMB_USER"]
+SMB_SHARE = os.environ["SMB_SHARE"]
+SMB_DIR = Path(os.environ["SMB_SHARE_DIR"])
+NFS_DIR = Path(os.environ["NFS_EXPORT_DIR"])
+NFS_V3_ROOT = os.environ["NFS_V3_ROOT"]
+PROBE_TIMEOUT = 2.0
+AM = csi_pb2.VolumeCapability.AccessMode
+
+
+def cap(*flags: str, mode: int = AM.MULTI_NODE_MULTI_WRITER) -> Any:
+    return csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
+        access_mode=AM(mode=mode),
+    )
+
+
+@asynccontextmanager
+async def driver(tmp: Path) -> AsyncIterator[Client]:
+    cfg = Config(
+        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
+        node_id="e2e",
+        mount_timeout=30,
+        backend_timeout=10,
+    )
+    plugins = [
+        build_controller(cfg),
+        NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=PROBE_TIMEOUT)),
+    ]
+    async with running_driver(tmp / "csi.sock", plugins) as (_, client):
+        yield client
+
+
+@dataclass
+class Volume:
+    id: str
+    context: dict[str, str]
+    flags: tuple[str, ...]
+    secrets: dict[str, str]
+    staging: Path
+    server_dir: Path
+
+    def stage(self) -> Any:
+        return csi_pb2.NodeStageVolumeRequest(
+            volume_id=self.id,
+            staging_target_path=str(self.staging),
+            volume_capability=cap(*self.flags),
+            volume_context=self.context,
+            secrets=self.secrets,
+        )
+
+    def unstage(self) -> Any:
+        return csi_pb2.NodeUnstageVolumeRequest(
+            volume_id=self.id, staging_target_path=str(self.staging)
+        )
+
+    def publish(self, target: Path, *, readonly: bool = False) -> Any:
+        return csi_pb2.NodePublishVolumeRequest(
+            volume_id=self.id,
+            staging_target_path=str(self.staging),
+            target_path=str(target),
+            volume_capability=cap(*self.flags),
+            volume_context=self.context,
+            readonly=readonly,
+        )
+
+    def unpublish(self, target: Path) -> Any:
+        return csi_pb2.NodeUnpublishVolumeRequest(volume_id=self.id, target_path=str(target))
+
+    def stats(self, path: Path | None = None) -> Any:
+        return csi_pb2.NodeGetVolumeStatsRequest(
+            volume_id=self.id, volume_path=str(path or self.staging)
+        )
+
+
+async def create(
+    c: Client, tmp: Path, name: str, source: str, server_dir: Path, *flags: str
+) -> Volume:
+    secrets = {"username": SMB_USER, "password": SMB_PASSWORD} if source.startswith("//") else {}
+    resp = await c.controller.CreateVolume(
+        csi_pb2.CreateVolumeRequest(
+            name=name,
+            parameters={"source": source},
+            volume_capabilities=[cap(*flags)],
+            secrets=secrets,
+        )
+    )
+    vol = resp.volume
+    assert (server_dir / name).is_dir(), f"the controller did not create {server_dir / name}"
+    return Volume(
+        vol.volume_id,
+        dict(vol.volume_context),
+        flags,
+        secrets,
+        tmp / "kubelet" / "plugins" / name / "globalmount",
+        server_dir / name,
+    )
+
+
+async def delete(c: Client, vol: Volume) -> None:
+    await c.controller.DeleteVolume(
+        csi_pb2.DeleteVolumeRequest(volume_id=vol.id, secrets=vol.secrets)
+    )
+    assert not vol.server_dir.exists()
+
+
+def mounts_under(path: Path) -> list[mountinfo.MountEntry]:
+    prefix = str(path) + "/"
+    return [e for e in mountinfo.read() if (e.mount_point + "/").startswith(prefix)]
+
+
+@pytest.fixture
+def tmp(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "kubelet").mkdir()
+    try:
+        yield tmp_path
+    finally:
+        for entry in reversed(mounts_under(tmp_path)):
+            subprocess.run(["umount", "-l", entry.mount_point], check=False)
+
+
+# ---------------------------------------------------------------- password scan
+
+
+@dataclass
+class Scan:
+    """Watches every process's argv (and a mount process's environment) and
+    the credentials directory, in a tight loop, while a mount runs."""
+
+    secret: bytes
+    leaks: list[str] = field(default_factory=list)
+    mount_processes: set[str] = field(default_factory=set)
+    cred_files: dict[str, int] = field(default_factory=dict)  # name -> mode seen
+    passes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _pass(self) -> None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+            except OSError:
+                continue
+            if self.secret in cmdline:
+                self.leaks.append(f"argv of pid {pid}")
+            argv0 = cmdline.split(b"\0", 1)[0].decode(errors="replace")
+            if os.path.basename(argv0).startswith("mount"):
+                self.mount_processes.add(cmdline.replace(b"\0", b" ").decode(errors="replace"))
+                try:
+                    with open(f"/proc/{pid}/environ", "rb") as f:
+                        if self.secret in f.read():
+                            self.leaks.append(f"environment of {argv0} (pid {pid})")
+                except OSError:
+                    pass
+        try:
+            for name in os.listdir(SECRETS_DIR):
+                self.cred_files[name] = os.stat(os.path.join(SECRETS_DIR, name)).st_mode & 0o777
+        except OSError:
+            pass
+        self.passes += 1
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._pass()
+
+    @asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            thread.join(10)
+
+
+# ---------------------------------------------------------------- tests
+
+
+def write_through(target: Path, name: str, text: str) -> None:
+    with (target / name).open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def assert_read_only(target: Path) -> None:
+    with pytest.raises(OSError) as info:
+        (target / "nope.txt").write_text("x")
+    assert info.value.errno == errno.EROFS
+
+
+async def test_smb_stage_publish_without_leaking_the_password(tmp: Path) -> None:
+    async with driver(tmp) as c:
+        vol = await create(c, tmp, "pvc-smb", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR)
+        scan = Scan(SMB_PASSWORD.encode())
+        async with scan.watching():
+            await c.node.NodeStageVolume(vol.stage())
+        assert scan.leaks == [], scan.leaks
+        assert scan.passes > 0
+        assert any("cifs" in p for p in scan.mount_processes), (
+            f"the scan never saw the mount process ({scan.passes} passes): {scan.mount_processes}"
+        )
+        assert set(scan.cred_files.values()) <= {0o600}, scan.cred_files
+        assert os.listdir(SECRETS_DIR) == []  # removed right after the mount
+        assert oct(os.stat(SECRETS_DIR).st_mode & 0o777) == "0o700"
+
+        (entry,) = mountinfo.at(mountinfo.read(), str(vol.staging))
+        assert entry.fstype == "cifs"
+        assert entry.source == f"//127.0.0.1/{SMB_SHARE}/pvc-smb"
+        # (this kernel does not list nosharesock in mountinfo: check what we ran)
+        assert any("nosharesock" in p for p in scan.mount_processes), scan.mount_processes
+        assert SMB_PASSWORD not in " ".join(entry.super_options)
+
+        await c.node.NodeStageVolume(vol.stage())  # idempotent
+        assert len(mountinfo.at(mountinfo.read(), str(vol.staging))) == 1
+
+        rw = tmp / "kubelet" / "pods" / "rw" / "mount"
+        ro = tmp / "kubelet" / "pods" / "ro" / "mount"
+        await c.node.NodePublishVolume(vol.publish(rw))
+        await c.node.NodePublishVolume(vol.publish(ro, readonly=True))
+        write_through(rw, "hello.txt", "written by a pod")
+        assert (vol.server_dir / "hello.txt").read_text() == "written by a pod"
+        assert (ro / "hello.txt").read_text() == "written by a pod"
+        assert_read_only(ro)
+
+        stats = await c.node.NodeGetVolumeStats(vol.stats(rw))
+        assert not stats.volume_condition.abnormal, stats.volume_condition.message
+        assert stats.usage[0].total > 0
+
+        for target in (rw, ro):
+            await c.node.NodeUnpublishVolume(vol.unpublish(target))
+            assert not target.exists()
+        await c.node.NodeUnstageVolume(vol.unstage())
+        assert mounts_under(tmp) == []
+        assert not vol.staging.exists()
+        assert (vol.server_dir / "hello.txt").exists()  # unmounting never deletes data
+        await delete(c, vol)
+
+
+@pytest.mark.parametrize(
+    ("version", "source", "server_dir", "fstype"),
+    [
+        ("3", f"127.0.0.1:{NFS_V3_ROOT}", NFS_DIR, "nfs"),
+        ("4.1", "127.0.0.1:/", NFS_DIR, "nfs4"),
+    ],
+    ids=["v3", "v4.1"],
+)
+async def test_nfs_stage_publish(
+    tmp: Path, version: str, source: str, server_dir: Path, fstype: str
+) -> None:
+    name = f"pvc-nfs{version.replace('.', '')}"
+    async with driver(tmp) as c:
+        vol = await create(c, tmp, name, source, server_dir, f"vers={version}")
+        await c.node.NodeStageVolume(vol.stage())
+        (entry,) = mountinfo.at(mountinfo.read(), str(vol.staging))
+        assert entry.fstype == fstype
+        assert entry.super_option("vers") == version
+        await c.node.NodeStageVolume(vol.stage())  # idempotent
+
+        rw = tmp / "kubelet" / "pods" / "rw" / "mount"
+        ro = tmp / "kubelet" / "pods" / "ro" / "mount"
+        await c.node.NodePublishVolume(vol.publish(rw))
+        await c.node.NodePublishVolume(vol.publish(ro, readonly=True))
+        write_through(rw, "hello.txt", f"nfs {version}")
+        assert (vol.server_dir / "hello.txt").read_text() == f"nfs {version}"
+        assert_read_only(ro)
+        stats = await c.node.NodeGetVolumeStats(vol.stats(rw))
+        assert not stats.volume_condition.abnormal
+        units = {u.unit for u in stats.usage}
+        assert csi_pb2.VolumeUsage.INODES in units
+
+        for target in (rw, ro):
+            await c.node.NodeUnpublishVolume(vol.unpublish(target))
+        await c.node.NodeUnstageVolume(vol.unstage())
+        assert mounts_under(tmp) == []
+        await delete(c, vol)
+
+
+async def stats_within_bound(c: Client, vol: Volume) -> Any:
+    start = time.monotonic()
+    resp = await c.node.NodeGetVolumeStats(vol.stats(), timeout=PROBE_TIMEOUT + 5)
+    elapsed = time.monotonic() - start
+    assert elapsed < PROBE_TIMEOUT + 2, f"NodeGetVolumeStats took {elapsed:.1f} s"
+    return resp
+
+
+async def until_healthy(c: Client, vol: Volume, timeout: float) -> float:
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        resp = await c.node.NodeGetVolumeStats(vol.stats())
+        if not resp.volume_condition.abnormal:
+            return time.monotonic() - start
+        await asyncio.sleep(0.5)
+    return -1.0
+
+
+def server(script: str) -> None:
+    # start-samba.sh (re)sets the user's password from SMB_PASSWORD, which we
+    # keep out of our own environment.
+    env = {**os.environ, "SMB_PASSWORD": SMB_PASSWORD}
+    subprocess.run(["bash", str(UML / script)], check=True, capture_output=True, env=env)
+
+
+async def test_smb_server_outage_is_reported_and_heals(tmp: Path) -> None:
+    async with driver(tmp) as c:
+        vol = await create(c, tmp, "pvc-smb-outage", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR)
+        await c.node.NodeStageVolume(vol.stage())
+        assert not (await c.node.NodeGetVolumeStats(vol.stats())).volume_condition.abnormal
+        server("stop-samba.sh")
+        try:
+            resp = await stats_within_bound(c, vol)
+            assert resp.volume_condition.abnormal
+            print("smb outage:", resp.volume_condition.message)
+        finally:
+            server("start-samba.sh")
+        healed = await until_healthy(c, vol, 30)
+        if healed < 0:  # not by itself: a re-stage repairs it
+            await c.node.NodeStageVolume(vol.stage())
+            healed = await until_healthy(c, vol, 10)
+        assert healed >= 0, "still abnormal after the server came back and a re-stage"
+        print(f"smb healthy again after {healed:.1f} s")
+        await c.node.NodeUnstageVolume(vol.unstage())
+        assert mounts_under(tmp) == []
+        await delete(c, vol)
+
+
+async def test_nfs_server_outage_and_unstage_while_down(tmp: Path) -> None:
+    async with driver(tmp) as c:
+        v4 = await create(c, tmp, "pvc-nfs-outage", "127.0.0.1:/", NFS_DIR, "vers=4.1")
+        v3 = await create(c, tmp, "pvc-nfs-gone", f"127.0.0.1:{NFS_V3_ROOT}", NFS_DIR, "vers=3")
+        await c.node.NodeStageVolume(v4.stage())
+        await c.node.NodeStageVolume(v3.stage())
+        server("stop-nfs.sh")
+        try:
+            resp = await stats_within_bound(c, v4)
+            assert resp.volume_condition.abnormal
+            print("nfs outage:", resp.volume_condition.message)
+            # A hard mount of a dead server: unstage must still end, in bounded time.
+            start = time.monotonic()
+            await c.node.NodeUnstageVolume(v3.unstage(), timeout=30)
+            print(f"unstage while the server is down: {time.monotonic() - start:.1f} s")
+            assert mountinfo.at(mountinfo.read(), str(v3.staging)) == []
+            assert not v3.staging.exists()
+        finally:
+            server("start-nfs.sh")
+        healed = await until_healthy(c, v4, 60)
+        if healed < 0:
+            await c.node.NodeStageVolume(v4.stage())
+            healed = await until_healthy(c, v4, 10)
+        assert healed >= 0, "still abnormal after the server came back and a re-stage"
+        print(f"nfs healthy again after {healed:.1f} s")
+        await c.node.NodeUnstageVolume(v4.unstage())
+        assert mounts_under(tmp) == []
+        await delete(c, v4)
+        await delete(c, v3)
+
+
+def test_stale_runner_state_is_clean() -> None:
+    # Nothing mounted by the tests above is left in the guest.
+    leftovers = [
+        e
+        for e in mountinfo.read()
+        if e.fstype in ("cifs", "smb3", "nfs", "nfs4") and "/pytest-" in e.mount_point
+    ]
+    assert leftovers == []
+    assert not re.search(
+        r"\S", " ".join(os.listdir(SECRETS_DIR)) if os.path.isdir(SECRETS_DIR) else ""
+    )

@@ -1,0 +1,1059 @@
+"""LinuxPlatform against a stateful fake runner and mount table; the real runner.
+
+``FakeHost`` is a mount table (and statvfs answers per filesystem, so a bind
+mount shares its source's health); ``FakeRunner`` understands the commands the
+platform runs (``mount -t``, ``mount --bind``, ``mount -o remount,bind,ro``,
+``umount [-l -c -i]``), changes the table like the kernel would and records
+every call, including what the credentials file held while ``mount`` ran.
+Directories are real (tmp_path), so mkdir/rmdir/chmod behaviour is real.
+``tests/unit/test_node_service.py`` reuses these fakes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import stat
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import pytest
+
+from driver.config import Config, parse_endpoint
+from driver.credentials import Credentials
+from driver.errors import (
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    Unavailable,
+)
+from driver.source import parse_source
+from node import mountinfo
+from node.linux import (
+    CAPABILITIES,
+    FsStats,
+    LinuxPlatform,
+    Prober,
+    ProbesExhausted,
+    ProbeTimeout,
+    nfs_device,
+    smb_device,
+)
+from node.mountinfo import MountEntry
+from node.platform import PublishRequest, StageRequest
+from node.runner import AsyncioRunner, CommandResult, CommandTimeout
+from tests.secret_scan import register_secret
+
+# Registered: the session-wide scan fails the run if it shows up in any log.
+PASSWORD = register_secret(' p a,s"s`w0rd $(x) \\ ; ')
+LOCAL = FsStats(4096, 1000, 500, 400, 100, 60)
+SHARE = FsStats(1024, 262144, 200000, 190000, 0, 0)  # cifs: no inode counts
+EXPORT = FsStats(131072, 2048, 1024, 1000, 126998, 126000)
+
+
+# ---------------------------------------------------------------- fakes
+
+
+@dataclass
+class FsState:
+    stats: FsStats
+    error: int | None = None  # statvfs raises OSError(error)
+    hang: threading.Event | None = None  # statvfs blocks until set
+
+
+@dataclass
+class FakeHost:
+    """A mount table plus statvfs answers per filesystem (major:minor)."""
+
+    entries: list[MountEntry] = field(default_factory=list)
+    fs: dict[str, FsState] = field(default_factory=dict)
+    statvfs_calls: int = 0
+    _next: int = 100
+
+    def add(
+        self,
+        point: str,
+        *,
+        fstype: str,
+        source: str,
+        read_only: bool = False,
+        super_options: tuple[str, ...] = ("rw",),
+        stats: FsStats = SHARE,
+        like: MountEntry | None = None,
+    ) -> MountEntry:
+        self._next += 1
+        if like is None:
+            dev = f"0:{self._next}"
+            self.fs[dev] = FsState(stats)
+            root = "/"
+        else:
+            dev, root = like.major_minor, like.root
+            fstype, source, super_options = like.fstype, like.source, like.super_options
+            read_only = read_only or like.read_only
+        entry = MountEntry(
+            mount_id=self._next,
+            parent_id=1,
+            major_minor=dev,
+            root=root,
+            mount_point=point,
+            options=("ro" if read_only else "rw", "relatime"),
+            optional_fields=(),
+            fstype=fstype,
+            source=source,
+            super_options=super_options,
+        )
+        self.entries.append(entry)
+        return entry
+
+    def remove_top(self, point: str) -> bool:
+        entry = mountinfo.top(self.entries, point)
+        if entry is None:
+            return False
+        self.entries.remove(entry)
+        return True
+
+    def state(self, point: str) -> FsState:
+        entry = mountinfo.top(self.entries, point)
+        assert entry is not None, f"{point} is not mounted"
+        return self.fs[entry.major_minor]
+
+    def break_mount(self, point: str, err: int = errno.ESTALE) -> None:
+        self.state(point).error = err
+
+    def hang_mount(self, point: str) -> threading.Event:
+        event = threading.Event()
+        self.state(point).hang = event
+        return event
+
+    def release_all(self) -> None:
+        for state in self.fs.values():
+            if state.hang is not None:
+                state.hang.set()
+
+    def at(self, point: str) -> list[MountEntry]:
+        return mountinfo.at(self.entries, point)
+
+    # HostView
+    def mounts(self) -> list[MountEntry]:
+        return list(self.entries)
+
+    def statvfs(self, path: str) -> FsStats:
+        self.statvfs_calls += 1
+        entry = mountinfo.top(self.entries, path)
+        if entry is None:
+            if not os.path.lexists(path):
+                raise FileNotFoundError(errno.ENOENT, "No such file or directory", path)
+            return LOCAL
+        state = self.fs[entry.major_minor]
+        if state.hang is not None:
+            state.hang.wait(30)  # bounded: a broken test cannot hang forever
+        if state.error is not None:
+            raise OSError(state.error, os.strerror(state.error), path)
+        return state.stats
+
+
+@dataclass
+class Call:
+    argv: tuple[str, ...]
+    env: dict[str, str] | None
+    stdin: bytes | None
+    timeout: float
+    # (file mode, dir mode, content) of the credentials file while mount ran
+    credentials: tuple[int, int, str] | None = None
+
+
+@dataclass
+class FakeRunner:
+    host: FakeHost
+    calls: list[Call] = field(default_factory=list)
+    mount_results: list[CommandResult] = field(default_factory=list)  # next fs mounts fail
+    hang: asyncio.Event | None = None  # next fs mount times out; "exits" when set
+    umount_timeouts: int = 0  # next plain umounts time out
+    busy: set[str] = field(default_factory=set)  # plain umount says "target is busy"
+    fail_remount_ro: bool = False
+    finished: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def commands(self, name: str) -> list[tuple[str, ...]]:
+        return [c.argv for c in self.calls if c.argv[0] == name]
+
+    def fs_mounts(self) -> list[tuple[str, ...]]:
+        return [a for a in self.commands("mount") if a[1] == "-t"]
+
+    async def run(
+        self,
+        argv: object,
+        *,
+        timeout: float,
+        env: dict[str, str] | None = None,
+        stdin: bytes | None = None,
+    ) -> CommandResult:
+        args = tuple(str(a) for a in argv)  # type: ignore[attr-defined]
+        call = Call(args, env, stdin, timeout)
+        self.calls.append(call)
+        if args[0] == "mount":
+            return self._mount(args, call)
+        if args[0] == "umount":
+            return self._umount(args)
+        return CommandResult(args, 127, "", f"{args[0]}: not faked")
+
+    def _fail(self, args: tuple[str, ...], message: str, code: int = 32) -> CommandResult:
+        return CommandResult(args, code, "", message)
+
+    def _mount(self, args: tuple[str, ...], call: Call) -> CommandResult:
+        ok = CommandResult(args, 0, "", "")
+        if args[1] == "--bind":
+            src, dst = args[2], args[3]
+            source = mountinfo.top(self.host.entries, src)
+            if source is None or not os.path.isdir(dst):
+                return self._fail(args, f"mount: {dst}: special device {src} does not exist.")
+            self.host.add(dst, fstype="", source="", like=source)
+            return ok
+        if args[1:3] == ("-o", "remount,bind,ro"):
+            target = args[3]
+            current = mountinfo.top(self.host.entries, target)
+            if current is None or self.fail_remount_ro:
+                return self._fail(args, f"mount: {target}: mount point not mounted or bad option.")
+            index = self.host.entries.index(current)
+            self.host.entries[index] = replace(current, options=("ro", "relatime"))
+            return ok
+        assert args[1] == "-t", args
+        fstype, device, point = args[2], args[3], args[4]
+        options = args[6].split(",") if len(args) > 5 else []
+        for opt in options:
+            if opt.startswith("credentials="):
+                path = opt.split("=", 1)[1]
+                call.credentials = (
+                    stat.S_IMODE(os.stat(path).st_mode),
+                    stat.S_IMODE(os.stat(os.path.dirname(path)).st_mode),
+                    Path(path).read_text(),
+                )
+        if self.hang is not None:
+            gate, self.hang = self.hang, None
+            finished = asyncio.ensure_future(gate.wait())
+            self.finished.append(finished)  # type: ignore[arg-type]
+            raise CommandTimeout(
+                "mount did not finish within 5 s and was killed; it has not exited yet",
+                finished=finished,
+            )
+        if self.mount_results:
+            result = self.mount_results.pop(0)
+            return CommandResult(args, result.returncode, result.stdout, result.stderr)
+        if not os.path.isdir(point):
+            return self._fail(args, f"mount: {point}: mount point does not exist.")
+        if fstype == "nfs":
+            v3 = any(o in ("vers=3", "nfsvers=3") for o in options)
+            fstype = "nfs" if v3 else "nfs4"
+            stats = EXPORT
+            device = device.rstrip("/") if not device.endswith(":/") else device
+        else:
+            stats = SHARE
+        kept = tuple(o for o in options if not o.startswith("credentials="))
+        self.host.add(
+            point,
+            fstype=fstype,
+            source=device,
+            read_only="ro" in options,
+            super_options=("rw", *kept),
+            stats=stats,
+        )
+        return ok
+
+    def _umount(self, args: tuple[str, ...]) -> CommandResult:
+        flags, path = args[1:-1], args[-1]
+        lazy = "-l" in flags
+        if not lazy and self.umount_timeouts:
+            self.umount_timeouts -= 1
+            raise CommandTimeout("umount did not finish within 1 s and was killed", finished=None)
+        if not lazy and path in self.busy:
+            return self._fail(args, f"umount: {path}: target is busy.")
+        if not self.host.remove_top(path):
+            return self._fail(args, f"umount: {path}: not mounted.")
+        return CommandResult(args, 0, "", "")
+
+
+def config(mount_timeout: float = 5.0) -> Config:
+    return Config(
+        endpoint=parse_endpoint("unix:///unused"), node_id="n1", mount_timeout=mount_timeout
+    )
+
+
+@dataclass
+class Node:
+    host: FakeHost
+    runner: FakeRunner
+    platform: LinuxPlatform
+    root: Path
+    secrets_dir: Path
+
+    def new_platform(self) -> LinuxPlatform:
+        """A restarted driver: same kernel mount table, no memory."""
+        return make_platform(self.host, self.runner, self.secrets_dir)
+
+    def secrets_left(self) -> list[str]:
+        return sorted(os.listdir(self.secrets_dir)) if self.secrets_dir.exists() else []
+
+
+def make_platform(host: FakeHost, runner: FakeRunner, secrets_dir: Path) -> LinuxPlatform:
+    return LinuxPlatform(
+        config(),
+        runner=runner,
+        host=host,
+        secrets_dir=str(secrets_dir),
+        probe_timeout=0.2,
+        unmount_timeout=1.0,
+    )
+
+
+@pytest.fixture
+def node(tmp_path: Path) -> Iterator[Node]:
+    host = FakeHost()
+    runner = FakeRunner(host)
+    secrets_dir = tmp_path / "secrets"
+    (tmp_path / "kubelet").mkdir()
+    try:
+        yield Node(host, runner, make_platform(host, runner, secrets_dir), tmp_path, secrets_dir)
+    finally:
+        host.release_all()
+        for task in runner.finished:
+            task.cancel()
+
+
+def smb_request(staging: Path, **kw: object) -> StageRequest:
+    base: dict[str, object] = {
+        "volume_id": "smb-vol",
+        "source": parse_source("//srv/share"),
+        "subdir": "base/pvc-1",
+        "staging_path": str(staging),
+        "credentials": Credentials("alice", PASSWORD, "CORP"),
+    }
+    base.update(kw)
+    return StageRequest(**base)  # type: ignore[arg-type]
+
+
+def nfs_request(staging: Path, **kw: object) -> StageRequest:
+    base: dict[str, object] = {
+        "volume_id": "nfs-vol",
+        "source": parse_source("srv:/export"),
+        "subdir": "pvc-2",
+        "staging_path": str(staging),
+    }
+    base.update(kw)
+    return StageRequest(**base)  # type: ignore[arg-type]
+
+
+def options_of(argv: tuple[str, ...]) -> list[str]:
+    return argv[argv.index("-o") + 1].split(",") if "-o" in argv else []
+
+
+def all_text(runner: FakeRunner) -> str:
+    return "\n".join(" ".join(c.argv) + repr(c.env) + repr(c.stdin) for c in runner.calls)
+
+
+# ---------------------------------------------------------------- paths
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        ("/var/lib/kubelet/x", "/var/lib/kubelet/x"),
+        ("/var/lib/kubelet/x/", "/var/lib/kubelet/x"),
+        ("//var//lib/./x", "/var/lib/x"),
+        ("/with space/and\ttab", "/with space/and\ttab"),
+    ],
+)
+def test_check_path_normalises(node: Node, path: str, expected: str) -> None:
+    assert node.platform.check_path(path, what="target_path") == expected
+
+
+@pytest.mark.parametrize(
+    ("path", "reason"),
+    [
+        ("relative/x", "absolute"),
+        ("", "absolute"),
+        ("/a/../etc", "'..'"),
+        ("/a/..", "'..'"),
+        ("/a\x00b", "NUL"),
+        ("/", "must not be /"),
+        ("/" + "x" * 5000, "longer"),
+    ],
+)
+def test_check_path_rejects(node: Node, path: str, reason: str) -> None:
+    with pytest.raises(InvalidArgument, match="target_path") as info:
+        node.platform.check_path(path, what="target_path")
+    assert reason in info.value.message
+
+
+def test_capabilities() -> None:
+    assert {
+        "STAGE_UNSTAGE_VOLUME",
+        "GET_VOLUME_STATS",
+        "VOLUME_CONDITION",
+        "VOLUME_MOUNT_GROUP",
+        "SINGLE_NODE_MULTI_WRITER",
+    } == CAPABILITIES
+
+
+def test_devices() -> None:
+    assert smb_device(parse_source("//srv:4450/share"), "a/b") == "//srv/share/a/b"
+    assert smb_device(parse_source("//srv/share"), "") == "//srv/share"
+    assert nfs_device(parse_source("srv:/export/x"), "v") == "srv:/export/x/v"
+    assert nfs_device(parse_source("srv:/"), "v") == "srv:/v"
+    assert nfs_device(parse_source("srv:/"), "") == "srv:/"
+    assert nfs_device(parse_source("nfs://[fd00::1]:2050/e"), "v") == "[fd00::1]:/e/v"
+
+
+# ---------------------------------------------------------------- SMB stage
+
+
+async def test_smb_stage_mounts_with_credentials_file(node: Node) -> None:
+    staging = node.root / "kubelet" / "staging"
+    staging.mkdir()
+    await node.platform.stage(smb_request(staging))
+
+    (argv,) = node.runner.fs_mounts()
+    assert argv[:5] == ("mount", "-t", "cifs", "//srv/share/base/pvc-1", str(staging))
+    opts = options_of(argv)
+    assert opts[:-1] == ["nosharesock"]
+    assert opts[-1].startswith(f"credentials={node.secrets_dir}/")
+    (call,) = [c for c in node.runner.calls if c.credentials]
+    assert call.credentials is not None
+    file_mode, dir_mode, content = call.credentials
+    assert (file_mode, dir_mode) == (0o600, 0o700)
+    assert content == f"username=alice\npassword={PASSWORD}\ndomain=CORP\n"
+    # The secret is nowhere but in that file, and the file is gone.
+    assert PASSWORD not in all_text(node.runner)
+    assert "p a,s" not in all_text(node.runner)
+    assert node.secrets_left() == []
+    (entry,) = node.host.at(str(staging))
+    assert (entry.fstype, entry.source) == ("cifs", "//srv/share/base/pvc-1")
+
+
+async def test_smb_stage_is_idempotent_and_survives_restart(node: Node) -> None:
+    staging = node.root / "kubelet" / "staging"
+    staging.mkdir()
+    await node.platform.stage(smb_request(staging))
+    await node.platform.stage(smb_request(staging))
+    await node.new_platform().stage(smb_request(staging))
+    assert len(node.runner.fs_mounts()) == 1
+    assert len(node.host.at(str(staging))) == 1
+
+
+async def test_stage_creates_missing_staging_dir(node: Node) -> None:
+    staging = node.root / "kubelet" / "new" / "globalmount"
+    await node.platform.stage(nfs_request(staging))
+    assert staging.is_dir()
+    assert node.host.at(str(staging))
+
+
+@pytest.mark.parametrize(
+    ("options", "port", "expected"),
+    [
+        ((), None, ["nosharesock"]),
+        (("vers=3.1.1",), None, ["vers=3.1.1", "nosharesock"]),
+        (
+            ("vers=3.0", "nosharesock", "user_xattr"),
+            None,
+            ["vers=3.0", "nosharesock", "user_xattr"],
+        ),
+        ((), 4450, ["port=4450", "nosharesock"]),
+        (("port=4450",), 4450, ["port=4450", "nosharesock"]),
+        (("cache=none", "actimeo=30"), None, ["cache=none", "actimeo=30", "nosharesock"]),
+    ],
+)
+async def test_smb_options(
+    node: Node, options: tuple[str, ...], port: int | None, expected: list[str]
+) -> None:
+    staging = node.root / "kubelet" / "s"
+    source = parse_source(f"//srv{':' + str(port) if port else ''}/share")
+    await node.platform.stage(smb_request(staging, source=source, mount_options=options))
+    (argv,) = node.runner.fs_mounts()
+    assert options_of(argv)[:-1] == expected
+
+
+@pytest.mark.parametrize(
+    ("group", "options", "expected"),
+    [
+        ("1000", (), ["nosharesock", "gid=1000", "file_mode=0770", "dir_mode=0770"]),
+        (
+            "1000",
+            ("file_mode=0640",),
+            ["file_mode=0640", "nosharesock", "gid=1000", "dir_mode=0770"],
+        ),
+        ("1000", ("gid=5",), ["gid=5", "nosharesock"]),
+        ("", (), ["nosharesock"]),
+    ],
+)
+async def test_smb_mount_group(
+    node: Node, group: str, options: tuple[str, ...], expected: list[str]
+) -> None:
+    staging = node.root / "kubelet" / "s"
+    await node.platform.stage(smb_request(staging, mount_group=group, mount_options=options))
+    (argv,) = node.runner.fs_mounts()
+    assert options_of(argv)[:-1] == expected
+
+
+async def test_smb_read_only_stage(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    await node.platform.stage(smb_request(staging, read_only=True))
+    (argv,) = node.runner.fs_mounts()
+    assert "ro" in options_of(argv)
+    assert node.host.at(str(staging))[0].read_only
+    # The same volume asked for read-write now: incompatible with what is staged.
+    with pytest.raises(AlreadyExists, match="read-only"):
+        await node.platform.stage(smb_request(staging))
+
+
+@pytest.mark.parametrize(
+    "option",
+    [
+        "username=bob",
+        "user=bob",
+        "USER=bob",
+        "password=x",
+        "pass=x",
+        "password2=x",
+        "credentials=/etc/creds",
+        "cred=/etc/creds",
+        "bind",
+        "remount",
+        "a\nb",
+    ],
+)
+async def test_refused_mount_options(node: Node, option: str) -> None:
+    staging = node.root / "kubelet" / "s"
+    with pytest.raises(InvalidArgument):
+        await node.platform.stage(smb_request(staging, mount_options=(option,)))
+    assert node.runner.calls == []
+    assert node.host.entries == []
+    assert node.secrets_left() == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"mount_group": "staff"}, "numeric group"),
+        ({"mount_options": ("port=1",), "source": parse_source("//srv:4450/share")}, "port"),
+        ({"credentials": Credentials("alice", "a\nb")}, "line breaks"),
+        ({"credentials": Credentials("al%ice", "pw")}, "username"),
+        ({"credentials": Credentials("alice", "pw", "DOM/X")}, "domain"),
+    ],
+)
+async def test_bad_smb_requests_do_nothing(node: Node, kw: dict[str, object], match: str) -> None:
+    staging = node.root / "kubelet" / "s"
+    with pytest.raises(InvalidArgument, match=match):
+        await node.platform.stage(smb_request(staging, **kw))
+    assert node.runner.calls == []
+    assert not staging.exists()
+
+
+async def test_staging_path_that_is_a_file(node: Node) -> None:
+    staging = node.root / "kubelet" / "file"
+    staging.write_text("x")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        await node.platform.stage(smb_request(staging))
+    assert node.runner.calls == []
+    assert node.secrets_left() == []
+
+
+@pytest.mark.parametrize(
+    ("stderr", "error", "code"),
+    [
+        (
+            "mount error(13): Permission denied\nRefer to the mount.cifs(8) manual",
+            PermissionDenied,
+            32,
+        ),
+        ("mount error(2): No such file or directory", NotFound, 32),
+        ("mount error(111): could not connect to 10.0.0.1", Unavailable, 32),
+        ("mount error(112): Host is down", Unavailable, 32),
+        ("mount error(22): Invalid argument", Internal, 32),
+        ("mount: something odd", Internal, 1),
+    ],
+)
+async def test_failed_smb_mount(node: Node, stderr: str, error: type[Exception], code: int) -> None:
+    staging = node.root / "kubelet" / "s"
+    # A (hypothetical) helper that echoes the password must not leak it.
+    node.runner.mount_results.append(CommandResult((), code, "", f"{stderr} {PASSWORD}"))
+    with pytest.raises(error) as info:
+        await node.platform.stage(smb_request(staging))
+    assert PASSWORD not in str(info.value)
+    assert "failed" in str(info.value)
+    assert node.secrets_left() == []
+    assert node.host.entries == []
+
+
+async def test_mount_timeout_propagates_with_finished(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    gate = asyncio.Event()
+    node.runner.hang = gate
+    with pytest.raises(CommandTimeout) as info:
+        await node.platform.stage(smb_request(staging))
+    assert isinstance(info.value, DeadlineExceeded)
+    assert info.value.finished is not None
+    assert node.secrets_left() == []  # removed although the mount "still runs"
+    gate.set()
+    await info.value.finished
+
+
+# ---------------------------------------------------------------- NFS stage
+
+
+async def test_nfs_stage_plain(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    await node.platform.stage(nfs_request(staging))
+    (argv,) = node.runner.fs_mounts()
+    # No options at all: mount.nfs negotiates the newest version (4.2 → 3).
+    assert argv == ("mount", "-t", "nfs", "srv:/export/pvc-2", str(staging))
+    assert node.secrets_left() == []
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "expected_device", "expected_options"),
+    [
+        ("nfs://srv:2050/export", (), "srv:/export/pvc-2", ["port=2050"]),
+        ("srv:/export", ("nfsvers=3", "nolock"), "srv:/export/pvc-2", ["nfsvers=3", "nolock"]),
+        (
+            "srv:/export",
+            ("vers=4.1", "soft", "timeo=50"),
+            "srv:/export/pvc-2",
+            ["vers=4.1", "soft", "timeo=50"],
+        ),
+        ("[fd00::5]:/export", (), "[fd00::5]:/export/pvc-2", []),
+    ],
+)
+async def test_nfs_options(
+    node: Node,
+    source: str,
+    options: tuple[str, ...],
+    expected_device: str,
+    expected_options: list[str],
+) -> None:
+    staging = node.root / "kubelet" / "s"
+    await node.platform.stage(
+        nfs_request(staging, source=parse_source(source), mount_options=options)
+    )
+    (argv,) = node.runner.fs_mounts()
+    assert argv[3] == expected_device
+    assert options_of(argv) == expected_options
+
+
+async def test_nfs_idempotent_with_trailing_slash_normalised(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    request = nfs_request(staging, subdir="")
+    await node.platform.stage(request)
+    await node.platform.stage(request)
+    assert len(node.runner.fs_mounts()) == 1
+
+
+async def test_nfs_mount_permissions_and_group(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    await node.platform.stage(nfs_request(staging, mount_permissions=0o750))
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o750
+    staging2 = node.root / "kubelet" / "s2"
+    if os.geteuid() != 0:
+        pytest.skip("chgrp to another group needs root")
+    await node.platform.stage(
+        nfs_request(staging2, volume_id="v2", subdir="other", mount_group="4321")
+    )
+    st = staging2.stat()
+    assert st.st_gid == 4321
+    assert st.st_mode & (stat.S_ISGID | stat.S_IRWXG) == stat.S_ISGID | stat.S_IRWXG
+
+
+async def test_nfs_read_only_skips_permissions(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    staging.mkdir(mode=0o755)
+    await node.platform.stage(nfs_request(staging, read_only=True, mount_permissions=0o777))
+    assert "ro" in options_of(node.runner.fs_mounts()[0])
+    assert stat.S_IMODE(staging.stat().st_mode) == 0o755
+
+
+async def test_failed_nfs_mount_is_internal(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    node.runner.mount_results.append(
+        CommandResult((), 32, "", "mount.nfs: access denied by server while mounting srv:/x")
+    )
+    with pytest.raises(Internal, match="access denied by server"):
+        await node.platform.stage(nfs_request(staging))
+
+
+# ---------------------------------------------------------------- existing mounts
+
+
+async def test_other_mount_at_staging_is_failed_precondition(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    staging.mkdir()
+    node.host.add(str(staging), fstype="nfs4", source="other:/x")
+    with pytest.raises(FailedPrecondition, match="another mount"):
+        await node.platform.stage(nfs_request(staging))
+    assert node.runner.calls == []
+
+
+@pytest.mark.parametrize(
+    "err", [errno.ESTALE, errno.ENOTCONN, errno.EIO, errno.EHOSTDOWN, errno.EACCES]
+)
+async def test_broken_mount_is_remounted(node: Node, err: int) -> None:
+    staging = node.root / "kubelet" / "s"
+    await node.platform.stage(smb_request(staging))
+    node.host.break_mount(str(staging), err)
+    await node.new_platform().stage(smb_request(staging))
+    umounts = node.runner.commands("umount")
+    assert umounts == [("umount", "-l", "-c", "-i", str(staging))]
+    assert len(node.runner.fs_mounts()) == 2
+    (entry,) = node.host.at(str(staging))
+    assert node.host.fs[entry.major_minor].error is None  # a fresh, healthy mount
+
+
+async def test_hung_mount_is_remounted_within_bound(node: Node) -> None:
+    staging = node.root / "kubelet" / "s"
+    await node.platform.stage(nfs_request(staging))
+    node.host.hang_mount(str(staging))
+    await asyncio.wait_for(node.platform.stage(nfs_request(staging)), 5)
+    assert node.runner.commands("umount") == [("umount", "-l", "-c", "-i", str(staging))]
+    assert len(node.host.at(str(staging))) == 1
+
+
+# ---------------------------------------------------------------- publish
+
+
+async def staged(node: Node, *, read_only: bool = False) -> Path:
+    staging = node.root / "kubelet" / "staging"
+    await node.platform.stage(smb_request(staging, read_only=read_only))
+    return staging
+
+
+def publish_request(
+    node: Node, staging: Path, *, read_only: bool = False, name: str = "t"
+) -> PublishRequest:
+    return PublishRequest(
+        volume_id="smb-vol",
+        staging_path=str(staging),
+        target_path=str(node.root / "kubelet" / "pods" / name / "mount"),
+        read_only=read_only,
+    )
+
+
+async def test_publish_bind_mounts_and_is_idempotent(node: Node) -> None:
+    staging = await staged(node)
+    request = publish_request(node, staging)
+    await node.platform.publish(request)
+    await node.platform.publish(request)
+    await node.new_platform().publish(request)
+    binds = [a for a in node.runner.commands("mount") if a[1] == "--bind"]
+    assert binds == [("mount", "--bind", str(staging), request.target_path)]
+    (entry,) = node.host.at(request.target_path)
+    assert entry.same_filesystem_view(node.host.at(str(staging))[0])
+    assert not entry.read_only
+
+
+async def test_publish_read_only(node: Node) -> None:
+    staging = await staged(node)
+    request = publish_request(node, staging, read_only=True)
+    await node.platform.publish(request)
+    assert ("mount", "-o", "remount,bind,ro", request.target_path) in node.runner.commands("mount")
+    assert node.host.at(request.target_path)[0].read_only
+    await node.platform.publish(request)  # idempotent
+    with pytest.raises(AlreadyExists, match="read-only"):
+        await node.platform.publish(replace(request, read_only=False))
+
+
+async def test_publish_read_write_over_read_write_mismatch(node: Node) -> None:
+    staging = await staged(node)
+    request = publish_request(node, staging)
+    await node.platform.publish(request)
+    with pytest.raises(AlreadyExists, match="read-write"):
+        await node.platform.publish(replace(request, read_only=True))
+
+
+async def test_failed_ro_remount_leaves_no_writable_mount(node: Node) -> None:
+    staging = await staged(node)
+    request = publish_request(node, staging, read_only=True)
+    node.runner.fail_remount_ro = True
+    with pytest.raises(Internal, match="read-only remount"):
+        await node.platform.publish(request)
+    assert node.host.at(request.target_path) == []
+
+
+async def test_publish_needs_staged_volume(node: Node) -> None:
+    staging = node.root / "kubelet" / "staging"
+    staging.mkdir()
+    with pytest.raises(FailedPrecondition, match="not mounted"):
+        await node.platform.publish(publish_request(node, staging))
+    assert node.runner.calls == []
+
+
+async def test_publish_target_with_other_mount(node: Node) -> None:
+    staging = await staged(node)
+    request = publish_request(node, staging)
+    Path(request.target_path).mkdir(parents=True)
+    node.host.add(request.target_path, fstype="tmpfs", source="tmpfs", stats=LOCAL)
+    with pytest.raises(FailedPrecondition, match="another mount"):
+        await node.platform.publish(request)
+
+
+async def test_publish_target_is_a_file(node: Node) -> None:
+    staging = await staged(node)
+    request = publish_request(node, staging)
+    Path(request.target_path).parent.mkdir(parents=True)
+    Path(request.target_path).write_text("x")
+    with pytest.raises(InvalidArgument, match="not a directory"):
+        await node.platform.publish(request)
+
+
+async def test_publish_from_dead_staging_is_unavailable(node: Node) -> None:
+    staging = await staged(node)
+    node.host.break_mount(str(staging), errno.EHOSTDOWN)
+    with pytest.raises(Unavailable, match="EHOSTDOWN"):
+        await node.platform.publish(publish_request(node, staging))
+
+
+# ---------------------------------------------------------------- unpublish / unstage
+
+
+async def test_unpublish_and_unstage(node: Node) -> None:
+    staging = await staged(node)
+    request = publish_request(node, staging)
+    await node.platform.publish(request)
+    await node.platform.unpublish("smb-vol", request.target_path)
+    assert not Path(request.target_path).exists()
+    assert node.runner.commands("umount") == [("umount", "-c", request.target_path)]
+    await node.platform.unpublish("smb-vol", request.target_path)  # missing: success
+    await node.platform.unstage("smb-vol", str(staging))
+    assert not staging.exists()
+    assert node.host.entries == []
+    await node.new_platform().unstage("smb-vol", str(staging))
+
+
+async def test_unstage_not_mounted_removes_empty_dir_only(node: Node) -> None:
+    empty = node.root / "kubelet" / "empty"
+    empty.mkdir()
+    await node.platform.unstage("v", str(empty))
+    assert not empty.exists()
+    full = node.root / "kubelet" / "full"
+    full.mkdir()
+    (full / "data").write_text("keep me")
+    await node.platform.unstage("v", str(full))
+    assert (full / "data").read_text() == "keep me"
+    assert node.runner.calls == []
+
+
+async def test_unstage_stacked_mounts(node: Node) -> None:
+    staging = await staged(node)
+    node.host.add(str(staging), fstype="cifs", source="//srv/share/base/pvc-1")
+    await node.platform.unstage("smb-vol", str(staging))
+    assert node.host.at(str(staging)) == []
+    assert len(node.runner.commands("umount")) == 2
+
+
+async def test_busy_unmount_falls_back_to_lazy(node: Node) -> None:
+    staging = await staged(node)
+    node.runner.busy.add(str(staging))
+    await node.platform.unstage("smb-vol", str(staging))
+    assert node.runner.commands("umount") == [
+        ("umount", "-c", str(staging)),
+        ("umount", "-l", "-c", "-i", str(staging)),
+    ]
+    assert not staging.exists()
+
+
+async def test_timed_out_unmount_falls_back_to_lazy(node: Node) -> None:
+    staging = await staged(node)
+    node.runner.umount_timeouts = 1
+    await node.platform.unstage("smb-vol", str(staging))
+    assert [a[1] for a in node.runner.commands("umount")] == ["-c", "-l"]
+    assert node.host.entries == []
+
+
+async def test_dead_server_unstage_never_hangs(node: Node) -> None:
+    staging = await staged(node)
+    node.host.hang_mount(str(staging))
+    await asyncio.wait_for(node.platform.unstage("smb-vol", str(staging)), 5)
+    # Straight to the lazy unmount: a plain umount would block on the server.
+    assert node.runner.commands("umount") == [("umount", "-l", "-c", "-i", str(staging))]
+    assert not staging.exists()
+
+
+async def test_lazy_unmount_failure_is_reported(node: Node) -> None:
+    staging = await staged(node)
+    node.host.break_mount(str(staging))
+
+    async def refuse(argv: object, **_: object) -> CommandResult:
+        return CommandResult(("umount",), 32, "", "umount: permission denied")
+
+    node.runner.run = refuse  # type: ignore[method-assign]
+    with pytest.raises(Internal, match="umount -l failed"):
+        await node.platform.unstage("smb-vol", str(staging))
+    assert staging.exists()
+
+
+# ---------------------------------------------------------------- usage / health
+
+
+async def test_usage_of_healthy_mounts(node: Node) -> None:
+    staging = await staged(node)
+    usage = await node.platform.usage("smb-vol", str(staging))
+    assert not usage.health.abnormal
+    assert usage.total_bytes == SHARE.blocks * 1024
+    assert usage.available_bytes == SHARE.blocks_available * 1024
+    assert usage.used_bytes == (SHARE.blocks - SHARE.blocks_free) * 1024
+    assert usage.total_inodes is None  # cifs has no inode counts
+    nfs_staging = node.root / "kubelet" / "nfs"
+    await node.platform.stage(nfs_request(nfs_staging))
+    usage = await node.platform.usage("nfs-vol", str(nfs_staging))
+    assert (usage.total_inodes, usage.free_inodes, usage.used_inodes) == (126998, 126000, 998)
+
+
+async def test_usage_of_broken_mount(node: Node) -> None:
+    staging = await staged(node)
+    node.host.break_mount(str(staging), errno.ESTALE)
+    usage = await node.platform.usage("smb-vol", str(staging))
+    assert usage.health.abnormal
+    assert "ESTALE" in usage.health.message
+    assert usage.total_bytes == 0
+
+
+async def test_usage_of_hung_mount_is_bounded_and_probes_once(node: Node) -> None:
+    staging = await staged(node)
+    gate = node.host.hang_mount(str(staging))
+    calls = node.host.statvfs_calls
+    for _ in range(3):
+        usage = await asyncio.wait_for(node.platform.usage("smb-vol", str(staging)), 5)
+        assert usage.health.abnormal
+        assert "did not answer" in usage.health.message
+    assert node.host.statvfs_calls == calls + 1  # one stuck thread, not three
+    gate.set()
+    for _ in range(100):
+        usage = await node.platform.usage("smb-vol", str(staging))
+        if not usage.health.abnormal:
+            break
+        await asyncio.sleep(0.01)
+    assert not usage.health.abnormal
+
+
+async def test_usage_not_a_mount_point_and_missing(node: Node) -> None:
+    plain = node.root / "kubelet" / "plain"
+    plain.mkdir()
+    usage = await node.platform.usage("v", str(plain))
+    assert usage.health.abnormal
+    assert "not a mount point" in usage.health.message
+    with pytest.raises(NotFound):
+        await node.platform.usage("v", str(node.root / "kubelet" / "missing"))
+
+
+# ---------------------------------------------------------------- prober
+
+
+async def test_prober_bounds_threads() -> None:
+    prober = Prober(limit=2)
+    gate = threading.Event()
+    try:
+        with pytest.raises(ProbeTimeout):
+            await prober.call("a", gate.wait, 0.01)
+        with pytest.raises(ProbeTimeout):
+            await prober.call("a", gate.wait, 0.01)
+        assert prober.in_flight == 1
+        with pytest.raises(ProbeTimeout):
+            await prober.call("b", gate.wait, 0.01)
+        with pytest.raises(ProbesExhausted, match="still stuck"):
+            await prober.call("c", lambda: True, 1)
+    finally:
+        gate.set()
+    for _ in range(200):
+        if prober.in_flight == 0:
+            break
+        await asyncio.sleep(0.005)
+    assert prober.in_flight == 0
+    assert await prober.call("c", lambda: 42, 1) == 42
+
+
+async def test_prober_passes_errors() -> None:
+    def fail() -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    with pytest.raises(OSError, match="I/O error"):
+        await Prober().call("x", fail, 1)
+
+
+# ---------------------------------------------------------------- real runner
+
+
+@pytest.fixture
+def runner() -> AsyncioRunner:
+    return AsyncioRunner(kill_grace=1.0)
+
+
+async def test_runner_results(runner: AsyncioRunner) -> None:
+    ok = await runner.run(
+        ["sh", "-c", "read x; echo out:$x:$FOO; echo err >&2"],
+        timeout=10,
+        env={"FOO": "bar"},
+        stdin=b"in\n",
+    )
+    assert ok.ok
+    assert ok.stdout == "out:in:bar\n"
+    assert ok.stderr == "err\n"
+    failed = await runner.run(["sh", "-c", "exit 3"], timeout=10)
+    assert (failed.ok, failed.returncode) == (False, 3)
+    with pytest.raises(Internal, match="cannot run"):
+        await runner.run(["/nonexistent/tool"], timeout=10)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups via /proc")
+async def test_runner_timeout_kills_the_whole_group(runner: AsyncioRunner, tmp_path: Path) -> None:
+    pidfile = tmp_path / "child"
+    script = f"sleep 30 & echo $! > {pidfile}; wait"
+    with pytest.raises(CommandTimeout, match=r"did not finish within 0\.2 s") as info:
+        await runner.run(["sh", "-c", script], timeout=0.2)
+    assert isinstance(info.value, DeadlineExceeded)
+    assert info.value.finished is None  # gone within the grace period
+    child = int(pidfile.read_text())
+    assert not _alive(child)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process groups via /proc")
+async def test_runner_hands_back_a_finished_awaitable(tmp_path: Path) -> None:
+    runner = AsyncioRunner(kill_grace=0)  # no grace: the caller gets the awaitable
+    with pytest.raises(CommandTimeout, match="has not exited yet") as info:
+        await runner.run(["sleep", "30"], timeout=0.1)
+    assert info.value.finished is not None
+    await asyncio.wait_for(info.value.finished, 10)
+    assert runner.stuck == 0
+
+
+async def test_runner_cancellation_kills_and_attaches_finished(runner: AsyncioRunner) -> None:
+    task = asyncio.ensure_future(runner.run(["sleep", "30"], timeout=30))
+    await asyncio.sleep(0.1)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError) as info:
+        await task
+    finished = getattr(info.value, "finished", None)
+    assert finished is not None
+    await asyncio.wait_for(finished, 10)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            state = f.read().rsplit(b")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != b"Z"
+
+
+async def test_exhausted_probes_do_not_tear_down_healthy_mounts(node: Node) -> None:
+    staging = await staged(node)
+    node.platform._probes = Prober(limit=0)  # every slot held by other dead mounts
+    await node.platform.stage(smb_request(staging))  # no evidence: left alone
+    assert len(node.runner.fs_mounts()) == 1
+    assert node.runner.commands("umount") == []
+    usage = await node.platform.usage("smb-vol", str(staging))
+    assert usage.health.abnormal
+    assert "still stuck" in usage.health.message

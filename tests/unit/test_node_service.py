@@ -1,0 +1,325 @@
+"""The Node service driving LinuxPlatform over the stateful fakes.
+
+Requests are what kubelet sends; the volume context is what the controller
+returned (``protocol``, ``source``, ``subDir``).  Domain errors are asserted
+directly (the interceptor maps them to gRPC codes in one place).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from driver.csi import csi_pb2
+from driver.errors import Aborted, DeadlineExceeded, InvalidArgument, Unimplemented
+from node.service import NodeService
+from tests.unit.test_node_linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
+
+AM = csi_pb2.VolumeCapability.AccessMode
+CTX: Any = None
+SMB_CONTEXT = {"protocol": "smb", "source": "//srv/share/base", "subDir": "pvc-1"}
+NFS_CONTEXT = {"protocol": "nfs", "source": "srv:/export", "subDir": "pvc-2"}
+SECRETS = {"username": "CORP\\alice", "password": PASSWORD}
+
+
+class World:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.host = FakeHost()
+        self.runner = FakeRunner(self.host)
+        self.secrets_dir = root / "secrets"
+        self.kubelet = root / "kubelet"
+        self.kubelet.mkdir()
+        self.service = self.restart()
+
+    def restart(self) -> NodeService:
+        """A new driver process: new service and platform, same kernel."""
+        self.service = NodeService("n1", make_platform(self.host, self.runner, self.secrets_dir))
+        return self.service
+
+    def staging(self, name: str = "vol") -> str:
+        return str(self.kubelet / "plugins" / name / "globalmount")
+
+    def target(self, name: str = "pod") -> str:
+        return str(self.kubelet / "pods" / name / "volumes" / "mount")
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> Iterator[World]:
+    w = World(tmp_path)
+    try:
+        yield w
+    finally:
+        w.host.release_all()
+        for task in w.runner.finished:
+            task.cancel()
+
+
+def cap(mode: int = AM.MULTI_NODE_MULTI_WRITER, *flags: str, group: str = "") -> Any:
+    return csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(
+            mount_flags=list(flags), volume_mount_group=group
+        ),
+        access_mode=AM(mode=mode),
+    )
+
+
+def stage_req(world: World, **kw: Any) -> csi_pb2.NodeStageVolumeRequest:
+    fields: dict[str, Any] = {
+        "volume_id": "vol-1",
+        "staging_target_path": world.staging(),
+        "volume_capability": cap(),
+        "volume_context": SMB_CONTEXT,
+        "secrets": SECRETS,
+    }
+    fields.update(kw)
+    return csi_pb2.NodeStageVolumeRequest(**fields)
+
+
+def publish_req(world: World, **kw: Any) -> csi_pb2.NodePublishVolumeRequest:
+    fields: dict[str, Any] = {
+        "volume_id": "vol-1",
+        "staging_target_path": world.staging(),
+        "target_path": world.target(),
+        "volume_capability": cap(),
+        "volume_context": SMB_CONTEXT,
+    }
+    fields.update(kw)
+    return csi_pb2.NodePublishVolumeRequest(**fields)
+
+
+async def test_full_smb_lifecycle(world: World) -> None:
+    svc = world.service
+    await svc.NodeStageVolume(stage_req(world), CTX)
+    await svc.NodePublishVolume(publish_req(world), CTX)
+    await svc.NodePublishVolume(
+        publish_req(world, target_path=world.target("ro"), readonly=True), CTX
+    )
+
+    (mount,) = world.runner.fs_mounts()
+    assert mount[3] == "//srv/share/base/pvc-1"
+    assert PASSWORD not in all_text(world.runner)
+    (with_creds,) = [c for c in world.runner.calls if c.credentials]
+    assert with_creds.credentials is not None
+    assert "domain=CORP\n" in with_creds.credentials[2]
+    assert with_creds.credentials[0] == 0o600
+    assert list(world.secrets_dir.iterdir()) == []
+    assert world.host.at(world.target("ro"))[0].read_only
+
+    stats = await svc.NodeGetVolumeStats(
+        csi_pb2.NodeGetVolumeStatsRequest(volume_id="vol-1", volume_path=world.target()), CTX
+    )
+    assert not stats.volume_condition.abnormal
+    assert [u.unit for u in stats.usage] == [csi_pb2.VolumeUsage.BYTES]  # cifs: no inodes
+
+    for target in (world.target(), world.target("ro")):
+        await svc.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id="vol-1", target_path=target), CTX
+        )
+    await svc.NodeUnstageVolume(
+        csi_pb2.NodeUnstageVolumeRequest(volume_id="vol-1", staging_target_path=world.staging()),
+        CTX,
+    )
+    assert world.host.entries == []
+    assert not Path(world.staging()).exists()
+    assert not Path(world.target()).exists()
+
+
+async def test_nfs_stage_with_inodes_and_mount_group(world: World) -> None:
+    svc = world.service
+    request = stage_req(
+        world, volume_context=NFS_CONTEXT, secrets={}, volume_capability=cap(group="")
+    )
+    await svc.NodeStageVolume(request, CTX)
+    (mount,) = world.runner.fs_mounts()
+    assert mount[2:4] == ("nfs", "srv:/export/pvc-2")
+    stats = await svc.NodeGetVolumeStats(
+        csi_pb2.NodeGetVolumeStatsRequest(volume_id="vol-1", volume_path=world.staging()), CTX
+    )
+    units = {u.unit: u for u in stats.usage}
+    assert units[csi_pb2.VolumeUsage.INODES].total == 126998
+
+
+async def test_static_volume_id_without_context(world: World) -> None:
+    from driver.source import parse_source
+    from driver.volume_id import VolumeId
+
+    vid = VolumeId(parse_source("nfs://srv:2050/export"), "static/dir", "retain", ()).format()
+    await world.service.NodeStageVolume(
+        stage_req(world, volume_id=vid, volume_context={}, secrets={}), CTX
+    )
+    (mount,) = world.runner.fs_mounts()
+    assert mount[3] == "srv:/export/static/dir"
+    assert mount[-1] == "port=2050"
+
+
+async def test_restart_keeps_serving_idempotent_repeats(world: World) -> None:
+    await world.service.NodeStageVolume(stage_req(world), CTX)
+    await world.service.NodePublishVolume(publish_req(world), CTX)
+    svc = world.restart()
+    await svc.NodeStageVolume(stage_req(world), CTX)
+    await svc.NodePublishVolume(publish_req(world), CTX)
+    assert len(world.runner.fs_mounts()) == 1
+    assert len([a for a in world.runner.commands("mount") if a[1] == "--bind"]) == 1
+
+
+async def test_hung_mount_holds_the_lock_until_the_process_exits(world: World) -> None:
+    svc = world.service
+    gate = asyncio.Event()
+    world.runner.hang = gate
+    with pytest.raises(DeadlineExceeded, match="not exited yet"):
+        await svc.NodeStageVolume(stage_req(world), CTX)
+    # kubelet retries: the killed mount is still stuck in the kernel.
+    for _ in range(3):
+        with pytest.raises(Aborted, match="already in progress"):
+            await svc.NodeStageVolume(stage_req(world), CTX)
+    with pytest.raises(Aborted):
+        await svc.NodeUnstageVolume(
+            csi_pb2.NodeUnstageVolumeRequest(
+                volume_id="vol-1", staging_target_path=world.staging()
+            ),
+            CTX,
+        )
+    assert len(world.runner.fs_mounts()) == 1  # no pile-up
+    # Other volumes are not blocked.
+    await svc.NodeStageVolume(
+        stage_req(world, volume_id="vol-2", staging_target_path=world.staging("other")), CTX
+    )
+    gate.set()  # the stuck process finally exits
+    await svc._locks.wait_idle()
+    await svc.NodeStageVolume(stage_req(world), CTX)
+    assert world.host.at(world.staging())
+
+
+async def test_failed_mount_releases_the_lock(world: World) -> None:
+    from node.runner import CommandResult
+
+    world.runner.mount_results.append(CommandResult((), 32, "", "mount error(112): Host is down"))
+    with pytest.raises(Exception, match="Host is down"):
+        await world.service.NodeStageVolume(stage_req(world), CTX)
+    await world.service.NodeStageVolume(stage_req(world), CTX)
+
+
+def _bad_stage_requests(world: World) -> list[tuple[str, csi_pb2.NodeStageVolumeRequest]]:
+    file_path = world.kubelet / "a-file"
+    file_path.write_text("x")
+    block = csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=AM(mode=AM.SINGLE_NODE_WRITER)
+    )
+    return [
+        ("volume_id", stage_req(world, volume_id="")),
+        ("staging_target_path", stage_req(world, staging_target_path="")),
+        ("absolute", stage_req(world, staging_target_path="relative/path")),
+        ("'..'", stage_req(world, staging_target_path=world.staging() + "/../../etc")),
+        ("block", stage_req(world, volume_capability=block)),
+        ("volume_capability", stage_req(world, volume_capability=None)),
+        ("access_mode", stage_req(world, volume_capability=cap(AM.UNKNOWN))),
+        ("protocol", stage_req(world, volume_context={**SMB_CONTEXT, "protocol": "ftp"})),
+        ("contradicts", stage_req(world, volume_context={**SMB_CONTEXT, "protocol": "nfs"})),
+        ("subDir", stage_req(world, volume_context={**SMB_CONTEXT, "subDir": "../x"})),
+        ("not this driver", stage_req(world, volume_context={})),
+        ("password", stage_req(world, secrets={"username": "alice"})),
+        ("not a directory", stage_req(world, staging_target_path=str(file_path))),
+        (
+            "not allowed",
+            stage_req(world, volume_capability=cap(AM.SINGLE_NODE_WRITER, "password=x")),
+        ),
+        ("numeric group", stage_req(world, volume_capability=cap(group="wheel"))),
+    ]
+
+
+async def test_bad_stage_requests_are_invalid_and_mount_nothing(world: World) -> None:
+    for match, request in _bad_stage_requests(world):
+        with pytest.raises(InvalidArgument, match=match):
+            await world.service.NodeStageVolume(request, CTX)
+    assert world.runner.calls == []
+    assert world.host.entries == []
+    assert not world.secrets_dir.exists() or list(world.secrets_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"target_path": ""}, "target_path"),
+        ({"target_path": "pods/x"}, "absolute"),
+        ({"staging_target_path": ""}, "staging_target_path"),
+        ({"volume_capability": None}, "volume_capability"),
+        ({"volume_context": {"csi.storage.k8s.io/ephemeral": "true"}}, "ephemeral"),
+    ],
+)
+async def test_bad_publish_requests(world: World, kw: dict[str, Any], match: str) -> None:
+    with pytest.raises(InvalidArgument, match=match):
+        await world.service.NodePublishVolume(publish_req(world, **kw), CTX)
+    assert world.runner.calls == []
+
+
+async def test_bad_unpublish_unstage_stats_requests(world: World) -> None:
+    svc = world.service
+    with pytest.raises(InvalidArgument, match="absolute"):
+        await svc.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id="v", target_path="x"), CTX
+        )
+    with pytest.raises(InvalidArgument, match=r"'\.\.'"):
+        await svc.NodeUnstageVolume(
+            csi_pb2.NodeUnstageVolumeRequest(volume_id="v", staging_target_path="/a/../b"), CTX
+        )
+    with pytest.raises(InvalidArgument, match="volume_path"):
+        await svc.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(volume_id="v"), CTX)
+    assert world.runner.calls == []
+
+
+async def test_capabilities_and_info(world: World) -> None:
+    caps = await world.service.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest(), CTX)
+    names = {csi_pb2.NodeServiceCapability.RPC.Type.Name(c.rpc.type) for c in caps.capabilities}
+    assert names == {
+        "STAGE_UNSTAGE_VOLUME",
+        "GET_VOLUME_STATS",
+        "VOLUME_CONDITION",
+        "VOLUME_MOUNT_GROUP",
+        "SINGLE_NODE_MULTI_WRITER",
+    }
+    with pytest.raises(Unimplemented):
+        await world.service.NodeExpandVolume(csi_pb2.NodeExpandVolumeRequest(), CTX)
+
+
+async def test_stats_of_dead_mount_is_abnormal(world: World) -> None:
+    await world.service.NodeStageVolume(stage_req(world), CTX)
+    gate = world.host.hang_mount(world.staging())
+    stats = await asyncio.wait_for(
+        world.service.NodeGetVolumeStats(
+            csi_pb2.NodeGetVolumeStatsRequest(volume_id="vol-1", volume_path=world.staging()),
+            CTX,
+        ),
+        5,
+    )
+    assert stats.volume_condition.abnormal
+    assert "did not answer" in stats.volume_condition.message
+    gate.set()
+
+
+async def test_real_killed_process_keeps_the_lock_until_it_is_gone(world: World) -> None:
+    """The real runner end to end: a "mount" (here ``sleep``) outlives the
+    timeout, is killed, and the lock is handed over to its real exit."""
+    from node.runner import AsyncioRunner
+
+    real = AsyncioRunner(kill_grace=0)  # answer at once, before the group is reaped
+    fake_run = world.runner.run
+
+    async def run(argv: Any, **kw: Any) -> Any:
+        if argv[:2] == ["mount", "-t"]:
+            return await real.run(["sleep", "30"], timeout=0.1)
+        return await fake_run(argv, **kw)
+
+    world.runner.run = run  # type: ignore[method-assign]
+    with pytest.raises(DeadlineExceeded, match="has not exited yet"):
+        await world.service.NodeStageVolume(stage_req(world), CTX)
+    with pytest.raises(Aborted):
+        await world.service.NodeStageVolume(stage_req(world), CTX)
+    await asyncio.wait_for(world.service._locks.wait_idle(), 10)
+    assert real.stuck == 0
+    world.runner.run = fake_run  # type: ignore[method-assign]
+    await world.service.NodeStageVolume(stage_req(world), CTX)
