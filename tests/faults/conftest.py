@@ -72,6 +72,16 @@ class Driver:
             "rss": p.memory_info().rss,
         }
 
+    def thread_names(self) -> list[str]:
+        """Thread names of the driver (for failure messages)."""
+        names = []
+        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
+            try:
+                names.append((task / "comm").read_text().strip())
+            except OSError:
+                continue
+        return sorted(names)
+
     def connections_to(self, port: int) -> int:
         return sum(
             1
