@@ -536,9 +536,19 @@ class LinuxPlatform:
 
     # -- probes ------------------------------------------------------------
 
+    def _probe_key(self, kind: str, path: str) -> str:
+        """One probe in flight per path *and mount*: a probe stuck on a mount
+        that was since detached (``umount -l``) and mounted again must not
+        answer for the new mount at the same path (e.g. a re-stage that got a
+        fresh SMB session while the old one still hangs)."""
+        top = mountinfo.top(self._host.mounts(), path)
+        return f"{kind}:{path}@{top.mount_id if top is not None else '-'}"
+
     async def _statvfs(self, path: str) -> FsStats:
         return await self._probes.call(
-            f"statvfs:{path}", lambda: self._host.statvfs(path), self._probe_timeout
+            self._probe_key("statvfs", path),
+            lambda: self._host.statvfs(path),
+            self._probe_timeout,
         )
 
     async def _problem(self, path: str) -> str | None:
@@ -691,7 +701,9 @@ class LinuxPlatform:
             mode = request.mount_permissions
             try:
                 await self._probes.call(
-                    f"chmod:{staging}", lambda: os.chmod(staging, mode), self._probe_timeout
+                    self._probe_key("chmod", staging),
+                    lambda: os.chmod(staging, mode),
+                    self._probe_timeout,
                 )
             except (OSError, ProbeTimeout) as exc:
                 # Leave nothing half done: a retry mounts and chmods again.
@@ -701,7 +713,9 @@ class LinuxPlatform:
             gid = _mount_group(request.mount_group)
             try:
                 await self._probes.call(
-                    f"group:{staging}", lambda: _share_with_group(staging, gid), self._probe_timeout
+                    self._probe_key("group", staging),
+                    lambda: _share_with_group(staging, gid),
+                    self._probe_timeout,
                 )
             except (OSError, ProbeTimeout) as exc:
                 # root_squash servers refuse it: their ownership rules apply.

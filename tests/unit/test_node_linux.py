@@ -938,6 +938,26 @@ async def test_usage_of_hung_mount_is_bounded_and_probes_once(node: Node) -> Non
     assert not usage.health.abnormal
 
 
+async def test_a_probe_stuck_on_a_replaced_mount_does_not_answer_for_the_new_one(
+    node: Node,
+) -> None:
+    # One SMB session hangs while the server serves new ones: the re-stage
+    # detaches the hung mount and mounts again (nosharesock: a new session).
+    # The old statvfs thread is still stuck; the new mount must not share it.
+    staging = await staged(node)
+    gate = node.host.hang_mount(str(staging))
+    usage = await node.platform.usage("smb-vol", str(staging))
+    assert usage.health.abnormal
+    await asyncio.wait_for(node.platform.stage(smb_request(staging)), 5)
+    assert len(node.runner.fs_mounts()) == 2
+    assert not gate.is_set()  # the old probe still hangs
+    usage = await asyncio.wait_for(node.platform.usage("smb-vol", str(staging)), 5)
+    assert not usage.health.abnormal, usage.health.message
+    await node.platform.publish(publish_request(node, staging))  # not UNAVAILABLE
+    await node.platform.stage(smb_request(staging))  # healthy: left alone
+    assert len(node.runner.fs_mounts()) == 2
+
+
 async def test_usage_not_a_mount_point_and_missing(node: Node) -> None:
     plain = node.root / "kubelet" / "plain"
     plain.mkdir()
