@@ -116,10 +116,16 @@ async def _through_driver(
         async def probe(_: int) -> None:
             await identity.Probe(csi_pb2.ProbeRequest())
 
-        # The transport's own floor: a Probe round trip through the same socket.
-        rows.append(
-            {"client": "Probe (gRPC floor)", "concurrency": 1, **await _timed(VOLUMES, 1, probe)}
-        )
+        # The transport's own limits: an empty Probe through the same socket,
+        # alone (latency floor) and at 64 in flight (throughput ceiling).
+        for c in (1, 64):
+            rows.append(
+                {
+                    "client": "Probe (gRPC floor)",
+                    "concurrency": c,
+                    **await _timed(VOLUMES, c, probe),
+                }
+            )
         for c in CONCURRENCY:
             ids: dict[int, str] = {}
 
@@ -269,10 +275,13 @@ def _report(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     raw1, drv1 = by[(True, 1)], by[(False, 1)]
     raw64, drv64 = by[(True, 64)], by[(False, 64)]
+    probes = {r["concurrency"]: r for r in rows if r["client"].startswith("Probe")}
     ratios = {
         "median_c1_driver_over_raw": drv1["median_ms"] / raw1["median_ms"],
         "throughput_c64_driver_over_raw": drv64["per_second"] / raw64["per_second"],
         "errors_total": sum(r["errors"] for r in rows),
+        "probe_c1_over_raw_median": probes[1]["median_ms"] / raw1["median_ms"],
+        "probe_c64_over_raw_throughput": probes[64]["per_second"] / raw64["per_second"],
     }
     print(f"\n{name}: {VOLUMES} volumes per row")
     print(table(rows, ["client", "concurrency", "median_ms", "p99_ms", "per_second", "errors"]))
@@ -280,6 +289,11 @@ def _report(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         f"  CreateVolume median at c=1: {ratios['median_c1_driver_over_raw']:.2f}x raw"
         " (target <= 2);"
         f" throughput at c=64: {ratios['throughput_c64_driver_over_raw']:.2f}x raw (target >= 0.5)"
+    )
+    print(
+        "  transport alone (empty Probe):"
+        f" {ratios['probe_c1_over_raw_median']:.2f}x the raw median,"
+        f" {ratios['probe_c64_over_raw_throughput']:.2f}x the raw throughput at c=64"
     )
     write(f"provision-{name}", {"rows": rows, "ratios": ratios})
     return ratios
