@@ -9,12 +9,77 @@ All operations are idempotent because a timed-out call's outcome is unknown:
 creating an existing directory and removing a missing one are not errors.
 Failures are raised as ``driver.errors`` domain errors, never library
 exceptions.
+
+``ShareBackend`` is what provisioning needs (directories).  ``ShareFiles``
+adds what snapshots, restores and clones need (files by handle, symlinks,
+attributes); :class:`FileShareBackend` is both, and is what the factory hands
+out.  File operations never follow a symlink in the last component.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+FileKind = Literal["file", "dir", "symlink", "other"]
+
+
+@dataclass(frozen=True, slots=True)
+class FileInfo:
+    """What a listing or an lstat tells about one entry.
+
+    Fields a protocol does not have are None (SMB: ``mode``, ``uid``,
+    ``gid``).  ``read_only`` is SMB's DOS attribute.  ``file_id`` (inode or
+    SMB file id, 0 if unknown) lets a walker notice a directory loop that a
+    server-side symlink makes.
+    """
+
+    kind: FileKind
+    size: int = 0
+    mtime_ns: int | None = None
+    atime_ns: int | None = None
+    mode: int | None = None
+    uid: int | None = None
+    gid: int | None = None
+    read_only: bool = False
+    file_id: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Features:
+    """What a protocol can keep when files are written through it."""
+
+    symlinks: bool
+    """Symlinks can be read and created (NFS: yes; SMB: see controller/smb.py)."""
+    modes: bool
+    """POSIX permission bits are kept."""
+    owners: bool
+    """uid/gid are kept (needs a server that lets this client chown)."""
+    server_copy: bool
+    """copy_file copies on the server without moving the data through us."""
+
+
+class FileReader(Protocol):
+    async def read(self, size: int) -> bytes:
+        """Up to ``size`` bytes (fewer is not the end); ``b""`` at the end."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+class FileWriter(Protocol):
+    async def write(self, data: bytes) -> None:
+        """Append ``data`` (may return before it reached the server)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Wait for every write, make the file durable, close it.  Raises if
+        any write failed."""
+        ...
+
+    async def abort(self) -> None:
+        """Close without waiting for success (after an error)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,3 +118,47 @@ class ShareBackend(Protocol):
     async def aclose(self) -> None:
         """Release connections and threads; the backend may be reused after."""
         ...
+
+
+class ShareFiles(Protocol):
+    """File-level access for snapshots, restores and clones."""
+
+    @property
+    def features(self) -> Features: ...
+
+    async def stat(self, path: str) -> FileInfo | None:
+        """lstat of ``path``; None if it does not exist."""
+        ...
+
+    async def list_dir(self, path: str) -> list[tuple[str, FileInfo]]:
+        """Entries of directory ``path`` (no ``.``/``..``) with their info."""
+        ...
+
+    async def open_read(self, path: str, *, size_hint: int | None = None) -> FileReader:
+        """Open a regular file for reading (``size_hint`` helps read-ahead)."""
+        ...
+
+    async def open_write(self, path: str) -> FileWriter:
+        """Create or truncate a regular file and open it for writing."""
+        ...
+
+    async def symlink(self, target: str, path: str) -> None:
+        """Create symlink ``path`` pointing at ``target`` (kept verbatim)."""
+        ...
+
+    async def readlink(self, path: str) -> str: ...
+
+    async def set_attributes(self, path: str, info: FileInfo) -> None:
+        """Apply what the protocol can keep of ``info``: times (all), mode and
+        owner (NFS), the read-only attribute (SMB files).  Ownership is best
+        effort: a server that refuses it (root squash) leaves the owner."""
+        ...
+
+    async def copy_file(self, src: str, dst: str) -> None:
+        """Copy the content of regular file ``src`` to ``dst`` (created or
+        truncated), on the server when the protocol allows it."""
+        ...
+
+
+class FileShareBackend(ShareBackend, ShareFiles, Protocol):
+    """A share backend with file-level access: what the factory hands out."""

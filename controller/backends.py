@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from controller.backend import ShareBackend
+from controller.backend import FileShareBackend
 from driver.config import Config
 from driver.credentials import Credentials
 from driver.errors import InvalidArgument
@@ -47,7 +47,7 @@ class ShareBackends:
 
     def get(
         self, source: Source, *, credentials: Credentials | None, nfs_version: str | None
-    ) -> ShareBackend:
+    ) -> FileShareBackend:
         if source.protocol == "smb":
             if credentials is None:
                 raise InvalidArgument("SMB shares need credentials")
@@ -57,7 +57,7 @@ class ShareBackends:
         version = nfs_version or DEFAULT_NFS_VERSION
         return self._nfs_pool().get(source.server, source.port, source.share, version)  # type: ignore[arg-type]
 
-    def cached(self, source: Source) -> ShareBackend | None:
+    def cached(self, source: Source) -> FileShareBackend | None:
         if source.protocol == "smb" and self._smb is not None:
             return self._smb.cached(source.server, source.effective_port, source.share)
         return None

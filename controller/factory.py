@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from controller.backend import ShareBackend
+from controller.backend import FileShareBackend
 from driver.credentials import Credentials
 from driver.source import Source
 
@@ -12,11 +12,11 @@ from driver.source import Source
 class BackendFactory(Protocol):
     def get(
         self, source: Source, *, credentials: Credentials | None, nfs_version: str | None
-    ) -> ShareBackend:
+    ) -> FileShareBackend:
         """A backend for the share root of ``source`` (cheap when cached)."""
         ...
 
-    def cached(self, source: Source) -> ShareBackend | None:
+    def cached(self, source: Source) -> FileShareBackend | None:
         """A live backend for this share, if one was used already (any identity)."""
         ...
 

@@ -1,8 +1,9 @@
 """A thin, typed ctypes binding of the libnfs 4.0 shared library (``libnfs13``).
 
 Only what ``controller.nfs`` needs: a context, its event-loop hooks
-(``get_fd`` / ``which_events`` / ``service``) and a few asynchronous
-operations.  Signatures and structure layouts are taken from
+(``get_fd`` / ``which_events`` / ``service``) and the asynchronous
+operations the backend uses (directories, files by handle, symlinks,
+attributes).  Signatures and structure layouts are taken from
 ``/usr/include/nfsc/libnfs.h`` of Debian's ``libnfs-dev`` 4.0.0 (checked with
 ``offsetof``/``sizeof`` on x86_64; ``tests/unit/test_nfs_errors.py`` pins
 them).  Nothing here blocks: every ``*_async`` call only queues a request;
@@ -22,6 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+from collections.abc import Callable
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -35,6 +37,7 @@ from ctypes import (
     c_uint64,
     c_void_p,
 )
+from dataclasses import dataclass
 from typing import Final
 
 #: ``rpc_cb`` status values (libnfs-raw.h).
@@ -139,6 +142,27 @@ NF3DIR: Final = 2
 NF3LNK: Final = 5
 
 
+NF3BLK: Final = 3
+NF3CHR: Final = 4
+NF3SOCK: Final = 6
+NF3FIFO: Final = 7
+
+
+@dataclass(frozen=True, slots=True)
+class DirStat:
+    """One entry of :meth:`LibNfs.readdir_stats` (``type`` is an NF3* value)."""
+
+    name: str
+    type: int
+    mode: int
+    size: int
+    uid: int
+    gid: int
+    inode: int
+    atime_ns: int
+    mtime_ns: int
+
+
 class NfsUrl(Structure):
     """``struct nfs_url``."""
 
@@ -151,18 +175,27 @@ class NfsUrl(Structure):
 RpcCallback = CFUNCTYPE(None, c_void_p, c_int, c_void_p, c_void_p)
 
 
-# -- NFSv4 COMPOUND (libnfs-raw-nfs4.h), just enough for SETATTR(mode) -------
+# -- NFSv4 COMPOUND (libnfs-raw-nfs4.h), just enough for SETATTR ----------
 #
 # Why: libnfs 4.0's nfs_chmod_async()/nfs_lchmod_async() on NFSv4 send an
 # OPEN to get a stateid, and OPEN of a directory fails with NFS4ERR_ISDIR
-# (measured against nfs-ganesha).  Directories' modes are set with a raw
-# PUTROOTFH + LOOKUP... + SETATTR compound instead (anonymous stateid).
+# (measured against nfs-ganesha); its utimes/chown do the same.  Attributes
+# are set with a raw PUTROOTFH + LOOKUP... + SETATTR compound instead
+# (anonymous stateid).  LOOKUP does not follow a symlink in the last
+# component, so this also reaches a symlink itself.
 
 OP_LOOKUP: Final = 15
 OP_PUTROOTFH: Final = 24
+OP_READLINK: Final = 27
 OP_SETATTR: Final = 34
 FATTR4_MODE: Final = 33
+FATTR4_OWNER: Final = 36
+FATTR4_OWNER_GROUP: Final = 37
+FATTR4_TIME_ACCESS_SET: Final = 48
+FATTR4_TIME_MODIFY_SET: Final = 54
+SET_TO_CLIENT_TIME4: Final = 1
 NFS4_OK: Final = 0
+NFS4ERR_BADOWNER: Final = 10039
 
 
 class Utf8String(Structure):
@@ -229,6 +262,82 @@ def compound_status(data: int) -> int:
     return int(ctypes.c_int32.from_address(data).value)
 
 
+# Layout of the reply structures (LP64, measured with gcc offsetof/sizeof
+# against libnfs-raw-nfs4.h 4.0): COMPOUND4res.resarray at 24 (len u_int)
+# and 32 (pointer); sizeof(nfs_resop4) 160 with the union at 8;
+# READLINK4res.status at 0 and its linktext4 (len at 0, val at 8) at 8.
+RES_ARRAY_LEN_OFFSET: Final = 24
+RES_ARRAY_VAL_OFFSET: Final = 32
+RESOP4_SIZE: Final = 160
+RESOP4_UNION_OFFSET: Final = 8
+READLINK4_LINK_OFFSET: Final = 8
+
+
+def readlink_result(data: int) -> bytes | None:
+    """The link text of a PUTROOTFH/LOOKUP.../READLINK reply whose status is
+    NFS4_OK; None if the last result is not a READLINK."""
+    count = ctypes.c_uint32.from_address(data + RES_ARRAY_LEN_OFFSET).value
+    array = ctypes.c_void_p.from_address(data + RES_ARRAY_VAL_OFFSET).value
+    if not count or not array:
+        return None
+    last = array + (count - 1) * RESOP4_SIZE
+    if ctypes.c_int32.from_address(last).value != OP_READLINK:
+        return None
+    result = last + RESOP4_UNION_OFFSET
+    if ctypes.c_int32.from_address(result).value != NFS4_OK:
+        return None
+    link = result + READLINK4_LINK_OFFSET
+    length = ctypes.c_uint32.from_address(link).value
+    pointer = ctypes.c_void_p.from_address(link + 8).value
+    return ctypes.string_at(pointer, length) if pointer and length else b""
+
+
+def _xdr_string(text: str) -> bytes:
+    raw = text.encode()
+    return len(raw).to_bytes(4, "big") + raw + b"\0" * (-len(raw) % 4)
+
+
+def _xdr_settime(ns: int) -> bytes:
+    seconds, nanos = divmod(ns, 1_000_000_000)
+    return (
+        SET_TO_CLIENT_TIME4.to_bytes(4, "big")
+        + seconds.to_bytes(8, "big", signed=True)
+        + nanos.to_bytes(4, "big")
+    )
+
+
+def encode_fattr4(
+    *,
+    mode: int | None = None,
+    owner: str | None = None,
+    group: str | None = None,
+    atime_ns: int | None = None,
+    mtime_ns: int | None = None,
+) -> tuple[tuple[int, int], bytes]:
+    """The attribute mask (two words) and XDR values of a SETATTR ``fattr4``.
+
+    Values go in the order of their attribute numbers (RFC 7530 5.x); all
+    the attributes used here live in the second mask word."""
+    mask = 0
+    values = b""
+    if mode is not None:
+        mask |= 1 << (FATTR4_MODE - 32)
+        values += (mode & 0o7777).to_bytes(4, "big")
+    if owner is not None:
+        mask |= 1 << (FATTR4_OWNER - 32)
+        values += _xdr_string(owner)
+    if group is not None:
+        mask |= 1 << (FATTR4_OWNER_GROUP - 32)
+        values += _xdr_string(group)
+    if atime_ns is not None:
+        mask |= 1 << (FATTR4_TIME_ACCESS_SET - 32)
+        values += _xdr_settime(atime_ns)
+    if mtime_ns is not None:
+        mask |= 1 << (FATTR4_TIME_MODIFY_SET - 32)
+        values += _xdr_settime(mtime_ns)
+    return (0, mask), values
+
+
 class LibNfsMissing(RuntimeError):
     """The libnfs shared library could not be loaded."""
 
@@ -286,6 +395,27 @@ class LibNfs:
             "nfs_readdir": (POINTER(NfsDirent), [ctx, c_void_p]),
             "nfs_closedir": (None, [ctx, c_void_p]),
             "nfs_statvfs64_async": (c_int, [ctx, c_char_p, NfsCallback, c_void_p]),
+            "nfs_open_async": (c_int, [ctx, c_char_p, c_int, NfsCallback, c_void_p]),
+            "nfs_create_async": (c_int, [ctx, c_char_p, c_int, c_int, NfsCallback, c_void_p]),
+            "nfs_close_async": (c_int, [ctx, c_void_p, NfsCallback, c_void_p]),
+            "nfs_fsync_async": (c_int, [ctx, c_void_p, NfsCallback, c_void_p]),
+            "nfs_pread_async": (
+                c_int,
+                [ctx, c_void_p, c_uint64, c_uint64, NfsCallback, c_void_p],
+            ),
+            "nfs_pwrite_async": (
+                c_int,
+                [ctx, c_void_p, c_uint64, c_uint64, c_void_p, NfsCallback, c_void_p],
+            ),
+            "nfs_symlink_async": (c_int, [ctx, c_char_p, c_char_p, NfsCallback, c_void_p]),
+            "nfs_readlink_async": (c_int, [ctx, c_char_p, NfsCallback, c_void_p]),
+            "nfs_lutimes_async": (
+                c_int,
+                [ctx, c_char_p, POINTER(Timeval), NfsCallback, c_void_p],
+            ),
+            "nfs_lchown_async": (c_int, [ctx, c_char_p, c_int, c_int, NfsCallback, c_void_p]),
+            "nfs_get_readmax": (c_uint64, [ctx]),
+            "nfs_get_writemax": (c_uint64, [ctx]),
             "nfs_get_rpc_context": (c_void_p, [ctx]),
             "rpc_nfs4_compound_async": (
                 c_int,
@@ -370,39 +500,198 @@ class LibNfs:
         return int(self._lib.nfs_mount_async(ctx, server.encode(), export.encode(), cb, data))
 
     def mkdir2_async(self, ctx: int, path: str, mode: int, cb: object, data: int) -> int:
-        return int(self._lib.nfs_mkdir2_async(ctx, path.encode(), mode, cb, data))
+        return int(
+            self._lib.nfs_mkdir2_async(ctx, path.encode(errors="surrogateescape"), mode, cb, data)
+        )
 
     def chmod_async(self, ctx: int, path: str, mode: int, cb: object, data: int) -> int:
-        return int(self._lib.nfs_chmod_async(ctx, path.encode(), mode, cb, data))
+        return int(
+            self._lib.nfs_chmod_async(ctx, path.encode(errors="surrogateescape"), mode, cb, data)
+        )
 
     def rmdir_async(self, ctx: int, path: str, cb: object, data: int) -> int:
-        return int(self._lib.nfs_rmdir_async(ctx, path.encode(), cb, data))
+        return int(self._lib.nfs_rmdir_async(ctx, path.encode(errors="surrogateescape"), cb, data))
 
     def unlink_async(self, ctx: int, path: str, cb: object, data: int) -> int:
-        return int(self._lib.nfs_unlink_async(ctx, path.encode(), cb, data))
+        return int(self._lib.nfs_unlink_async(ctx, path.encode(errors="surrogateescape"), cb, data))
 
     def rename_async(self, ctx: int, old: str, new: str, cb: object, data: int) -> int:
-        return int(self._lib.nfs_rename_async(ctx, old.encode(), new.encode(), cb, data))
+        return int(
+            self._lib.nfs_rename_async(
+                ctx,
+                old.encode(errors="surrogateescape"),
+                new.encode(errors="surrogateescape"),
+                cb,
+                data,
+            )
+        )
 
     def stat64_async(self, ctx: int, path: str, cb: object, data: int) -> int:
-        return int(self._lib.nfs_stat64_async(ctx, path.encode(), cb, data))
+        return int(self._lib.nfs_stat64_async(ctx, path.encode(errors="surrogateescape"), cb, data))
 
     def lstat64_async(self, ctx: int, path: str, cb: object, data: int) -> int:
-        return int(self._lib.nfs_lstat64_async(ctx, path.encode(), cb, data))
+        return int(
+            self._lib.nfs_lstat64_async(ctx, path.encode(errors="surrogateescape"), cb, data)
+        )
 
     def opendir_async(self, ctx: int, path: str, cb: object, data: int) -> int:
-        return int(self._lib.nfs_opendir_async(ctx, path.encode(), cb, data))
+        return int(
+            self._lib.nfs_opendir_async(ctx, path.encode(errors="surrogateescape"), cb, data)
+        )
 
     def statvfs64_async(self, ctx: int, path: str, cb: object, data: int) -> int:
-        return int(self._lib.nfs_statvfs64_async(ctx, path.encode(), cb, data))
+        return int(
+            self._lib.nfs_statvfs64_async(ctx, path.encode(errors="surrogateescape"), cb, data)
+        )
+
+    # -- files (``fh`` is the ``struct nfsfh *`` an open/create reply gave) --
+
+    def open_async(self, ctx: int, path: str, flags: int, cb: object, data: int) -> int:
+        """Reply data: the ``struct nfsfh *``; close it with close_async."""
+        return int(
+            self._lib.nfs_open_async(ctx, path.encode(errors="surrogateescape"), flags, cb, data)
+        )
+
+    def create_async(  # noqa: PLR0917 - mirrors the C signature
+        self, ctx: int, path: str, flags: int, mode: int, cb: object, data: int
+    ) -> int:
+        """Create (``O_TRUNC``, ``O_EXCL``, ``O_NOFOLLOW`` allowed) and open for
+        writing; reply data: the ``struct nfsfh *``."""
+        return int(
+            self._lib.nfs_create_async(
+                ctx, path.encode(errors="surrogateescape"), flags, mode, cb, data
+            )
+        )
+
+    def close_async(self, ctx: int, fh: int, cb: object, data: int) -> int:
+        """Frees ``fh`` (also when the reply is an error)."""
+        return int(self._lib.nfs_close_async(ctx, fh, cb, data))
+
+    def fsync_async(self, ctx: int, fh: int, cb: object, data: int) -> int:
+        return int(self._lib.nfs_fsync_async(ctx, fh, cb, data))
+
+    def pread_async(  # noqa: PLR0917 - mirrors the C signature
+        self, ctx: int, fh: int, offset: int, count: int, cb: object, data: int
+    ) -> int:
+        """Reply: status = bytes read, data = the bytes (valid during the callback)."""
+        return int(self._lib.nfs_pread_async(ctx, fh, offset, count, cb, data))
+
+    def pwrite_async(  # noqa: PLR0917 - mirrors the C signature
+        self,
+        ctx: int,
+        fh: int,
+        offset: int,
+        buf: ctypes.Array[ctypes.c_char],
+        cb: object,
+        data: int,
+    ) -> int:
+        """Reply: status = bytes written.  ``buf`` must stay alive until the
+        reply (the caller keeps it with the pending call)."""
+        return int(
+            self._lib.nfs_pwrite_async(ctx, fh, offset, len(buf), ctypes.addressof(buf), cb, data)
+        )
+
+    def symlink_async(self, ctx: int, target: bytes, path: bytes, cb: object, data: int) -> int:
+        """``target`` and ``path`` must stay alive until the reply: libnfs
+        4.0's NFSv4 symlink keeps the target pointer and encodes it only
+        after looking the parent up (measured: garbage in the link when the
+        buffer went away).  The caller keeps them with the pending call."""
+        return int(self._lib.nfs_symlink_async(ctx, target, path, cb, data))
+
+    def readlink_async(self, ctx: int, path: str, cb: object, data: int) -> int:
+        """Reply data: the target as a C string (valid during the callback)."""
+        return int(
+            self._lib.nfs_readlink_async(ctx, path.encode(errors="surrogateescape"), cb, data)
+        )
+
+    def lutimes_async(  # noqa: PLR0917 - mirrors the C signature
+        self, ctx: int, path: str, atime_ns: int, mtime_ns: int, cb: object, data: int
+    ) -> int:
+        """utimes without following a final symlink; microsecond precision
+        (``struct timeval``).  The times are encoded before this returns."""
+        times = (Timeval * 2)()
+        for slot, ns in ((0, atime_ns), (1, mtime_ns)):
+            seconds, rest = divmod(ns, 1_000_000_000)
+            times[slot].tv_sec = seconds
+            times[slot].tv_usec = rest // 1000
+        return int(
+            self._lib.nfs_lutimes_async(ctx, path.encode(errors="surrogateescape"), times, cb, data)
+        )
+
+    def lchown_async(  # noqa: PLR0917 - mirrors the C signature
+        self, ctx: int, path: str, uid: int, gid: int, cb: object, data: int
+    ) -> int:
+        return int(
+            self._lib.nfs_lchown_async(
+                ctx, path.encode(errors="surrogateescape"), uid, gid, cb, data
+            )
+        )
+
+    def readmax(self, ctx: int) -> int:
+        """Largest READ the server takes (0 before the mount)."""
+        return int(self._lib.nfs_get_readmax(ctx))
+
+    def writemax(self, ctx: int) -> int:
+        """Largest WRITE the server takes (0 before the mount)."""
+        return int(self._lib.nfs_get_writemax(ctx))
 
     def nfs4_setattr_mode_async(
         self, ctx: int, components: list[str], mode: int, cb: object, data: int
     ) -> int:
+        """NFSv4 only: SETATTR(mode), see :meth:`nfs4_setattr_async`."""
+        mask, values = encode_fattr4(mode=mode)
+        return self.nfs4_setattr_async(ctx, components, mask, values, cb, data)
+
+    def nfs4_setattr_async(  # noqa: PLR0917 - the compound's parts, in their order
+        self,
+        ctx: int,
+        components: list[str],
+        mask: tuple[int, int],
+        values: bytes,
+        cb: object,
+        data: int,
+    ) -> int:
         """NFSv4 only: COMPOUND { PUTROOTFH; LOOKUP c for c in components;
-        SETATTR(mode) } on the context's connection.  ``cb`` is an
-        :data:`RpcCallback`.  The arguments are encoded before this returns,
-        so the buffers built here may go away afterwards."""
+        SETATTR(mask, values) } on the context's connection (see
+        :func:`encode_fattr4`).  ``cb`` is an :data:`RpcCallback`.  The
+        arguments are encoded before this returns, so the buffers built here
+        may go away afterwards."""
+        keep: list[object] = []
+
+        def setattr_op(last: NfsArgop4) -> None:
+            last.argop = OP_SETATTR
+            words = (c_uint32 * 2)(*mask)
+            value = ctypes.create_string_buffer(values, max(len(values), 1))
+            keep.extend((words, value))
+            attrs = last.nfs_argop4_u.opsetattr.obj_attributes
+            attrs.attrmask.bitmap4_len = 2
+            attrs.attrmask.bitmap4_val = ctypes.cast(words, POINTER(c_uint32))
+            attrs.attr_vals.attrlist4_len = len(values)
+            attrs.attr_vals.attrlist4_val = ctypes.addressof(value)
+
+        return self._nfs4_path_compound(ctx, components, setattr_op, cb, data)
+
+    def nfs4_readlink_async(self, ctx: int, components: list[str], cb: object, data: int) -> int:
+        """NFSv4 only: COMPOUND { PUTROOTFH; LOOKUP...; READLINK }.  Read the
+        reply with :func:`readlink_result`.
+
+        Why not nfs_readlink_async: libnfs 4.0 hands the XDR-decoded link
+        text to the callback as a C string, but that buffer is not
+        NUL-terminated (measured: bytes of garbage after the target)."""
+
+        def readlink_op(last: NfsArgop4) -> None:
+            last.argop = OP_READLINK
+
+        return self._nfs4_path_compound(ctx, components, readlink_op, cb, data)
+
+    def _nfs4_path_compound(
+        self,
+        ctx: int,
+        components: list[str],
+        last_op: Callable[[NfsArgop4], None],
+        cb: object,
+        data: int,
+    ) -> int:
         rpc = self._lib.nfs_get_rpc_context(ctx)
         if not rpc:
             return -errno.ENOTCONN
@@ -410,21 +699,13 @@ class LibNfs:
         ops[0].argop = OP_PUTROOTFH
         keep: list[object] = []
         for i, name in enumerate(components, start=1):
-            raw = ctypes.create_string_buffer(name.encode(), len(name.encode()))
+            encoded = name.encode(errors="surrogateescape")
+            raw = ctypes.create_string_buffer(encoded, len(encoded))
             keep.append(raw)
             ops[i].argop = OP_LOOKUP
             ops[i].nfs_argop4_u.oplookup.objname.utf8string_len = len(raw)
             ops[i].nfs_argop4_u.oplookup.objname.utf8string_val = ctypes.addressof(raw)
-        last = ops[len(components) + 1]
-        last.argop = OP_SETATTR
-        mask = (c_uint32 * 2)(0, 1 << (FATTR4_MODE - 32))
-        value = ctypes.create_string_buffer((mode & 0o7777).to_bytes(4, "big"), 4)
-        keep += [mask, value]
-        attrs = last.nfs_argop4_u.opsetattr.obj_attributes
-        attrs.attrmask.bitmap4_len = 2
-        attrs.attrmask.bitmap4_val = ctypes.cast(mask, POINTER(c_uint32))
-        attrs.attr_vals.attrlist4_len = 4
-        attrs.attr_vals.attrlist4_val = ctypes.addressof(value)
+        last_op(ops[len(components) + 1])
         args = Compound4Args()
         args.minorversion = 0
         args.argarray.argarray_len = len(ops)
@@ -447,6 +728,30 @@ class LibNfs:
             name: bytes = d.name or b""
             entries.append((name.decode(errors="surrogateescape"), int(d.type), int(d.mode)))
 
+    def readdir_stats(self, ctx: int, nfsdir: int) -> list[DirStat]:
+        """All entries of an opened directory with their attributes (no
+        network traffic: opendir already read everything)."""
+        entries: list[DirStat] = []
+        while True:
+            ent = self._lib.nfs_readdir(ctx, nfsdir)
+            if not ent:
+                return entries
+            d: NfsDirent = ent.contents
+            name: bytes = d.name or b""
+            entries.append(
+                DirStat(
+                    name=name.decode(errors="surrogateescape"),
+                    type=int(d.type),
+                    mode=int(d.mode) & 0o7777,
+                    size=int(d.size),
+                    uid=int(d.uid),
+                    gid=int(d.gid),
+                    inode=int(d.inode),
+                    atime_ns=int(d.atime.tv_sec) * 1_000_000_000 + int(d.atime_nsec),
+                    mtime_ns=int(d.mtime.tv_sec) * 1_000_000_000 + int(d.mtime_nsec),
+                )
+            )
+
     def closedir(self, ctx: int, nfsdir: int) -> None:
         self._lib.nfs_closedir(ctx, nfsdir)
 
@@ -459,6 +764,17 @@ def stat_from(data: int) -> NfsStat64:
 def statvfs_from(data: int) -> NfsStatvfs64:
     """Copies the ``struct nfs_statvfs_64`` a statvfs64 callback points at."""
     return NfsStatvfs64.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(NfsStatvfs64)))
+
+
+def bytes_from(data: int | None, count: int) -> bytes:
+    """Copies ``count`` bytes a pread callback points at."""
+    return ctypes.string_at(data, count) if data and count > 0 else b""
+
+
+def text_from(data: int | None) -> str:
+    """The C string a readlink callback points at (undecodable bytes kept
+    as surrogates, like ``os.readlink``)."""
+    return ctypes.string_at(data).decode(errors="surrogateescape") if data else ""
 
 
 def error_from(data: int | None) -> str:

@@ -30,6 +30,11 @@ _TEMPLATE_KEYS = {
     "pv.metadata.name": PV_NAME,
 }
 NFS_VERSIONS = ("3", "4", "4.0", "4.1", "4.2")
+#: The default snapshot area: this directory beside the volume's directory.
+SNAPSHOT_AREA = ".snapshots"
+#: Prefix of the temporary directory a restore or clone fills before the rename.
+TEMP_PREFIX = ".csi-tmp-"
+_SNAPSHOT_KNOWN = {"snapshotdir"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +145,51 @@ def parse_params(
     on_delete = lowered.get("ondelete", "delete").strip().lower() or "delete"
     if on_delete not in ON_DELETE:
         raise InvalidArgument(f"onDelete: {on_delete!r} is not one of delete, retain, archive")
-    if subdir.rpartition("/")[2].startswith("archived-"):
+    leaf = subdir.rpartition("/")[2]
+    if leaf.startswith("archived-"):
         raise InvalidArgument("subDir: names starting with 'archived-' are kept for archives")
+    if leaf == SNAPSHOT_AREA or leaf.startswith(TEMP_PREFIX):
+        raise InvalidArgument(
+            f"subDir: {SNAPSHOT_AREA!r} and names starting with {TEMP_PREFIX!r} are kept for "
+            "snapshots and restores"
+        )
 
     mode = None
     if lowered.get("mountpermissions", "").strip():
         mode = parse_mount_permissions(lowered["mountpermissions"])
     nfs_version = nfs_version_from(options) if source.protocol == "nfs" else None
     return VolumeParams(source, subdir, on_delete, mode, nfs_version)
+
+
+@dataclass(frozen=True, slots=True)
+class SnapshotParams:
+    snapshot_dir: str | None  # relative to the share root; None: the default area
+
+
+def parse_snapshot_params(parameters: Mapping[str, str]) -> SnapshotParams:
+    """VolumeSnapshotClass parameters of CreateSnapshot (case-insensitive keys).
+
+    ``snapshotDir``: the directory, relative to the share root, that holds
+    the archives.  Default: ``.snapshots`` beside the volume's directory.
+    """
+    lowered: dict[str, str] = {}
+    for key, value in parameters.items():
+        low = key.lower()
+        if low.startswith(RESERVED_PREFIX):
+            continue
+        if low not in _SNAPSHOT_KNOWN:
+            raise InvalidArgument(f"unknown snapshot parameter {key!r} (known: snapshotDir)")
+        if low in lowered:
+            raise InvalidArgument(f"parameter {key!r} given twice (keys are case-insensitive)")
+        lowered[low] = value
+    text = lowered.get("snapshotdir", "").strip().strip("/")
+    if not text:
+        return SnapshotParams(None)
+    paths.safe_relpath(text, what="snapshotDir")
+    return SnapshotParams(text)
+
+
+def default_snapshot_area(volume_dir: str) -> str:
+    """``.snapshots`` beside the volume's directory."""
+    parent, _ = paths.parent_and_leaf(volume_dir)
+    return paths.join(parent, SNAPSHOT_AREA)

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
 import errno
 import hashlib
 import logging
@@ -68,6 +69,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, TypeVar
 # mypy.  Every value that leaves them is converted to a typed one right here.
 import smbclient
 import smbclient._os as smbclient_os
+import smbclient.shutil as smbclient_shutil
 from smbprotocol.exceptions import (
     SMBAuthenticationError,
     SMBConnectionClosed,
@@ -77,7 +79,7 @@ from smbprotocol.exceptions import (
 )
 from smbprotocol.header import NtStatus
 
-from controller.backend import Capacity
+from controller.backend import Capacity, Features, FileInfo, FileKind
 from driver.credentials import Credentials
 from driver.errors import (
     AlreadyExists,
@@ -96,9 +98,12 @@ if TYPE_CHECKING:
     from collections.abc import Callable
 
 __all__ = [
+    "SMB_FEATURES",
     "SmbBackend",
     "SmbBackendPool",
+    "SmbReader",
     "SmbSettings",
+    "SmbWriter",
     "check_path",
     "map_smb_error",
 ]
@@ -106,6 +111,21 @@ __all__ = [
 _log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+#: Bytes per read/write step (one trip to a worker thread).
+_IO_CHUNK: Final = 1 << 20
+#: Bytes per SMB READ/WRITE request: one credit (64 KiB).  Larger requests
+#: take several credits each, and concurrent ones then run the session out
+#: of credits (measured against Samba: "Request requires 1 credits but only
+#: 0 credits are available"); smbprotocol does not queue for credits.  With
+#: at most ``max_in_flight`` requests of one credit each, they never run out.
+_PIECE: Final = 64 << 10
+
+#: Samba (4.17, measured) resolves symlinks on the server: clients see the
+#: target as a plain file or directory, links that leave the share are not
+#: listed, and it refuses FSCTL_SET_REPARSE_POINT.  So nothing is a symlink
+#: to us, and none can be made.  SMB has no POSIX modes or owners either.
+SMB_FEATURES: Final = Features(symlinks=False, modes=False, owners=False, server_copy=True)
 
 # FILE_ATTRIBUTE_* ([MS-FSCC] 2.6)
 _ATTR_READONLY: Final = 0x1
@@ -755,6 +775,134 @@ def _rename_step(src: str, dst: str, **kw: Any) -> None:
     smbclient.rename(src, dst, **kw)
 
 
+_EPOCH: Final = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_FILETIME_EPOCH: Final = 116_444_736_000_000_000  # 1970-01-01 in 100 ns since 1601
+
+
+def _ns(when: datetime.datetime) -> int:
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=datetime.UTC)
+    return (when - _EPOCH) // datetime.timedelta(microseconds=1) * 1000
+
+
+def _filetime(ns: int | None) -> int:
+    """FILETIME for SET_INFO; 0 means "leave unchanged"."""
+    return 0 if ns is None else ns // 100 + _FILETIME_EPOCH
+
+
+def _kind(attributes: int) -> FileKind:
+    if attributes & _ATTR_REPARSE_POINT:
+        return "symlink"
+    if attributes & _ATTR_DIRECTORY:
+        return "dir"
+    return "file"
+
+
+def _file_info(attributes: int, size: int, mtime_ns: int, atime_ns: int, file_id: int) -> FileInfo:
+    kind = _kind(attributes)
+    return FileInfo(
+        kind=kind,
+        size=size if kind == "file" else 0,
+        mtime_ns=mtime_ns,
+        atime_ns=atime_ns,
+        read_only=bool(attributes & _ATTR_READONLY),
+        file_id=file_id,
+    )
+
+
+def _lstat_step(unc: str, **kw: Any) -> FileInfo | None:
+    try:
+        st = smbclient.lstat(unc, **kw)
+    except SMBOSError as exc:
+        if _is_missing(exc):
+            return None
+        raise
+    return _file_info(
+        int(st.st_file_attributes),
+        int(st.st_size),
+        int(st.st_mtime_ns),
+        int(st.st_atime_ns),
+        int(st.st_ino),
+    )
+
+
+def _list_info_step(unc: str, **kw: Any) -> list[tuple[str, FileInfo]]:
+    with smbclient.scandir(unc, **kw) as entries:
+        out: list[tuple[str, FileInfo]] = []
+        for e in entries:
+            info = e.smb_info
+            out.append(
+                (
+                    str(e.name),
+                    _file_info(
+                        int(info.file_attributes),
+                        int(info.end_of_file),
+                        _ns(info.last_write_time),
+                        _ns(info.last_access_time),
+                        int(info.file_id),
+                    ),
+                )
+            )
+        return out
+
+
+def _open_step(unc: str, mode: str, **kw: Any) -> Any:
+    # Others may read meanwhile (a pod reading the volume being snapshotted).
+    return smbclient.open_file(unc, mode=mode, buffering=0, share_access="r", **kw)
+
+
+def _read_step(handle: Any, size: int, **_kw: Any) -> bytes:
+    """Up to ``size`` bytes in READs of one credit each (see ``_PIECE``)."""
+    parts: list[bytes] = []
+    left = size
+    while left > 0:
+        data = handle.read(min(left, _PIECE))
+        if not data:
+            break
+        parts.append(bytes(data))
+        left -= len(data)
+    return b"".join(parts)
+
+
+def _write_step(handle: Any, data: bytes, **_kw: Any) -> None:
+    view = memoryview(data)
+    while view:
+        written = handle.write(view[:_PIECE])
+        if not written:
+            msg = "the server accepted no bytes"
+            raise OSError(errno.EIO, msg)
+        view = view[written:]
+
+
+def _close_step(handle: Any, **_kw: Any) -> None:
+    handle.close()
+
+
+def _times_step(unc: str, atime: int, mtime: int, attributes: int, **kw: Any) -> None:
+    smbclient_os._set_basic_information(
+        unc,
+        last_access_time=atime,
+        last_write_time=mtime,
+        file_attributes=attributes,
+        follow_symlinks=False,
+        **kw,
+    )
+
+
+def _copy_step(src: str, dst: str, **kw: Any) -> None:
+    try:
+        # FSCTL_SRV_COPYCHUNK: the server copies; no data crosses the wire.
+        smbclient_os.copyfile(src, dst, **kw)
+    except SMBOSError as exc:
+        if _ntstatus(exc) != NtStatus.STATUS_NOT_SUPPORTED:
+            raise
+        with (
+            smbclient.open_file(src, mode="rb", share_access="r", **kw) as fin,
+            smbclient.open_file(dst, mode="wb", **kw) as fout,
+        ):
+            smbclient_shutil.copyfileobj(fin, fout, _IO_CHUNK)
+
+
 def _capacity_step(unc: str, **kw: Any) -> tuple[int, int]:
     result = smbclient.stat_volume(unc, **kw)
     return int(result.total_size), int(result.caller_available_size)
@@ -927,6 +1075,66 @@ class SmbBackend:
         total, available = await self._run("statvfs", "", _capacity_step, self._share_unc)
         return Capacity(total_bytes=total, available_bytes=available)
 
+    # -- ShareFiles --------------------------------------------------------
+
+    @property
+    def features(self) -> Features:
+        return SMB_FEATURES
+
+    async def stat(self, path: str) -> FileInfo | None:
+        unc = _unc(self._share_unc, check_path(path))
+        return await self._run("stat", path, _lstat_step, unc)
+
+    async def list_dir(self, path: str) -> list[tuple[str, FileInfo]]:
+        unc = _unc(self._share_unc, check_path(path))
+        return await self._run("list", path, _list_info_step, unc)
+
+    async def open_read(self, path: str, *, size_hint: int | None = None) -> SmbReader:
+        unc = _unc(self._share_unc, check_path(path))
+        handle = await self._run("open", path, _open_step, unc, "rb")
+        return SmbReader(self, path, handle)
+
+    async def open_write(self, path: str) -> SmbWriter:
+        unc = _unc(self._share_unc, check_path(path))
+        handle = await self._run("create", path, _open_step, unc, "wb")
+        return SmbWriter(self, path, handle)
+
+    async def symlink(self, target: str, path: str) -> None:
+        msg = (
+            f"SMB symlink {path!r}: symlinks cannot be created over SMB here (Samba does "
+            "not take reparse points from clients; see README, Snapshots)"
+        )
+        raise FailedPrecondition(msg)
+
+    async def readlink(self, path: str) -> str:
+        msg = f"SMB readlink {path!r}: reparse points are not read over SMB"
+        raise FailedPrecondition(msg)
+
+    async def set_attributes(self, path: str, info: FileInfo) -> None:
+        unc = _unc(self._share_unc, check_path(path))
+        attributes = 0  # 0: leave the attributes as they are
+        if info.kind == "file":
+            read_only = info.read_only or (info.mode is not None and not info.mode & 0o200)
+            if read_only:
+                attributes = _ATTR_READONLY
+        if info.mtime_ns is None and not attributes:
+            return
+        atime = info.atime_ns if info.atime_ns is not None else info.mtime_ns
+        await self._run(
+            "set times",
+            path,
+            _times_step,
+            unc,
+            _filetime(atime),
+            _filetime(info.mtime_ns),
+            attributes,
+        )
+
+    async def copy_file(self, src: str, dst: str) -> None:
+        src_unc = _unc(self._share_unc, check_path(src))
+        dst_unc = _unc(self._share_unc, check_path(dst))
+        await self._run("copy", f"{src} -> {dst}", _copy_step, src_unc, dst_unc)
+
     async def aclose(self) -> None:
         """Close the connection and threads (reopened on next use).
 
@@ -936,6 +1144,68 @@ class SmbBackend:
         """
         if self._owns_channel:
             await self._channel.aclose()
+
+
+class SmbReader:
+    """A file open for reading; each read is one SMB READ in the channel's threads."""
+
+    def __init__(self, backend: SmbBackend, path: str, handle: Any) -> None:
+        self._backend = backend
+        self._path = path
+        self._handle: Any = handle
+
+    async def read(self, size: int) -> bytes:
+        if self._handle is None:
+            msg = f"SMB read {self._path!r}: the file is closed"
+            raise InvalidArgument(msg)
+        return await self._backend._run(
+            "read", self._path, _read_step, self._handle, min(size, _IO_CHUNK), retry=False
+        )
+
+    async def aclose(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                await self._backend._run("close", self._path, _close_step, handle, retry=False)
+            except DriverError:
+                _log.debug("closing %r failed", self._path, exc_info=True)
+
+
+class SmbWriter:
+    """A file open for writing; each write runs in the channel's threads."""
+
+    def __init__(self, backend: SmbBackend, path: str, handle: Any) -> None:
+        self._backend = backend
+        self._path = path
+        self._handle: Any = handle
+
+    async def write(self, data: bytes) -> None:
+        if self._handle is None:
+            msg = f"SMB write {self._path!r}: the file is closed"
+            raise InvalidArgument(msg)
+        view = memoryview(data)
+        for start in range(0, len(view), _IO_CHUNK):
+            await self._backend._run(
+                "write",
+                self._path,
+                _write_step,
+                self._handle,
+                bytes(view[start : start + _IO_CHUNK]),
+                retry=False,
+            )
+
+    async def aclose(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            await self._backend._run("close", self._path, _close_step, handle, retry=False)
+
+    async def abort(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                await self._backend._run("close", self._path, _close_step, handle, retry=False)
+            except DriverError:
+                _log.debug("closing %r failed", self._path, exc_info=True)
 
 
 def _credential_key(server: str, port: int, creds: Credentials) -> CredentialKey:

@@ -92,9 +92,10 @@ def register(name: str, spec: CommandSpec) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from driver import ctl_node, ctl_volumes
+    from driver import ctl_node, ctl_snapshots, ctl_volumes
 
     ctl_volumes.install()
+    ctl_snapshots.install()
     ctl_node.install()
     parser.add_argument("--endpoint", required=True, help="unix://PATH or tcp://HOST:PORT")
     parser.add_argument("--timeout", type=float, default=60.0, help="per-call timeout, seconds")

@@ -76,6 +76,11 @@ def _secrets(args: argparse.Namespace) -> dict[str, str]:
     return read_map_file(args.secrets_file, what="secrets file")
 
 
+# For the other command modules (driver.ctl_snapshots).
+params_of = _params
+secrets_of = _secrets
+
+
 def capability(args: argparse.Namespace) -> Any:
     from driver.csi import csi_pb2
 
@@ -119,6 +124,9 @@ def add_capability_args(parser: argparse.ArgumentParser) -> None:
 def _create_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("name", help="volume name (Kubernetes uses the PV name)")
     p.add_argument("--capacity", type=int, default=0, help="required bytes")
+    origin = p.add_mutually_exclusive_group()
+    origin.add_argument("--from-snapshot", metavar="SNAPSHOT_ID", help="restore this snapshot")
+    origin.add_argument("--from-volume", metavar="VOLUME_ID", help="clone this volume")
     add_volume_args(p, params=True, secrets=True)
     add_capability_args(p)
 
@@ -134,6 +142,10 @@ def _create(args: argparse.Namespace, stubs: Stubs) -> Any:
     )
     if args.capacity:
         request.capacity_range.required_bytes = args.capacity
+    if args.from_snapshot:
+        request.volume_content_source.snapshot.snapshot_id = args.from_snapshot
+    elif args.from_volume:
+        request.volume_content_source.volume.volume_id = args.from_volume
     return stubs.controller.CreateVolume(request, timeout=args.timeout)
 
 

@@ -81,7 +81,7 @@ async def test_unbuilt_rpcs_are_unimplemented(tmp_path: Path) -> None:
         for call, req in (
             (c.controller.ListVolumes, csi_pb2.ListVolumesRequest()),
             (c.controller.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest()),
-            (c.controller.CreateSnapshot, csi_pb2.CreateSnapshotRequest()),
+            (c.controller.GetSnapshot, csi_pb2.GetSnapshotRequest()),
             (c.node.NodeExpandVolume, csi_pb2.NodeExpandVolumeRequest()),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as err:

@@ -274,4 +274,7 @@ async def test_capabilities(svc: ControllerService) -> None:
         "EXPAND_VOLUME",
         "GET_CAPACITY",
         "SINGLE_NODE_MULTI_WRITER",
+        "CREATE_DELETE_SNAPSHOT",
+        "LIST_SNAPSHOTS",
+        "CLONE_VOLUME",
     }

@@ -1,0 +1,291 @@
+"""Walking, guarding and copying directory trees on a share.
+
+Used by snapshots (walk a volume into an archive), restores (admit archive
+members one by one) and clones (copy a volume into another directory).
+
+:class:`TreeGuard` is the one place that decides what may be created under
+a new volume.  It refuses, before anything is written at that path:
+
+* names that are absolute, empty, ``.``/``..`` parts, NUL or backslash;
+* anything below a symlink (a write through it would land elsewhere);
+* the same path twice with another type (a file replacing a symlink would
+  follow it);
+* a symlink whose target is absolute, or that leaves the tree when resolved
+  the way the kernel would, following the tree's other symlinks (checked
+  for all of them once every link is known: ``a -> .`` then ``b -> a/..``
+  is caught although each looks harmless alone).
+
+The walker never follows a symlink.  Where the server resolves symlinks
+itself (Samba), a directory that shows up inside itself (same file id as
+an ancestor) is a loop and is refused instead of being walked forever.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Final
+
+from controller.backend import FileInfo, FileKind, FileShareBackend
+from driver import paths
+from driver.errors import DriverError, FailedPrecondition, Internal, NotFound
+
+log = logging.getLogger(__name__)
+
+#: Files copied at once by a clone (each one is a few RPCs in flight).
+COPY_CONCURRENCY: Final = 16
+#: Symlinks followed while resolving one target (Linux: 40).
+MAX_LINK_DEPTH: Final = 40
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One entry of a walked tree: ``rel`` is relative to the root ("" = the root)."""
+
+    rel: str
+    info: FileInfo
+    target: str | None = None  # a symlink's target
+
+
+@dataclass(slots=True)
+class TreeStats:
+    files: int = 0
+    dirs: int = 0
+    links: int = 0
+    bytes: int = 0
+    skipped: int = 0
+
+    def count(self, node: Node) -> None:
+        kind = node.info.kind
+        if kind == "file":
+            self.files += 1
+            self.bytes += node.info.size
+        elif kind == "dir":
+            self.dirs += 1
+        elif kind == "symlink":
+            self.links += 1
+
+
+class TreeGuard:
+    """Keeps the shape of a tree being built and refuses escapes.
+
+    ``error`` is the domain error raised for a refusal: InvalidArgument for
+    an archive someone handed us, FailedPrecondition for a volume that
+    holds something we will not copy.
+    """
+
+    def __init__(self, error: type[DriverError], what: str) -> None:
+        self._error = error
+        self._what = what
+        self._kinds: dict[str, FileKind] = {"": "dir"}
+        self._links: dict[str, str] = {}
+
+    def refuse(self, message: str) -> DriverError:
+        return self._error(f"{self._what}: {message}")
+
+    def member_path(self, name: str) -> str:
+        """A tar member name as a clean relative path ("" for the root)."""
+        text = name
+        while text.startswith("./"):
+            text = text[2:]
+        text = text.rstrip("/") if text not in ("/", "") else text
+        if text in ("", "."):
+            return ""
+        if text.startswith("/"):
+            raise self.refuse(f"{name!r} is an absolute path")
+        if "\x00" in text or "\\" in text:
+            raise self.refuse(f"{name!r} holds a NUL or a backslash")
+        for part in text.split("/"):
+            if part in ("", ".", ".."):
+                raise self.refuse(f"{name!r} has an empty, '.' or '..' part")
+        return text
+
+    def check_name(self, parent: str, name: str) -> str:
+        """A listed entry's path; refuses names no path can carry."""
+        if name in ("", ".", "..") or "/" in name or "\x00" in name or "\\" in name:
+            raise self.refuse(f"entry {name!r} in {parent or '.'!r} has a name we cannot copy")
+        return paths.join(parent, name)
+
+    def admit(self, rel: str, kind: FileKind) -> list[str]:
+        """Record that ``rel`` is created as ``kind``.  Returns the parent
+        directories not seen yet (the caller creates them, deepest last)."""
+        if not rel:
+            if kind != "dir":
+                raise self.refuse("the root of the tree is not a directory")
+            return []
+        parts = rel.split("/")
+        missing: list[str] = []
+        for depth in range(1, len(parts)):
+            prefix = "/".join(parts[:depth])
+            known = self._kinds.get(prefix)
+            if known is None:
+                missing.append(prefix)
+            elif known != "dir":
+                raise self.refuse(f"{rel!r} lies below {prefix!r}, which is a {known}")
+        old = self._kinds.get(rel)
+        if old is not None and not (old == kind and kind in ("dir", "file")):
+            raise self.refuse(f"{rel!r} appears twice (as {old} and {kind})")
+        for prefix in missing:
+            self._kinds[prefix] = "dir"
+        self._kinds[rel] = kind
+        return missing
+
+    def kind(self, rel: str) -> FileKind | None:
+        return self._kinds.get(rel)
+
+    def link(self, rel: str, target: str) -> None:
+        """Record symlink ``rel -> target``; refuses a target that is
+        absolute or climbs out of the tree on its own."""
+        if not target or "\x00" in target:
+            raise self.refuse(f"symlink {rel!r} has an empty target")
+        if target.startswith("/"):
+            raise self.refuse(f"symlink {rel!r} points at an absolute path ({target!r})")
+        if "\\" in target:
+            raise self.refuse(f"symlink {rel!r} has a backslash in its target")
+        self._resolve(rel.split("/")[:-1], target, rel, depth=0, follow=False)
+        self._links[rel] = target
+
+    def check_links(self) -> None:
+        """Resolve every symlink through the others; refuse any that leaves."""
+        for rel, target in self._links.items():
+            self._resolve(rel.split("/")[:-1], target, rel, depth=0, follow=True)
+
+    def _resolve(
+        self, start: list[str], target: str, rel: str, *, depth: int, follow: bool
+    ) -> list[str]:
+        stack = list(start)
+        for part in target.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    raise self.refuse(f"symlink {rel!r} -> {target!r} leaves the tree")
+                stack.pop()
+                continue
+            stack.append(part)
+            inner = self._links.get("/".join(stack)) if follow else None
+            if inner is not None:
+                if depth >= MAX_LINK_DEPTH:
+                    raise self.refuse(f"symlink {rel!r}: too many levels of symlinks")
+                stack = self._resolve(stack[:-1], inner, rel, depth=depth + 1, follow=True)
+        return stack
+
+
+async def walk(backend: FileShareBackend, root: str, guard: TreeGuard) -> AsyncIterator[Node]:
+    """Every entry under directory ``root``, parents before children, names
+    sorted.  Symlinks are read, recorded in ``guard`` and never followed;
+    special files (FIFOs, sockets, devices) are skipped with a warning."""
+    info = await backend.stat(root)
+    if info is None:
+        raise NotFound(f"directory {root!r} does not exist on the share")
+    if info.kind != "dir":
+        raise FailedPrecondition(f"{root!r} is not a directory")
+    yield Node("", info)
+    # Only where the server follows symlinks can a directory contain itself.
+    loops = not backend.features.symlinks
+    async for node in _walk_dir(backend, root, "", [info.file_id], guard, loops=loops):
+        yield node
+
+
+async def _walk_dir(
+    backend: FileShareBackend,
+    root: str,
+    rel: str,
+    ancestors: list[int],
+    guard: TreeGuard,
+    *,
+    loops: bool,
+) -> AsyncIterator[Node]:
+    entries = await backend.list_dir(paths.join(root, rel))
+    for name, info in sorted(entries, key=lambda e: e[0]):
+        child = guard.check_name(rel, name)
+        if info.kind == "other":
+            log.warning("skipping special file %r (FIFO, socket or device)", child)
+            continue
+        if info.kind == "symlink":
+            if not backend.features.symlinks:
+                raise guard.refuse(f"{child!r} is a symlink or reparse point, not supported here")
+            target = await backend.readlink(paths.join(root, child))
+            guard.link(child, target)
+            yield Node(child, info, target)
+            continue
+        yield Node(child, info)
+        if info.kind == "dir":
+            if loops and info.file_id and info.file_id in ancestors:
+                raise guard.refuse(
+                    f"{child!r} is a loop (a server-side symlink to one of its parents)"
+                )
+            async for node in _walk_dir(
+                backend, root, child, [*ancestors, info.file_id], guard, loops=loops
+            ):
+                yield node
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a failed task group: its first domain error,
+    else its first exception (nested groups flattened)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, DriverError):
+            return exc
+    return leaves[0] if leaves else Internal("empty error group")
+
+
+async def copy_tree(backend: FileShareBackend, src: str, dst: str) -> TreeStats:
+    """Copy the tree under directory ``src`` into the existing, empty
+    directory ``dst`` on the same share: directories, files (on the server
+    where the protocol can), symlinks; then what the protocol keeps of
+    modes, owners and times (directories last, deepest first, so their
+    times survive the writes into them).
+
+    A symlink that would leave the copy is FailedPrecondition.  On failure
+    ``dst`` is left as it is: the caller removes it.
+    """
+    guard = TreeGuard(FailedPrecondition, "clone")
+    stats = TreeStats()
+    dirs: list[tuple[str, FileInfo]] = []
+    slots = asyncio.Semaphore(COPY_CONCURRENCY)
+
+    async def copy_file(node: Node, target: str) -> None:
+        try:
+            await backend.copy_file(paths.join(src, node.rel), target)
+            await backend.set_attributes(target, node.info)
+        finally:
+            slots.release()
+
+    async def make_link(node: Node, target: str) -> None:
+        assert node.target is not None  # noqa: S101 -- walk sets it for symlinks
+        await backend.symlink(node.target, target)
+        await backend.set_attributes(target, node.info)
+
+    try:
+        async with asyncio.TaskGroup() as tg:
+            async for node in walk(backend, src, guard):
+                stats.count(node)
+                target = paths.join(dst, node.rel) if node.rel else dst
+                kind = node.info.kind
+                guard.admit(node.rel, kind)
+                if kind == "dir":
+                    if node.rel:
+                        await backend.mkdir(target)
+                    dirs.append((target, node.info))
+                elif kind == "file":
+                    await slots.acquire()
+                    tg.create_task(copy_file(node, target))
+                else:
+                    tg.create_task(make_link(node, target))
+    except BaseExceptionGroup as group:
+        raise first_error(group) from None
+    guard.check_links()
+    for path, info in reversed(dirs):
+        await backend.set_attributes(path, info)
+    return stats
