@@ -1,5 +1,5 @@
-"""``make bench``: start-up, provisioning (SMB, NFS v3/v4) and, where the
-user-mode Linux guest is available, node stage+publish."""
+"""``make bench``: start-up, provisioning (SMB, NFS v3/v4), snapshots and
+clones, and node stage+publish in the user-mode Linux guest."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench import provision, startup
+from tests.bench import node, provision, snapshots, startup
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_VENV = ROOT / ".cache" / "runtime-venv"
@@ -27,12 +27,8 @@ def runtime_python() -> str:
 def main() -> None:
     startup.main(runtime_python())
     provision.main([])
-    try:
-        from tests.bench import node
-    except ImportError:
-        print("\nnode benchmark: not available yet")
-    else:
-        node.main()
+    snapshots.main()
+    node.main()
 
 
 if __name__ == "__main__":
