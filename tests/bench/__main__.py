@@ -27,7 +27,7 @@ def runtime_python() -> str:
 def main() -> None:
     startup.main(runtime_python())
     provision.main([])
-    snapshots.main()
+    snapshots.main([])
     node.main()
 
 
