@@ -7,9 +7,7 @@ to answer ALREADY_EXISTS when a name comes back with different parameters,
 the snapshot areas seen (for an unfiltered ListSnapshots) and the running
 copy jobs (``controller.jobs``).
 
-Snapshots are tar.gz archives on the same share (``controller.archive``),
-written under ``<name>.tar.gz.partial`` and renamed when complete.
-Restores and clones fill ``.csi-tmp-<hash>`` beside the new volume's
+The snapshot RPCs delegate to ``controller.snapshots``.  Restores and clones fill ``.csi-tmp-<hash>`` beside the new volume's
 directory and rename it into place when complete, so a volume directory
 that exists is always whole; a failed or refused attempt removes the
 temporary directory, and a retry starts again from scratch.
@@ -17,33 +15,29 @@ temporary directory, and a retry starts again from scratch.
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import dataclasses
 import hashlib
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final
+from typing import Final
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller import archive
 from controller.backend import FileInfo, FileShareBackend
+from controller.common import Ctx, cleanup, lock_key, same_share
 from controller.factory import BackendFactory
 from controller.jobs import Jobs
 from controller.params import (
     TEMP_PREFIX,
     VolumeParams,
-    default_snapshot_area,
     options_from_mount_flags,
     parse_params,
-    parse_snapshot_params,
 )
-from controller.snapshot_id import ARCHIVE_SUFFIX, SnapshotId, inside, parse_snapshot_id
+from controller.snapshot_id import SnapshotId, inside, parse_snapshot_id
+from controller.snapshots import Snapshots
 from controller.tree import copy_tree
 from driver import paths, rpc
 from driver.config import Config
@@ -52,7 +46,6 @@ from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.errors import (
     Aborted,
     AlreadyExists,
-    DriverError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -65,7 +58,6 @@ from driver.volume_id import VolumeId, parse_volume_id
 
 log = get_logger("controller")
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 _SUPPORTED_MODES = frozenset(
     {
@@ -89,14 +81,8 @@ _CAPABILITIES = (
     csi_pb2.ControllerServiceCapability.RPC.CLONE_VOLUME,
 )
 _RECENT_MAX = 10_000
-_AREAS_MAX = 1_000
 #: Threads that run tarfile/zlib for archives (CPU-bound; the I/O stays on the loop).
 ARCHIVE_WORKERS: Final = 4
-#: Suffix of an archive being written.
-PARTIAL_SUFFIX: Final = ".partial"
-#: Archive headers read at once by ListSnapshots.
-_LIST_CONCURRENCY: Final = 16
-_TOKEN_PREFIX: Final = "n1."  # noqa: S105 - a page token's prefix, not a password
 # Volume context keys handed to the node (never a secret).
 CTX_PROTOCOL = "protocol"
 CTX_SOURCE = "source"
@@ -151,26 +137,6 @@ def _fingerprint(request: csi_pb2.CreateVolumeRequest) -> str:
     return digest.hexdigest()
 
 
-def _same_share(a: Source, b: Source) -> bool:
-    return (a.protocol, a.host_port, a.share) == (b.protocol, b.host_port, b.share)
-
-
-def _timestamp(ns: int) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromNanoseconds(ns)
-    return stamp
-
-
-def _snapshot_name(name: str) -> str:
-    """The CSI snapshot name as the archive's file name (without suffix)."""
-    paths.check_component(name, what="snapshot name")
-    if name.startswith("."):
-        raise InvalidArgument("snapshot name: must not start with '.'")
-    if len(name.encode()) > paths.MAX_COMPONENT_BYTES - len(ARCHIVE_SUFFIX + PARTIAL_SUFFIX):
-        raise InvalidArgument("snapshot name: too long")
-    return name
-
-
 def temp_dir_for(volume_dir: str) -> str:
     """Where a restore or clone of ``volume_dir`` is built before the rename."""
     parent, leaf = paths.parent_and_leaf(volume_dir)
@@ -178,36 +144,20 @@ def temp_dir_for(volume_dir: str) -> str:
     return paths.join(parent, TEMP_PREFIX + digest)
 
 
-def encode_token(snapshot_id: str) -> str:
-    return _TOKEN_PREFIX + base64.urlsafe_b64encode(snapshot_id.encode()).decode()
-
-
-def decode_token(token: str) -> str:
-    """The snapshot ID a page starts at; ABORTED for a token we never made."""
-    if not token.startswith(_TOKEN_PREFIX):
-        raise Aborted("starting_token: not a token this driver returned")
-    try:
-        text = base64.urlsafe_b64decode(token[len(_TOKEN_PREFIX) :].encode()).decode()
-        parse_snapshot_id(text)
-    except (binascii.Error, UnicodeDecodeError, ValueError, InvalidArgument):
-        raise Aborted("starting_token: not a token this driver returned") from None
-    return text
-
-
-def lock_key(source: Source, directory: str) -> str:
-    return f"{source.protocol}://{source.host_port}/{source.share.strip('/')}/{directory}"
-
-
 class ControllerService(csi_pb2_grpc.ControllerServicer):
     def __init__(self, backends: BackendFactory) -> None:
         self._backends = backends
         self._locks = VolumeLocks()
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
-        self._recent_snapshots: OrderedDict[str, str] = OrderedDict()
-        # Snapshot areas used since start: (share root, NFS version, area).
-        self._areas: OrderedDict[tuple[Source, str | None, str], None] = OrderedDict()
         self._jobs = Jobs()
         self._executor: ThreadPoolExecutor | None = None
+        self._snapshots = Snapshots(
+            backends=backends,
+            backend_for=self._backend,
+            locks=self._locks,
+            jobs=self._jobs,
+            pool=self._pool,
+        )
 
     # -- helpers -----------------------------------------------------------
 
@@ -236,17 +186,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self._recent.move_to_end(name)
         while len(self._recent) > _RECENT_MAX:
             self._recent.popitem(last=False)
-
-    def _remember_snapshot(self, name: str, source_volume_id: str, sid: SnapshotId) -> None:
-        self._recent_snapshots[name] = source_volume_id
-        self._recent_snapshots.move_to_end(name)
-        while len(self._recent_snapshots) > _RECENT_MAX:
-            self._recent_snapshots.popitem(last=False)
-        area = (sid.source, sid.option("vers"), sid.area)
-        self._areas[area] = None
-        self._areas.move_to_end(area)
-        while len(self._areas) > _AREAS_MAX:
-            self._areas.popitem(last=False)
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -337,7 +276,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 sid = parse_snapshot_id(text)
             except InvalidArgument as exc:
                 raise NotFound(f"snapshot {text!r} does not exist ({exc.message})") from exc
-            if not _same_share(sid.source, root):
+            if not same_share(sid.source, root):
                 raise InvalidArgument(
                     f"volume_content_source: snapshot is on {sid.source}, the new volume on "
                     f"{root}: restores work within one share only"
@@ -353,7 +292,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 source = parse_volume_id(text)
             except InvalidArgument as exc:
                 raise NotFound(f"volume {text!r} does not exist ({exc.message})") from exc
-            if not _same_share(source.source, root):
+            if not same_share(source.source, root):
                 raise InvalidArgument(
                     f"volume_content_source: volume is on {source.source}, the new volume on "
                     f"{root}: clones work within one share only"
@@ -426,7 +365,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                     await backend.set_attributes(tmp, FileInfo(kind="dir", mode=mode))
             await backend.rename(tmp, target)
         except BaseException:
-            await _cleanup(backend, tmp)
+            await cleanup(backend, tmp)
             raise
         log.info(
             "volume populated",
@@ -579,264 +518,17 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     async def CreateSnapshot(
         self, request: csi_pb2.CreateSnapshotRequest, context: Ctx
     ) -> csi_pb2.CreateSnapshotResponse:
-        if not request.name:
-            raise InvalidArgument("name: required")
-        if not request.source_volume_id:
-            raise InvalidArgument("source_volume_id: required")
-        name = _snapshot_name(request.name)
-        params = parse_snapshot_params(request.parameters)
-        try:
-            vid = parse_volume_id(request.source_volume_id)
-        except InvalidArgument as exc:
-            raise NotFound(
-                f"source volume {request.source_volume_id!r} does not exist ({exc.message})"
-            ) from exc
-        rpc.set_protocol(vid.source.protocol)
-        area = params.snapshot_dir or default_snapshot_area(vid.dir)
-        if inside(area, vid.dir):
-            raise InvalidArgument(f"snapshotDir: {area!r} lies inside the source volume")
-        sid = SnapshotId(
-            vid.source, paths.join(area, name + ARCHIVE_SUFFIX), vid.dir, vid.on_delete, vid.options
-        )
-        source_text = vid.format()
-        seen = self._recent_snapshots.get(name)
-        if seen is not None and seen != source_text:
-            raise AlreadyExists(f"snapshot {name!r} already exists for another volume")
-        backend = self._backend(
-            vid.source, request.secrets, nfs_version=vid.option("vers"), which="snapshotter secret"
-        )
-        key = lock_key(vid.source, sid.archive)
-        job = self._jobs.get(key)
-        if job is not None and job.owner != source_text:
-            raise AlreadyExists(f"snapshot {name!r} is being made of another volume")
-        if job is None:
-            with self._locks.acquire(key, what="snapshot") as lock:
-                existing = await self._snapshot_entry(backend, sid, expect_source=source_text)
-                if existing is not None:
-                    self._remember_snapshot(name, source_text, sid)
-                    return csi_pb2.CreateSnapshotResponse(snapshot=existing)
-                source = await backend.stat(vid.dir)
-                if source is None or source.kind != "dir":
-                    raise NotFound(f"source volume directory {vid.dir!r} does not exist")
-                job = self._jobs.start(
-                    key, source_text, self._snapshot_job(backend, sid, source_text), lock
-                )
-        done, snapshot = await self._jobs.wait(job, context)
-        self._remember_snapshot(name, source_text, sid)
-        if not done or snapshot is None:
-            # Still being written: the CO asks again until ready_to_use.
-            return csi_pb2.CreateSnapshotResponse(
-                snapshot=csi_pb2.Snapshot(
-                    snapshot_id=sid.format(),
-                    source_volume_id=source_text,
-                    creation_time=_timestamp(job.started_ns),
-                    ready_to_use=False,
-                )
-            )
-        return csi_pb2.CreateSnapshotResponse(snapshot=snapshot)
-
-    async def _snapshot_entry(
-        self, backend: FileShareBackend, sid: SnapshotId, *, expect_source: str | None
-    ) -> csi_pb2.Snapshot | None:
-        """The finished snapshot ``sid`` as CSI describes it; None if there is
-        no archive.  With ``expect_source``, an archive of another volume is
-        ALREADY_EXISTS."""
-        info = await backend.stat(sid.archive)
-        if info is None:
-            return None
-        if info.kind != "file":
-            raise AlreadyExists(f"{sid.archive!r} exists and is not a snapshot archive")
-        meta = await archive.read_meta(backend, sid.archive)
-        source = meta.get("source") or sid.source_volume().format()
-        if expect_source is not None and source != expect_source:
-            raise AlreadyExists(f"snapshot {sid.name!r} already exists for another volume")
-        created = archive.created_ns(meta) or info.mtime_ns or 0
-        return csi_pb2.Snapshot(
-            size_bytes=info.size,
-            snapshot_id=sid.format(),
-            source_volume_id=source,
-            creation_time=_timestamp(created),
-            ready_to_use=True,
-        )
-
-    async def _snapshot_job(
-        self, backend: FileShareBackend, sid: SnapshotId, source_text: str
-    ) -> csi_pb2.Snapshot:
-        partial = sid.archive + PARTIAL_SUFFIX
-        started_ns = time.time_ns()
-        started = time.monotonic()
-        if sid.area:
-            await backend.mkdir(sid.area)
-        await backend.remove_tree(partial)  # what an earlier, interrupted attempt left
-        meta = archive.meta_for(source_volume_id=source_text, name=sid.name, created_ns=started_ns)
-        try:
-            stats = await archive.create_archive(
-                backend, sid.source_dir, partial, meta, self._pool()
-            )
-            # The archive's mtime is the snapshot's creation time (for listings).
-            await backend.set_attributes(partial, FileInfo(kind="file", mtime_ns=started_ns))
-            await backend.rename(partial, sid.archive)
-        except BaseException:
-            await _cleanup(backend, partial)
-            raise
-        info = await backend.stat(sid.archive)
-        size = info.size if info is not None else 0
-        log.info(
-            "snapshot ready",
-            snapshot_id=sid.format(),
-            files=stats.files,
-            dirs=stats.dirs,
-            links=stats.links,
-            bytes=stats.bytes,
-            archive_bytes=size,
-            seconds=round(time.monotonic() - started, 3),
-        )
-        return csi_pb2.Snapshot(
-            size_bytes=size,
-            snapshot_id=sid.format(),
-            source_volume_id=source_text,
-            creation_time=_timestamp(started_ns),
-            ready_to_use=True,
-        )
+        return await self._snapshots.create(request, context)
 
     async def DeleteSnapshot(
         self, request: csi_pb2.DeleteSnapshotRequest, context: Ctx
     ) -> csi_pb2.DeleteSnapshotResponse:
-        if not request.snapshot_id:
-            raise InvalidArgument("snapshot_id: required")
-        try:
-            sid = parse_snapshot_id(request.snapshot_id)
-        except InvalidArgument as exc:
-            log.warning("ignoring DeleteSnapshot of a malformed snapshot ID", reason=exc.message)
-            return csi_pb2.DeleteSnapshotResponse()
-        rpc.set_protocol(sid.source.protocol)
-        backend = self._backend(
-            sid.source, request.secrets, nfs_version=sid.option("vers"), which="snapshotter secret"
-        )
-        with self._locks.acquire(lock_key(sid.source, sid.archive), what="snapshot"):
-            info = await backend.stat(sid.archive)
-            if info is not None:
-                # Never remove something that is not one of our archives.
-                if info.kind != "file":
-                    raise FailedPrecondition(f"{sid.archive!r} is not a snapshot archive")
-                if "format" not in await archive.read_meta(backend, sid.archive):
-                    raise FailedPrecondition(
-                        f"{sid.archive!r} is not a snapshot archive of this driver; left alone"
-                    )
-                await backend.remove_tree(sid.archive)
-            await backend.remove_tree(sid.archive + PARTIAL_SUFFIX)
-        log.info("snapshot deleted", archive=sid.archive, existed=info is not None)
-        return csi_pb2.DeleteSnapshotResponse()
+        return await self._snapshots.delete(request)
 
     async def ListSnapshots(
         self, request: csi_pb2.ListSnapshotsRequest, context: Ctx
     ) -> csi_pb2.ListSnapshotsResponse:
-        if request.max_entries < 0:
-            raise InvalidArgument("max_entries: must not be negative")
-        start = decode_token(request.starting_token) if request.starting_token else None
-        found = await self._list_snapshots(request)
-        entries = sorted({s.snapshot_id: s for s in found}.values(), key=lambda s: s.snapshot_id)
-        if start is not None:
-            entries = [s for s in entries if s.snapshot_id >= start]
-        limit = request.max_entries or len(entries)
-        page, rest = entries[:limit], entries[limit:]
-        return csi_pb2.ListSnapshotsResponse(
-            entries=[csi_pb2.ListSnapshotsResponse.Entry(snapshot=s) for s in page],
-            next_token=encode_token(rest[0].snapshot_id) if rest else "",
-        )
-
-    def _list_backend(
-        self, root: Source, secrets: Mapping[str, str], nfs_version: str | None
-    ) -> FileShareBackend | None:
-        if root.protocol == "smb" and not secrets:
-            # No secrets: a session an earlier call opened, if any.
-            return self._backends.cached(root)
-        return self._backend(root, secrets, nfs_version=nfs_version, which="snapshotter secret")
-
-    async def _list_snapshots(
-        self, request: csi_pb2.ListSnapshotsRequest
-    ) -> list[csi_pb2.Snapshot]:
-        if request.snapshot_id:
-            try:
-                sid = parse_snapshot_id(request.snapshot_id)
-            except InvalidArgument:
-                return []  # cannot exist
-            rpc.set_protocol(sid.source.protocol)
-            backend = self._list_backend(sid.source, request.secrets, sid.option("vers"))
-            if backend is None:
-                raise FailedPrecondition(
-                    f"no SMB session to {sid.source} yet: pass the snapshotter secret"
-                )
-            entry = await self._snapshot_entry(backend, sid, expect_source=None)
-            if entry is None:
-                return []
-            if request.source_volume_id and entry.source_volume_id != request.source_volume_id:
-                return []
-            return [entry]
-        if request.source_volume_id:
-            try:
-                vid = parse_volume_id(request.source_volume_id)
-            except InvalidArgument:
-                return []
-            rpc.set_protocol(vid.source.protocol)
-            backend = self._list_backend(vid.source, request.secrets, vid.option("vers"))
-            if backend is None:
-                raise FailedPrecondition(
-                    f"no SMB session to {vid.source} yet: pass the snapshotter secret"
-                )
-            area = default_snapshot_area(vid.dir)
-            return await self._scan_area(backend, vid.source, area, only=vid.format())
-        # No filter: the areas this controller has used since it started.
-        found: list[csi_pb2.Snapshot] = []
-        for root, version, area in list(self._areas):
-            backend = self._list_backend(root, request.secrets, version)
-            if backend is not None:
-                found += await self._scan_area(backend, root, area, only=None)
-        return found
-
-    async def _scan_area(
-        self, backend: FileShareBackend, root: Source, area: str, *, only: str | None
-    ) -> list[csi_pb2.Snapshot]:
-        """Finished archives in ``area`` (of volume ``only``, if given)."""
-        try:
-            listing = await backend.list_dir(area) if area else await backend.list_dir(".")
-        except (NotFound, FailedPrecondition):
-            return []
-        slots = asyncio.Semaphore(_LIST_CONCURRENCY)
-
-        async def entry(name: str, info: FileInfo) -> csi_pb2.Snapshot | None:
-            path = paths.join(area, name)
-            async with slots:
-                try:
-                    meta = await archive.read_meta(backend, path)
-                except (NotFound, FailedPrecondition):
-                    return None  # removed meanwhile, or not an archive
-            source = meta.get("source", "")
-            if not source or (only is not None and source != only):
-                return None
-            try:
-                svid = parse_volume_id(source)
-                sid = SnapshotId(root, path, svid.dir, svid.on_delete, svid.options)
-            except InvalidArgument:
-                return None
-            if not _same_share(svid.source, root):
-                return None  # copied here from another share
-            created = archive.created_ns(meta) or info.mtime_ns or 0
-            return csi_pb2.Snapshot(
-                size_bytes=info.size,
-                snapshot_id=sid.format(),
-                source_volume_id=source,
-                creation_time=_timestamp(created),
-                ready_to_use=True,
-            )
-
-        candidates = [
-            (name, info)
-            for name, info in listing
-            if info.kind == "file" and name.endswith(ARCHIVE_SUFFIX) and not name.startswith(".")
-        ]
-        results = await asyncio.gather(*(entry(n, i) for n, i in candidates))
-        return [r for r in results if r is not None]
+        return await self._snapshots.list_page(request)
 
     async def GetSnapshot(  # alpha in CSI 1.12; ListSnapshots by ID answers the same
         self, request: csi_pb2.GetSnapshotRequest, context: Ctx
@@ -852,16 +544,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.ControllerModifyVolumeRequest, context: Ctx
     ) -> csi_pb2.ControllerModifyVolumeResponse:
         raise Unimplemented("ControllerModifyVolume is not supported by this driver")
-
-
-async def _cleanup(backend: FileShareBackend, path: str) -> None:
-    """Remove what a failed job left (best effort; also when cancelled)."""
-    try:
-        await asyncio.shield(backend.remove_tree(path))
-    except DriverError as exc:
-        log.warning("could not remove a partial result", path=path, error=exc.message)
-    except asyncio.CancelledError:
-        log.warning("partial result left behind (cancelled)", path=path)
 
 
 class ControllerPlugin:

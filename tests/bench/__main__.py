@@ -21,6 +21,12 @@ def runtime_python() -> str:
         subprocess.run([sys.executable, "-m", "venv", "--clear", str(RUNTIME_VENV)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", str(ROOT)], check=True, cwd="/")
         stamp.touch()
+    else:  # dependencies unchanged: refresh only the project's own code
+        subprocess.run(
+            [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)],
+            check=True,
+            cwd="/",
+        )
     return str(python)
 
 

@@ -81,6 +81,30 @@ SCENARIOS: dict[str, dict[str, Any]] = {
             },
         ]
     },
+    "snapshots": {
+        "snapshots": {
+            "enabled": True,
+            "volumeSnapshotClasses": [
+                {"name": "smb-snapshots", "secretName": "smb-creds", "isDefault": True},
+                {
+                    "name": "nfs-snapshots-kept",
+                    "deletionPolicy": "Retain",
+                    "snapshotDir": "k8s/.archives",
+                    "secretNamespace": "storage",
+                    "labels": {"tier": "files"},
+                    "annotations": {"example.com/owner": "storage"},
+                },
+            ],
+        },
+        "controller": {"replicas": 2, "snapshotterTimeout": "5m"},
+    },
+    # Classes given but the toggle off: no snapshot object, container or rule.
+    "snapshots-off": {
+        "snapshots": {
+            "enabled": False,
+            "volumeSnapshotClasses": [{"name": "smb-snapshots", "secretName": "smb-creds"}],
+        }
+    },
     "custom": {
         "driver": {
             "name": "files.example.com",
@@ -89,6 +113,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "log": {"level": 4, "format": "text"},
         "controller": {
             "extraArgs": ["--backend-workers=4", "--backend-timeout=45"],
+            "snapshotterExtraArgs": ["--worker-threads=4", "--kube-api-qps=20"],
             "hostNetwork": True,
             "dnsPolicy": "ClusterFirstWithHostNet",
         },
@@ -103,6 +128,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
                 "pullPolicy": "Always",
             }
         },
+        "snapshots": {"enabled": True, "volumeSnapshotClasses": [{"name": "files-snapshots"}]},
         "imagePullSecrets": [{"name": "regcred"}],
         "podAnnotations": {"example.com/team": "storage"},
         "serviceAccount": {"controllerName": "smbnfs-ctrl", "nodeName": "smbnfs-node"},
@@ -237,3 +263,55 @@ def supported_kube_versions() -> tuple[str, str]:
 def validate(doc: Doc, version: str) -> None:
     """kubernetes-validate, strict: unknown or mistyped fields fail."""
     kubernetes_validate.validate(doc, version, strict=True)
+
+
+SNAPSHOT_GROUP = "snapshot.storage.k8s.io"
+SNAPSHOT_API = f"{SNAPSHOT_GROUP}/v1"
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+def _check_metadata(doc: Doc, *, namespaced: bool) -> None:
+    meta = doc["metadata"]
+    assert set(meta) <= {"name", "namespace", "labels", "annotations"}, meta
+    assert isinstance(meta["name"], str), meta
+    assert _DNS_SUBDOMAIN.match(meta["name"]), meta
+    assert len(meta["name"]) <= 253
+    assert ("namespace" in meta) is namespaced, meta
+    for key in ("labels", "annotations"):
+        values = meta.get(key, {})
+        assert isinstance(values, dict), meta
+        assert all(isinstance(k, str) and isinstance(v, str) for k, v in values.items()), meta
+
+
+def validate_volume_snapshot_class(doc: Doc) -> None:
+    """By hand: kubernetes-validate has no schema for this CRD. The shape is
+    snapshot.storage.k8s.io/v1 VolumeSnapshotClass (cluster-scoped): driver
+    and deletionPolicy (Delete|Retain) required, parameters a map of strings."""
+    assert doc["apiVersion"] == SNAPSHOT_API
+    assert doc["kind"] == "VolumeSnapshotClass"
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "driver", "deletionPolicy", "parameters"}
+    assert {"metadata", "driver", "deletionPolicy"} <= set(doc)
+    _check_metadata(doc, namespaced=False)
+    assert isinstance(doc["driver"], str)
+    assert doc["driver"]
+    assert doc["deletionPolicy"] in ("Delete", "Retain")
+    parameters = doc.get("parameters", {})
+    assert isinstance(parameters, dict)
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in parameters.items()), parameters
+
+
+def validate_volume_snapshot(doc: Doc) -> None:
+    """By hand, as snapshot.storage.k8s.io/v1 VolumeSnapshot (namespaced):
+    spec.source names exactly one of a claim or a pre-provisioned content."""
+    assert doc["apiVersion"] == SNAPSHOT_API
+    assert doc["kind"] == "VolumeSnapshot"
+    assert set(doc) <= {"apiVersion", "kind", "metadata", "spec"}
+    _check_metadata(doc, namespaced=True)
+    spec = doc["spec"]
+    assert set(spec) <= {"source", "volumeSnapshotClassName"}
+    class_name = spec.get("volumeSnapshotClassName", "")
+    assert isinstance(class_name, str)
+    source = spec["source"]
+    assert len(source) == 1, source
+    assert set(source) <= {"persistentVolumeClaimName", "volumeSnapshotContentName"}, source
+    assert all(isinstance(v, str) and v for v in source.values()), source

@@ -10,22 +10,28 @@ from typing import Any
 import pytest
 import yaml
 
-from controller.params import parse_params
+from controller.params import parse_params, parse_snapshot_params
 from tests.chart.support import (
     DOCKERFILE,
     EXAMPLES_DIR,
     ROOT,
     SCENARIOS,
+    SNAPSHOT_GROUP,
     Doc,
     default_values,
     documents,
     of_kind,
     supported_kube_versions,
     validate,
+    validate_volume_snapshot,
+    validate_volume_snapshot_class,
 )
 
 OLDEST, NEWEST = supported_kube_versions()
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
+SNAPSHOT_EXAMPLE = EXAMPLES_DIR / "snapshot.yaml"
+# StorageClass + claim + pod; snapshot.yaml builds on smb.yaml's claim.
+VOLUME_EXAMPLES = [p for p in EXAMPLES if p != SNAPSHOT_EXAMPLE]
 
 
 def _load(path: Path) -> list[Doc]:
@@ -55,11 +61,38 @@ def _check_storage_class(storage_class: Doc) -> None:
         }
 
 
+def _check_snapshot_class(snapshot_class: Doc) -> None:
+    """The driver's own parser accepts what the class passes to CreateSnapshot."""
+    parameters = snapshot_class.get("parameters", {})
+    parse_snapshot_params(
+        {
+            **parameters,
+            # What csi-snapshotter --extra-create-metadata adds.
+            "csi.storage.k8s.io/volumesnapshot/name": "data-snap",
+            "csi.storage.k8s.io/volumesnapshot/namespace": "default",
+            "csi.storage.k8s.io/volumesnapshotcontent/name": "snapcontent-0b5e7c2a",
+        }
+    )
+    secret_keys = {k for k in parameters if "secret" in k}
+    assert secret_keys in (
+        set(),
+        {
+            "csi.storage.k8s.io/snapshotter-secret-name",
+            "csi.storage.k8s.io/snapshotter-secret-namespace",
+            "csi.storage.k8s.io/snapshotter-list-secret-name",
+            "csi.storage.k8s.io/snapshotter-list-secret-namespace",
+        },
+    )
+    # csi-snapshotter refuses unknown keys in its reserved prefix.
+    reserved = {k for k in parameters if k.startswith("csi.storage.k8s.io/")}
+    assert reserved == secret_keys
+
+
 def test_there_are_smb_and_nfs_examples() -> None:
-    assert {p.stem for p in EXAMPLES} >= {"smb", "nfs"}
+    assert {p.stem for p in EXAMPLES} >= {"smb", "nfs", "snapshot"}
 
 
-@pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])
+@pytest.mark.parametrize("path", VOLUME_EXAMPLES, ids=[p.name for p in VOLUME_EXAMPLES])
 def test_example(path: Path) -> None:
     docs = _load(path)
     assert sorted(d["kind"] for d in docs) == ["PersistentVolumeClaim", "Pod", "StorageClass"]
@@ -76,6 +109,61 @@ def test_example(path: Path) -> None:
     assert claims == [claim["metadata"]["name"]]
     # No credentials in an example file.
     assert "password:" not in path.read_text().replace("--from-literal=password", "")
+
+
+def test_snapshot_example() -> None:
+    docs = _load(SNAPSHOT_EXAMPLE)
+    assert sorted(d["kind"] for d in docs) == [
+        "PersistentVolumeClaim",
+        "PersistentVolumeClaim",
+        "VolumeSnapshot",
+        "VolumeSnapshotClass",
+    ]
+    (snapshot_class,) = of_kind(docs, "VolumeSnapshotClass")
+    (snapshot,) = of_kind(docs, "VolumeSnapshot")
+    claims = {c["metadata"]["name"]: c for c in of_kind(docs, "PersistentVolumeClaim")}
+    # The snapshot CRDs are not known to kubernetes-validate: checked by hand.
+    validate_volume_snapshot_class(snapshot_class)
+    validate_volume_snapshot(snapshot)
+    assert snapshot_class["driver"] == default_values()["driver"]["name"]
+    _check_snapshot_class(snapshot_class)
+    assert snapshot["spec"]["volumeSnapshotClassName"] == snapshot_class["metadata"]["name"]
+    # The claims, dataSource included, are standard objects: strict validation.
+    for claim in claims.values():
+        for version in sorted({OLDEST, NEWEST}):
+            validate(claim, version)
+
+    # The snapshot is of smb.yaml's claim; restore and clone stay on its class.
+    smb = _load(EXAMPLES_DIR / "smb.yaml")
+    (source,) = of_kind(smb, "PersistentVolumeClaim")
+    source_name = source["metadata"]["name"]
+    namespace = source["metadata"]["namespace"]
+    assert snapshot["spec"]["source"] == {"persistentVolumeClaimName": source_name}
+    assert snapshot["metadata"]["namespace"] == namespace
+    sources = {}
+    for claim in claims.values():
+        assert claim["metadata"]["namespace"] == namespace  # dataSource is same-namespace
+        assert claim["spec"]["storageClassName"] == source["spec"]["storageClassName"]
+        size = claim["spec"]["resources"]["requests"]["storage"]
+        assert size == source["spec"]["resources"]["requests"]["storage"]
+        sources[claim["metadata"]["name"]] = claim["spec"]["dataSource"]
+    assert sorted(sources.values(), key=lambda s: s["kind"]) == [
+        {"kind": "PersistentVolumeClaim", "name": source_name},
+        {
+            "apiGroup": SNAPSHOT_GROUP,
+            "kind": "VolumeSnapshot",
+            "name": snapshot["metadata"]["name"],
+        },
+    ]
+    assert "password:" not in SNAPSHOT_EXAMPLE.read_text()
+
+
+def test_chart_volume_snapshot_classes_parse() -> None:
+    for scenario in ("snapshots", "custom"):
+        classes = of_kind(documents(SCENARIOS[scenario]), "VolumeSnapshotClass")
+        assert classes
+        for snapshot_class in classes:
+            _check_snapshot_class(snapshot_class)
 
 
 def test_chart_storage_classes_parse() -> None:

@@ -106,6 +106,8 @@ def test_driver_name_is_the_same_everywhere(scenario: str) -> None:
         assert _driver_config(workload).driver_name == name
     for storage_class in of_kind(docs, "StorageClass"):
         assert storage_class["provisioner"] == name
+    for snapshot_class in of_kind(docs, "VolumeSnapshotClass"):
+        assert snapshot_class["driver"] == name
 
 
 @pytest.mark.parametrize("scenario", IDS)
@@ -311,9 +313,79 @@ def test_controller_sidecars(scenario: str) -> None:
         ), c["name"]
 
 
-def test_rbac_is_least_privilege() -> None:
-    docs = documents({})
-    text = rendered_text({})
+# Flags csi-snapshotter (v8) knows. It is not our program: check the chart
+# only passes flags from this set, with the values below.
+SNAPSHOTTER_FLAGS = {
+    "--csi-address",
+    "--v",
+    "--timeout",
+    "--leader-election",
+    "--leader-election-namespace",
+    "--leader-election-lease-duration",
+    "--leader-election-renew-deadline",
+    "--leader-election-retry-period",
+    "--extra-create-metadata",
+    "--feature-gates",
+    "--kube-api-qps",
+    "--kube-api-burst",
+    "--worker-threads",
+    "--resync-period",
+    "--retry-interval-start",
+    "--retry-interval-max",
+    "--http-endpoint",
+    "--metrics-path",
+    "--snapshot-name-prefix",
+    "--snapshot-name-uuid-length",
+}
+
+
+@pytest.mark.parametrize("scenario", IDS)
+def test_snapshotter_sidecar(scenario: str) -> None:
+    values = merged_values(SCENARIOS[scenario])
+    controller = one(documents(SCENARIOS[scenario]), "Deployment", "-controller")
+    names = [c["name"] for c in containers(controller)]
+    if not values["snapshots"]["enabled"]:
+        assert "csi-snapshotter" not in names
+        return
+    snapshotter = container(controller, "csi-snapshotter")
+    args = expand_env(snapshotter["args"], snapshotter["env"])
+    for arg in args:
+        assert arg.startswith("--"), arg
+        assert arg.split("=", 1)[0] in SNAPSHOTTER_FLAGS, arg
+    # Boolean flags stand alone (a Go bool flag takes no separate value).
+    for name in ("--leader-election", "--extra-create-metadata"):
+        assert name in args, name
+    # The socket the controller's driver serves, through the shared volume.
+    driver_endpoint = str(_driver_config(controller).endpoint)
+    assert driver_endpoint.startswith("unix://")
+    socket = flag(args, "--csi-address")
+    assert socket == driver_endpoint.removeprefix("unix://")
+    socket_dir = posixpath.dirname(socket)
+    assert _mount_source(controller, snapshotter, socket_dir) == _mount_source(
+        controller, container(controller, "driver"), socket_dir
+    )
+    # Leader election in the pod's own namespace (where the Role grants leases).
+    namespace_var = next(e for e in snapshotter["env"] if e["name"] == "NAMESPACE")
+    assert namespace_var["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert "--leader-election-namespace=$(NAMESPACE)" in snapshotter["args"]
+    assert flag(args, "--timeout") == values["controller"]["snapshotterTimeout"]
+    assert _seconds(flag(args, "--timeout") or "0s") >= 60
+    assert flag(args, "--v") == str(values["sidecars"]["logLevel"])
+    # No group snapshots: the driver has no GroupController service.
+    assert flag(args, "--feature-gates") == "CSIVolumeGroupSnapshot=false"
+    for extra in values["controller"]["snapshotterExtraArgs"]:
+        assert extra in args
+    image = values["image"]["csiSnapshotter"]
+    assert snapshotter["image"] == f"{image['repository']}:{image['tag']}"
+    assert snapshotter["imagePullPolicy"] == image["pullPolicy"]
+    assert snapshotter["resources"] == values["controller"]["resources"]["csiSnapshotter"]
+    assert names.index("csi-snapshotter") > names.index("driver")
+
+
+@pytest.mark.parametrize("scenario", ["defaults", "snapshots"])
+def test_rbac_is_least_privilege(scenario: str) -> None:
+    docs = documents(SCENARIOS[scenario])
+    text = rendered_text(SCENARIOS[scenario])
     controller_sa = one(docs, "ServiceAccount", "-controller")["metadata"]["name"]
     node_sa = one(docs, "ServiceAccount", "-node")
     assert node_sa["automountServiceAccountToken"] is False
@@ -342,6 +414,46 @@ def test_rbac_is_least_privilege() -> None:
         assert (role_kind, binding["roleRef"]["name"]) in roles
     leases = roles[next(k for k in roles if k[0] == "Role")]
     assert leases["rules"][0]["resources"] == ["leases"]
+
+    # Snapshot rules: exactly these when on, none when off; never group snapshots.
+    granted: dict[str, set[tuple[str, str]]] = {}
+    for (_, role_name), role in roles.items():
+        for rule in role["rules"]:
+            assert "groupsnapshot.storage.k8s.io" not in rule["apiGroups"], role_name
+            if rule["apiGroups"] != ["snapshot.storage.k8s.io"]:
+                assert "snapshot.storage.k8s.io" not in rule["apiGroups"]
+                continue
+            suffix = role_name.rsplit("-", 1)[1]
+            for resource in rule["resources"]:
+                for verb in rule["verbs"]:
+                    granted.setdefault(suffix, set()).add((resource, verb))
+    if not merged_values(SCENARIOS[scenario])["snapshots"]["enabled"]:
+        assert granted == {}
+        return
+    assert granted == {
+        # dataSource: VolumeSnapshot -> bound content -> snapshot handle.
+        "provisioner": {("volumesnapshots", "get"), ("volumesnapshotcontents", "get")},
+        "snapshotter": {
+            *(("volumesnapshotclasses", v) for v in ("get", "list", "watch")),
+            *(("volumesnapshotcontents", v) for v in ("get", "list", "watch", "update", "patch")),
+            ("volumesnapshotcontents/status", "update"),
+            ("volumesnapshotcontents/status", "patch"),
+        },
+    }
+    snapshotter = next(r for (k, n), r in roles.items() if n.endswith("-snapshotter"))
+    core = {
+        (res, verb)
+        for rule in snapshotter["rules"]
+        if rule["apiGroups"] == [""]
+        for res in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert core == {
+        ("secrets", "get"),
+        *(("events", v) for v in ("list", "watch", "create", "update", "patch")),
+    }
+    bound = {b["roleRef"]["name"] for b in docs if b["kind"] == "ClusterRoleBinding"}
+    assert snapshotter["metadata"]["name"] in bound
 
 
 def test_service_account_names() -> None:

@@ -24,6 +24,7 @@ from tests.chart.support import (
     rendered_text,
     supported_kube_versions,
     validate,
+    validate_volume_snapshot_class,
 )
 
 OLDEST, NEWEST = supported_kube_versions()
@@ -81,9 +82,50 @@ def test_every_document_validates(scenario: str, kube_version: str) -> None:
         if doc["kind"] == "ServiceMonitor":
             _validate_service_monitor(doc)
             continue
+        if doc["kind"] == "VolumeSnapshotClass":
+            # A CRD kubernetes-validate does not know: checked by hand (cluster-scoped).
+            validate_volume_snapshot_class(doc)
+            continue
         validate(doc, kube_version)
         if doc["kind"] not in ("CSIDriver", "StorageClass", "ClusterRole", "ClusterRoleBinding"):
             assert doc["metadata"]["namespace"] == NAMESPACE, doc["metadata"]["name"]
+
+
+_GOOD_CLASS: Doc = {
+    "apiVersion": "snapshot.storage.k8s.io/v1",
+    "kind": "VolumeSnapshotClass",
+    "metadata": {"name": "snaps"},
+    "driver": "smb-nfs.csi.io",
+    "deletionPolicy": "Delete",
+    "parameters": {"snapshotDir": "k8s/snaps"},
+}
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"deletionPolicy": "Keep"},
+        {"deletionPolicy": None},
+        {"driver": None},
+        {"parameters": {"snapshotDir": 1}},
+        {"parameters": ["snapshotDir"]},
+        {"apiVersion": "snapshot.storage.k8s.io/v1beta1"},
+        {"spec": {"driver": "smb-nfs.csi.io"}},
+        {"metadata": {"name": "snaps", "namespace": "kube-system"}},
+        {"metadata": {"name": "Snaps"}},
+    ],
+    ids=repr,
+)
+def test_snapshot_class_check_is_strict(change: dict[str, Any]) -> None:
+    validate_volume_snapshot_class(_GOOD_CLASS)
+    broken = copy.deepcopy(_GOOD_CLASS)
+    for key, value in change.items():
+        if value is None:
+            del broken[key]
+        else:
+            broken[key] = value
+    with pytest.raises(AssertionError):
+        validate_volume_snapshot_class(broken)
 
 
 def test_validator_is_strict() -> None:
@@ -134,6 +176,62 @@ def test_expected_objects_by_toggle() -> None:
     assert {d["kind"] for d in no_rbac}.isdisjoint(
         {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "ServiceAccount"}
     )
+    # Snapshots: one more ClusterRole and binding, and the classes asked for.
+    snapshots = documents(SCENARIOS["snapshots"])
+    assert sorted(d["kind"] for d in snapshots if d["kind"] != "PodDisruptionBudget") == sorted(
+        kinds + ["ClusterRole", "ClusterRoleBinding"] + ["VolumeSnapshotClass"] * 2
+    )
+    classes = {d["metadata"]["name"]: d for d in of_kind(snapshots, "VolumeSnapshotClass")}
+    assert set(classes) == {"smb-snapshots", "nfs-snapshots-kept"}
+    smb = classes["smb-snapshots"]
+    assert smb["deletionPolicy"] == "Delete"
+    assert smb["metadata"]["annotations"] == {
+        "snapshot.storage.kubernetes.io/is-default-class": "true"
+    }
+    assert smb["parameters"] == {
+        "csi.storage.k8s.io/snapshotter-secret-name": "smb-creds",
+        "csi.storage.k8s.io/snapshotter-secret-namespace": NAMESPACE,
+        "csi.storage.k8s.io/snapshotter-list-secret-name": "smb-creds",
+        "csi.storage.k8s.io/snapshotter-list-secret-namespace": NAMESPACE,
+    }
+    kept = classes["nfs-snapshots-kept"]
+    assert kept["deletionPolicy"] == "Retain"
+    assert kept["parameters"] == {"snapshotDir": "k8s/.archives"}
+    assert kept["metadata"]["labels"]["tier"] == "files"
+    assert kept["metadata"]["annotations"] == {"example.com/owner": "storage"}
+    # RBAC off: the snapshot roles go too, the sidecar stays.
+    no_rbac = documents({**SCENARIOS["snapshots"], "rbac": {"create": False}})
+    assert {d["kind"] for d in no_rbac}.isdisjoint({"ClusterRole", "ClusterRoleBinding"})
+
+
+def _snapshots_on(values: dict[str, Any]) -> bool:
+    return bool(values.get("snapshots", {}).get("enabled", False))
+
+
+@pytest.mark.parametrize("scenario", IDS)
+def test_nothing_of_snapshots_when_off(scenario: str) -> None:
+    values = SCENARIOS[scenario]
+    docs = documents(values)
+    text = rendered_text(values)
+    names = [
+        c["name"]
+        for w in docs
+        if w["kind"] in ("Deployment", "DaemonSet")
+        for c in w["spec"]["template"]["spec"]["containers"]
+    ]
+    rules = [r for d in docs if d["kind"].endswith("Role") for r in d["rules"]]
+    snapshot_rules = [r for r in rules if "snapshot.storage.k8s.io" in r["apiGroups"]]
+    if _snapshots_on(values):
+        assert "csi-snapshotter" in names
+        assert snapshot_rules
+        return
+    assert "csi-snapshotter" not in names
+    assert snapshot_rules == []
+    assert of_kind(docs, "VolumeSnapshotClass") == []
+    assert not [d for d in docs if d["metadata"]["name"].endswith("-snapshotter")]
+    assert "snapshot.storage.k8s.io" not in text
+    assert "csi-snapshotter" not in text
+    assert "snapshotter-secret" not in text
 
 
 def test_metrics_services_select_pods_that_expose_metrics() -> None:
@@ -199,6 +297,14 @@ def test_image_references() -> None:
     }
     for image in sidecars:
         assert image.rsplit(":", 1)[1].startswith("v"), image
+    snapshotter = {
+        c["image"]
+        for c in one(documents(SCENARIOS["snapshots"]), "Deployment")["spec"]["template"]["spec"][
+            "containers"
+        ]
+        if c["name"] == "csi-snapshotter"
+    }
+    assert snapshotter == {"registry.k8s.io/sig-storage/csi-snapshotter:v8.7.0"}
     assert "csi-driver-smb-nfs:0.1.0" in images
     assert "csi-driver-smb-nfs:0.1.0-windows-hostprocess" in images
     assert any(i.startswith("docker.io/democraticcsi/csi-grpc-proxy:v") for i in images)

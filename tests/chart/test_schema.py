@@ -27,7 +27,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "bad log format": {"log": {"format": "xml"}},
     "log level out of range": {"log": {"level": 11}},
     "bad pull policy": {"image": {"driver": {"pullPolicy": "Sometimes"}}},
-    "unknown image": {"image": {"csiSnapshotter": {"repository": "x", "tag": "v1"}}},
+    "unknown image": {"image": {"csiAttacher": {"repository": "x", "tag": "v1"}}},
     "bad port": {"controller": {"metricsPort": 70000}},
     "bad duration": {"controller": {"provisionerTimeout": "two minutes"}},
     "extra arg without a dash": {"controller": {"extraArgs": ["backend-workers=4"]}},
@@ -40,6 +40,28 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "demo secret without values": {"demoSecret": {"enabled": True}},
     "misspelt service monitor": {"metrics": {"servicemonitor": {"enabled": True}}},
     "resources typo": {"controller": {"resources": {"driver": {"limit": {"memory": "1Gi"}}}}},
+    "misspelt snapshots toggle": {"snapshots": {"enable": True}},
+    "misspelt snapshots key": {"snapshots": {"enabled": True, "volumeSnapshotClass": []}},
+    "snapshots enabled as a string": {"snapshots": {"enabled": "true"}},
+    "snapshot class without name": {"snapshots": {"volumeSnapshotClasses": [{"isDefault": True}]}},
+    "misspelt snapshot class key": {
+        "snapshots": {"volumeSnapshotClasses": [{"name": "s", "snapshotdir": "x"}]}
+    },
+    "bad deletionPolicy": {
+        "snapshots": {"volumeSnapshotClasses": [{"name": "s", "deletionPolicy": "delete"}]}
+    },
+    "absolute snapshotDir": {
+        "snapshots": {"volumeSnapshotClasses": [{"name": "s", "snapshotDir": "/snaps"}]}
+    },
+    "snapshotDir with a backslash": {
+        "snapshots": {"volumeSnapshotClasses": [{"name": "s", "snapshotDir": "k8s\\snaps"}]}
+    },
+    "snapshotDir with an empty part": {
+        "snapshots": {"volumeSnapshotClasses": [{"name": "s", "snapshotDir": "k8s//snaps"}]}
+    },
+    "bad snapshotter timeout": {"controller": {"snapshotterTimeout": "2 minutes"}},
+    "snapshot class as a string": {"snapshots": {"volumeSnapshotClasses": ["smb-snapshots"]}},
+    "bad snapshotter pull policy": {"image": {"csiSnapshotter": {"pullPolicy": "Sometimes"}}},
 }
 
 

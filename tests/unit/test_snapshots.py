@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 
 from controller import archive
 from controller.backend import Features, FileInfo
-from controller.service import ControllerService, decode_token, encode_token, temp_dir_for
+from controller.service import ControllerService, temp_dir_for
 from controller.snapshot_id import SnapshotId, parse_snapshot_id
+from controller.snapshots import decode_token, encode_token
 from controller.tree import TreeGuard
 from driver.csi import csi_pb2
 from driver.errors import (
