@@ -23,7 +23,16 @@ def runtime_python() -> str:
         stamp.touch()
     else:  # dependencies unchanged: refresh only the project's own code
         subprocess.run(
-            [str(python), "-m", "pip", "install", "-q", "--no-deps", "--force-reinstall", str(ROOT)],
+            [
+                str(python),
+                "-m",
+                "pip",
+                "install",
+                "-q",
+                "--no-deps",
+                "--force-reinstall",
+                str(ROOT),
+            ],
             check=True,
             cwd="/",
         )
