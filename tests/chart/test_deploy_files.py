@@ -204,7 +204,7 @@ def test_dockerfile() -> None:
     assert pyproject["project"]["readme"] in copied
 
     runs = " ".join(rest for k, rest in steps if k == "RUN")
-    for package in ("cifs-utils", "nfs-common", "libnfs13", "mount", "util-linux"):
+    for package in ("cifs-utils", "nfs-common", "libnfs13", "mount", "tini", "util-linux"):
         assert re.search(rf"(^|\s){re.escape(package)}(\s|$)", runs), package
     assert "--no-index" in runs  # the final stage installs only the builder's wheels
 
@@ -214,6 +214,12 @@ def test_dockerfile() -> None:
     assert "csi-smb-nfs" in pyproject["project"]["scripts"]
     controller = next(w for w in documents({}) if w["kind"] == "Deployment")
     assert controller["spec"]["template"]["spec"]["containers"][0]["command"] == ["csi-smb-nfs"]
+    # The Linux node runs under tini (installed above), which reaps orphaned mount helpers.
+    node = next(w for w in documents({}) if w["kind"] == "DaemonSet")  # Linux (Windows is off)
+    driver = next(
+        c for c in node["spec"]["template"]["spec"]["containers"] if c["name"] == "driver"
+    )
+    assert driver["command"] == ["tini", "--", "csi-smb-nfs"]
 
     # A numeric non-root user, the one the chart's controller runs as.
     (user,) = [rest for k, rest in steps if k == "USER"]
