@@ -7,8 +7,9 @@ to answer ALREADY_EXISTS when a name comes back with different parameters,
 the snapshot areas seen (for an unfiltered ListSnapshots) and the running
 copy jobs (``controller.jobs``).
 
-The snapshot RPCs delegate to ``controller.snapshots``.  Restores and clones fill ``.csi-tmp-<hash>`` beside the new volume's
-directory and rename it into place when complete, so a volume directory
+The snapshot RPCs delegate to ``controller.snapshots``.  Restores and
+clones fill ``.csi-tmp-<hash>`` beside the new volume's directory and
+rename it into place when complete, so a volume directory
 that exists is always whole; a failed or refused attempt removes the
 temporary directory, and a retry starts again from scratch.
 """

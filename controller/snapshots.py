@@ -261,7 +261,9 @@ class Snapshots:
         log.info("snapshot deleted", archive=sid.archive, existed=info is not None)
         return csi_pb2.DeleteSnapshotResponse()
 
-    async def list_page(self, request: csi_pb2.ListSnapshotsRequest) -> csi_pb2.ListSnapshotsResponse:
+    async def list_page(
+        self, request: csi_pb2.ListSnapshotsRequest
+    ) -> csi_pb2.ListSnapshotsResponse:
         if request.max_entries < 0:
             raise InvalidArgument("max_entries: must not be negative")
         start = decode_token(request.starting_token) if request.starting_token else None
