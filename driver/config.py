@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import socket
 from dataclasses import dataclass
@@ -50,7 +51,8 @@ def parse_endpoint(text: str) -> Endpoint:
             raise InvalidArgument(f"endpoint {text!r}: use unix:///absolute/path")
         if "\x00" in path:
             raise InvalidArgument("endpoint: NUL in socket path")
-        return Endpoint("unix", path=path)
+        # grpc only takes absolute unix:// paths: resolve ./relative ones here.
+        return Endpoint("unix", path=os.path.abspath(path))
     if text.startswith("tcp://"):
         host, port = parse_host_port(text[len("tcp://") :].rstrip("/"), what="endpoint")
         if port is None:

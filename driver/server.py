@@ -155,7 +155,11 @@ async def serve(config: Config, plugins: Sequence[ServicePlugin] | None = None) 
         except NotImplementedError:  # Windows: no signal handlers on the loop
             _install_fallback_signal_handlers(loop, stop)
             break
-    await driver.start()
+    try:
+        await driver.start()
+    except BaseException:
+        await driver.server.stop(None)  # release grpc's resources before the loop closes
+        raise
     try:
         await stop.wait()
         log.info("signal received, stopping", grace_seconds=config.grace_period)
