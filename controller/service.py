@@ -146,7 +146,8 @@ def temp_dir_for(volume_dir: str) -> str:
 
 
 class ControllerService(csi_pb2_grpc.ControllerServicer):
-    def __init__(self, backends: BackendFactory) -> None:
+    def __init__(self, backends: BackendFactory, *, archive_workers: int = ARCHIVE_WORKERS) -> None:
+        self._archive_workers = archive_workers
         self._backends = backends
         self._locks = VolumeLocks()
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
@@ -191,7 +192,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
-                max_workers=ARCHIVE_WORKERS, thread_name_prefix="archive"
+                max_workers=self._archive_workers, thread_name_prefix="archive"
             )
         return self._executor
 
@@ -552,9 +553,9 @@ class ControllerPlugin:
 
     name = "controller"
 
-    def __init__(self, backends: BackendFactory) -> None:
+    def __init__(self, backends: BackendFactory, *, archive_workers: int = ARCHIVE_WORKERS) -> None:
         self.backends = backends
-        self.service = ControllerService(backends)
+        self.service = ControllerService(backends, archive_workers=archive_workers)
 
     def register(self, server: grpc.aio.Server) -> None:
         csi_pb2_grpc.add_ControllerServicer_to_server(self.service, server)
@@ -570,4 +571,4 @@ class ControllerPlugin:
 def build(config: Config) -> ControllerPlugin:
     from controller.backends import ShareBackends
 
-    return ControllerPlugin(ShareBackends(config))
+    return ControllerPlugin(ShareBackends(config), archive_workers=config.backend_workers)

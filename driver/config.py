@@ -80,9 +80,14 @@ class Config:
     grace_period: float = 30.0
     # Controller: bounds for user-space share clients.
     backend_timeout: float = 30.0
-    backend_workers: int = 16
+    backend_workers: int = 4  # archive (tar/gzip) threads for snapshots and clones
     # Node: bound on one mount/unmount command.
     mount_timeout: float = 110.0
+    # Node: bound on one health/stats probe of a mounted volume.
+    health_timeout: float = 5.0
+    # Windows node: SMB encryption for global mappings; read-only requests.
+    windows_require_privacy: bool = True
+    windows_read_only: Literal["refuse", "warn"] = "refuse"
 
     @property
     def runs_controller(self) -> bool:
@@ -120,7 +125,28 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="controller: timeout of one SMB/NFS operation, seconds",
     )
     parser.add_argument(
-        "--backend-workers", type=int, default=16, help="controller: threads for blocking SMB calls"
+        "--backend-workers",
+        type=int,
+        default=4,
+        help="controller: threads for snapshot/clone archive work (tar, gzip)",
+    )
+    parser.add_argument(
+        "--health-timeout",
+        type=float,
+        default=5.0,
+        help="node: seconds a health/stats probe of a mount may take before it is abnormal",
+    )
+    parser.add_argument(
+        "--windows-require-privacy",
+        choices=("true", "false"),
+        default="true",
+        help="Windows node: New-SmbGlobalMapping -RequirePrivacy (SMB encryption)",
+    )
+    parser.add_argument(
+        "--windows-read-only",
+        choices=("refuse", "warn"),
+        default="refuse",
+        help="Windows node: read-only requests (a symlink cannot be read-only)",
     )
     parser.add_argument(
         "--mount-timeout",
@@ -150,11 +176,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         ("--grace-period", args.grace_period),
         ("--backend-timeout", args.backend_timeout),
         ("--mount-timeout", args.mount_timeout),
+        ("--health-timeout", args.health_timeout),
     ):
         if not 0 < value <= 3600:
             raise InvalidArgument(f"{flag}: must be in (0, 3600] seconds")
-    if not 1 <= args.backend_workers <= 512:
-        raise InvalidArgument("--backend-workers: must be between 1 and 512")
+    if not 1 <= args.backend_workers <= 64:
+        raise InvalidArgument("--backend-workers: must be between 1 and 64")
     return Config(
         endpoint=endpoint,
         mode=args.mode,
@@ -167,4 +194,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         backend_timeout=args.backend_timeout,
         backend_workers=args.backend_workers,
         mount_timeout=args.mount_timeout,
+        health_timeout=args.health_timeout,
+        windows_require_privacy=args.windows_require_privacy == "true",
+        windows_read_only=args.windows_read_only,
     )

@@ -462,7 +462,7 @@ class LinuxPlatform:
         runner: CommandRunner | None = None,
         host: HostView | None = None,
         secrets_dir: str = SECRETS_DIR,
-        probe_timeout: float = PROBE_TIMEOUT,
+        probe_timeout: float | None = None,
         unmount_timeout: float | None = None,
     ) -> None:
         self._runner: CommandRunner = runner if runner is not None else AsyncioRunner()
@@ -474,7 +474,7 @@ class LinuxPlatform:
             if unmount_timeout is not None
             else min(config.mount_timeout, UNMOUNT_TIMEOUT)
         )
-        self._probe_timeout = probe_timeout
+        self._probe_timeout = probe_timeout if probe_timeout is not None else config.health_timeout
         self._probes = Prober()
 
     # -- paths -----------------------------------------------------------

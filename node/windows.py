@@ -421,7 +421,11 @@ class WindowsSettings:
 
     @classmethod
     def from_config(cls, config: Config) -> WindowsSettings:
-        return cls(map_timeout=config.mount_timeout)
+        return cls(
+            map_timeout=config.mount_timeout,
+            require_privacy=config.windows_require_privacy,
+            read_only=config.windows_read_only,
+        )
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,12 +112,12 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         },
         "log": {"level": 4, "format": "text"},
         "controller": {
-            "extraArgs": ["--backend-workers=4", "--backend-timeout=45"],
+            "extraArgs": ["--backend-workers=8", "--backend-timeout=45"],
             "snapshotterExtraArgs": ["--worker-threads=4", "--kube-api-qps=20"],
             "hostNetwork": True,
             "dnsPolicy": "ClusterFirstWithHostNet",
         },
-        "linux": {"extraArgs": ["--mount-timeout=60"]},
+        "linux": {"extraArgs": ["--mount-timeout=60", "--health-timeout=3"]},
         "windows": {"enabled": True, "extraArgs": ["--grace-period=20"], "driverPort": 10123},
         "metrics": {"bindAddress": "::"},
         "image": {

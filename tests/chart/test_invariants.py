@@ -91,9 +91,10 @@ def test_extra_args_reach_the_driver() -> None:
     controller = next(w for n, w in by_name.items() if n.endswith("-controller"))
     linux = next(w for n, w in by_name.items() if n.endswith("-node"))
     windows = next(w for n, w in by_name.items() if n.endswith("-node-win"))
-    assert _driver_config(controller).backend_workers == 4
+    assert _driver_config(controller).backend_workers == 8
     assert _driver_config(controller).backend_timeout == 45
     assert _driver_config(linux).mount_timeout == 60
+    assert _driver_config(linux).health_timeout == 3
     assert _driver_config(windows).grace_period == 20
     assert _driver_config(controller).metrics_address == ("::", 29654)
 

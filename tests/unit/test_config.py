@@ -111,3 +111,29 @@ def test_bad_flag_exits_2_with_message() -> None:
     )
     assert proc.returncode == 2
     assert "invalid choice" in proc.stderr
+
+
+def test_node_and_windows_flags() -> None:
+    cfg = _config(
+        "--health-timeout",
+        "2.5",
+        "--windows-require-privacy",
+        "false",
+        "--windows-read-only",
+        "warn",
+        "--backend-workers",
+        "8",
+    )
+    assert cfg.health_timeout == 2.5
+    assert cfg.windows_require_privacy is False
+    assert cfg.windows_read_only == "warn"
+    assert cfg.backend_workers == 8
+    from node.linux import LinuxPlatform
+    from node.windows import WindowsSettings
+
+    assert LinuxPlatform(cfg)._probe_timeout == 2.5
+    settings = WindowsSettings.from_config(cfg)
+    assert settings.require_privacy is False
+    assert settings.read_only == "warn"
+    with pytest.raises(InvalidArgument):
+        _config("--health-timeout", "0")
