@@ -21,16 +21,14 @@ paths (``driver.paths``), so no ID can point outside its share.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import quote, unquote
 
 from driver import paths
 from driver.errors import InvalidArgument
-from driver.source import PROTOCOLS, Source, parse_host_port
-from driver.volume_id import ON_DELETE, OnDelete, VolumeId
+from driver.source import Source
+from driver.volume_id import ON_DELETE, OnDelete, VolumeId, decode_id, encode_id
 
 VERSION = "s1"
 ARCHIVE_SUFFIX = ".tar.gz"
-_SAFE = "/:[]=,.-_~@+"
 
 
 def inside(path: str, directory: str) -> bool:
@@ -73,66 +71,20 @@ class SnapshotId:
         return VolumeId(self.source, self.source_dir, self.source_on_delete, self.options)
 
     def format(self) -> str:
-        fields = [
-            VERSION,
-            self.source.protocol,
-            self.source.host_port,
-            self.source.share,
-            self.archive,
-            self.source_dir,
-            self.source_on_delete,
-        ]
-        if self.options:
-            fields.append(",".join(f"{k}={v}" for k, v in self.options))
-        return "#".join(quote(f, safe=_SAFE) for f in fields)
+        middle = (self.archive, self.source_dir, self.source_on_delete)
+        return encode_id(VERSION, self.source, middle, self.options)
 
     def __str__(self) -> str:
         return self.format()
 
 
-def _share(protocol: str, text: str) -> str:
-    if protocol == "smb":
-        return paths.check_component(text, what="snapshot ID share")
-    if not text.startswith("/"):
-        raise InvalidArgument("snapshot ID: NFS export must be absolute")
-    if text != "/":
-        paths.safe_relpath(text[1:], what="snapshot ID export")
-    return text
-
-
 def parse_snapshot_id(text: str) -> SnapshotId:
     """Parse a snapshot ID; InvalidArgument for anything malformed."""
-    if len(text) > 4096:
-        raise InvalidArgument("snapshot ID: too long")
-    raw = text.split("#")
-    if len(raw) not in (7, 8) or raw[0] != VERSION:
-        raise InvalidArgument("snapshot ID: not an s1 csi-driver-smb-nfs snapshot ID")
-    try:
-        fields = [unquote(f, errors="strict") for f in raw]
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument("snapshot ID: invalid percent-encoding") from exc
-    _, protocol, hostport, share, archive, source_dir, on_delete, *rest = fields
-    if protocol not in PROTOCOLS:
-        raise InvalidArgument(f"snapshot ID: unknown protocol {protocol!r}")
-    server, port = parse_host_port(hostport, what="snapshot ID")
-    options: list[tuple[str, str]] = []
-    if rest:
-        if not rest[0]:
-            raise InvalidArgument("snapshot ID: empty options field")
-        for item in rest[0].split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise InvalidArgument("snapshot ID: options must be key=value")
-            options.append((key, value))
+    decoded = decode_id(text, version=VERSION, middle=3, what="snapshot ID")
+    archive, source_dir, on_delete = decoded.middle
     if on_delete not in ON_DELETE:
         raise InvalidArgument(f"snapshot ID: onDelete {on_delete!r} is not valid")
-    sid = SnapshotId(
-        source=Source(protocol, server, port, _share(protocol, share)),
-        archive=archive,
-        source_dir=source_dir,
-        source_on_delete=on_delete,
-        options=tuple(options),
-    )
+    sid = SnapshotId(decoded.source, archive, source_dir, on_delete, decoded.options)
     if sid.format() != text:
         raise InvalidArgument("snapshot ID: not in canonical form")
     return sid

@@ -22,6 +22,7 @@ accepted, and ``dir`` must be a clean relative path (see ``driver.paths``).
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 from urllib.parse import quote, unquote
@@ -63,64 +64,80 @@ class VolumeId:
         return dict(self.options).get(key)
 
     def format(self) -> str:
-        fields = [
-            VERSION,
-            self.source.protocol,
-            self.source.host_port,
-            self.source.share,
-            self.dir,
-            self.on_delete,
-        ]
-        if self.options:
-            fields.append(",".join(f"{k}={v}" for k, v in self.options))
-        return "#".join(quote(f, safe=_SAFE) for f in fields)
+        return encode_id(VERSION, self.source, (self.dir, self.on_delete), self.options)
 
     def __str__(self) -> str:
         return self.format()
 
 
-def _share(protocol: str, text: str) -> str:
+# -- the field codec shared by volume and snapshot IDs ---------------------------
+
+
+def encode_id(
+    version: str, source: Source, middle: Sequence[str], options: Sequence[tuple[str, str]]
+) -> str:
+    """``version#protocol#server[:port]#share#<middle...>[#k=v,...]``, each
+    field percent-encoded."""
+    fields = [version, source.protocol, source.host_port, source.share, *middle]
+    if options:
+        fields.append(",".join(f"{k}={v}" for k, v in options))
+    return "#".join(quote(f, safe=_SAFE) for f in fields)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedId:
+    source: Source
+    middle: list[str]
+    options: tuple[tuple[str, str], ...]
+
+
+def _share(protocol: str, text: str, what: str) -> str:
     if protocol == "smb":
-        return paths.check_component(text, what="volume ID share")
+        return paths.check_component(text, what=f"{what} share")
     if not text.startswith("/"):
-        raise InvalidArgument("volume ID: NFS export must be absolute")
+        raise InvalidArgument(f"{what}: NFS export must be absolute")
     if text != "/":
-        paths.safe_relpath(text[1:], what="volume ID export")
+        paths.safe_relpath(text[1:], what=f"{what} export")
     return text
+
+
+def decode_id(text: str, *, version: str, middle: int, what: str) -> DecodedId:
+    """Split and decode an ID written by :func:`encode_id` with ``middle``
+    fields between the share and the options.  The caller validates the
+    middle fields and checks that the ID is in canonical form."""
+    if len(text) > 4096:
+        raise InvalidArgument(f"{what}: too long")
+    raw = text.split("#")
+    if len(raw) not in (4 + middle, 5 + middle) or raw[0] != version:
+        raise InvalidArgument(f"{what}: not a {version} csi-driver-smb-nfs ID")
+    try:
+        fields = [unquote(f, errors="strict") for f in raw]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{what}: invalid percent-encoding") from exc
+    protocol, hostport, share = fields[1:4]
+    if protocol not in PROTOCOLS:
+        raise InvalidArgument(f"{what}: unknown protocol {protocol!r}")
+    server, port = parse_host_port(hostport, what=what)
+    options: list[tuple[str, str]] = []
+    if len(fields) == 5 + middle:
+        if not fields[-1]:
+            raise InvalidArgument(f"{what}: empty options field")
+        for item in fields[-1].split(","):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InvalidArgument(f"{what}: options must be key=value")
+            options.append((key, value))
+    source = Source(protocol, server, port, _share(protocol, share, what))
+    return DecodedId(source, fields[4 : 4 + middle], tuple(options))
 
 
 def parse_volume_id(text: str) -> VolumeId:
     """Parse a volume ID; InvalidArgument for anything malformed."""
-    if len(text) > 4096:
-        raise InvalidArgument("volume ID: too long")
-    raw = text.split("#")
-    if len(raw) not in (6, 7) or raw[0] != VERSION:
-        raise InvalidArgument("volume ID: not a v1 csi-driver-smb-nfs volume ID")
-    try:
-        fields = [unquote(f, errors="strict") for f in raw]
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument("volume ID: invalid percent-encoding") from exc
-    _, protocol, hostport, share, directory, on_delete, *rest = fields
-    if protocol not in PROTOCOLS:
-        raise InvalidArgument(f"volume ID: unknown protocol {protocol!r}")
-    server, port = parse_host_port(hostport, what="volume ID")
-    options: list[tuple[str, str]] = []
-    if rest:
-        if not rest[0]:
-            raise InvalidArgument("volume ID: empty options field")
-        for item in rest[0].split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise InvalidArgument("volume ID: options must be key=value")
-            options.append((key, value))
+    decoded = decode_id(text, version=VERSION, middle=2, what="volume ID")
+    directory, on_delete = decoded.middle
     if on_delete not in ON_DELETE:
         raise InvalidArgument(f"volume ID: onDelete {on_delete!r} is not valid")
-    vid = VolumeId(
-        source=Source(protocol, server, port, _share(protocol, share)),
-        dir=directory,
-        on_delete=on_delete,
-        options=tuple(options),
-    )
+    vid = VolumeId(decoded.source, directory, on_delete, decoded.options)
     if vid.format() != text:
         # Reject alternative spellings (extra encoding, default port...): one
         # volume has exactly one ID, so idempotency checks can compare strings.
