@@ -67,6 +67,7 @@ from driver.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
+    first_error,
 )
 
 log = logging.getLogger(__name__)
@@ -809,23 +810,6 @@ def _copy_error(exc: DriverError) -> DriverError:
     return type(exc)(exc.message)
 
 
-def _first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to raise for a failed task group: its first domain error,
-    else its first exception (nested groups flattened)."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            stack[:0] = list(exc.exceptions)
-        else:
-            leaves.append(exc)
-    for exc in leaves:
-        if isinstance(exc, DriverError):
-            return exc
-    return leaves[0] if leaves else Internal("nfs: empty error group")
-
-
 # -- the backend ------------------------------------------------------------
 
 
@@ -1061,7 +1045,7 @@ class NfsBackend:
                         else:
                             tg.create_task(self._unlink(nfs, child))
             except BaseExceptionGroup as group:
-                raise _first_error(group) from None
+                raise first_error(group) from None
         # Something keeps adding entries; let rmdir report ENOTEMPTY.
 
     async def _remove_subdir(self, nfs: NfsContext, path: str, mode: int) -> None:

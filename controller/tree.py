@@ -30,7 +30,7 @@ from typing import Final
 
 from controller.backend import FileInfo, FileKind, FileShareBackend
 from driver import paths
-from driver.errors import DriverError, FailedPrecondition, Internal, NotFound
+from driver.errors import DriverError, FailedPrecondition, NotFound, first_error
 
 log = logging.getLogger(__name__)
 
@@ -221,23 +221,6 @@ async def _walk_dir(
                 backend, root, child, [*ancestors, info.file_id], guard, loops=loops
             ):
                 yield node
-
-
-def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
-    """The error to raise for a failed task group: its first domain error,
-    else its first exception (nested groups flattened)."""
-    leaves: list[BaseException] = []
-    stack: list[BaseException] = [group]
-    while stack:
-        exc = stack.pop(0)
-        if isinstance(exc, BaseExceptionGroup):
-            stack[:0] = list(exc.exceptions)
-        else:
-            leaves.append(exc)
-    for exc in leaves:
-        if isinstance(exc, DriverError):
-            return exc
-    return leaves[0] if leaves else Internal("empty error group")
 
 
 async def copy_tree(backend: FileShareBackend, src: str, dst: str) -> TreeStats:

@@ -73,3 +73,20 @@ class ResourceExhausted(DriverError):
 
 class Internal(DriverError):
     code = "INTERNAL"
+
+
+def first_error(group: BaseExceptionGroup[BaseException]) -> BaseException:
+    """The error to raise for a failed task group: its first domain error,
+    else its first exception (nested groups flattened)."""
+    leaves: list[BaseException] = []
+    stack: list[BaseException] = [group]
+    while stack:
+        exc = stack.pop(0)
+        if isinstance(exc, BaseExceptionGroup):
+            stack[:0] = list(exc.exceptions)
+        else:
+            leaves.append(exc)
+    for exc in leaves:
+        if isinstance(exc, DriverError):
+            return exc
+    return leaves[0] if leaves else Internal("empty error group")
