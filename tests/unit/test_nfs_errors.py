@@ -15,7 +15,6 @@ from controller import libnfs
 from controller.nfs import (
     ConnectionLost,
     NfsBackend,
-    _first_error,
     _rpc_failure,
     check_share_path,
     errno_to_error,
@@ -32,6 +31,7 @@ from driver.errors import (
     PermissionDenied,
     ResourceExhausted,
     Unavailable,
+    first_error,
 )
 
 # -- errno → domain error ---------------------------------------------------------
@@ -135,8 +135,8 @@ def test_first_error_prefers_domain_errors() -> None:
     boom = RuntimeError("boom")
     denied = PermissionDenied("no")
     group = BaseExceptionGroup("g", [boom, ExceptionGroup("inner", [denied])])
-    assert _first_error(group) is denied
-    assert _first_error(BaseExceptionGroup("g", [boom])) is boom
+    assert first_error(group) is denied
+    assert first_error(BaseExceptionGroup("g", [boom])) is boom
 
 
 # -- path defence -----------------------------------------------------------------
