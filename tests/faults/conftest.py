@@ -5,9 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 import shutil
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,8 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from tests.harness import ROOT, wait_for_socket
-from tests.secret_scan import watch_log_file
+from tests.harness import driver_process
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.samba import APT_HINT, SambaServer, Share
 
@@ -56,7 +53,7 @@ def nfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
 
 @dataclass
 class Driver:
-    proc: subprocess.Popen[bytes]
+    proc: subprocess.Popen[str]
     endpoint: str
     log_path: Path
 
@@ -96,36 +93,7 @@ class Driver:
 @pytest.fixture
 def driver(tmp_path: Path) -> Iterator[Driver]:
     """``csi-smb-nfs serve --mode controller`` with short backend timeouts."""
-    sock = tmp_path / "csi.sock"
-    log_path = watch_log_file(tmp_path / "driver.log")
-    with log_path.open("wb") as log_file:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "driver",
-                "serve",
-                "--mode",
-                "controller",
-                "--endpoint",
-                f"unix://{sock}",
-                "--backend-timeout",
-                "3",
-                "-v",
-                "2",
-            ],
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            cwd=ROOT,
-        )
-    try:
-        wait_for_socket(sock, proc)
-        yield Driver(proc, f"unix://{sock}", log_path)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with driver_process(
+        tmp_path, "--mode", "controller", "--backend-timeout", "3", "-v", "2"
+    ) as drv:
+        yield Driver(drv.proc, drv.endpoint, drv.log_path)
