@@ -8,13 +8,11 @@ unless every expected inside test ran and passed (no silent skips).
 
 from __future__ import annotations
 
-import os
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.uml.guest import GuestSetupError, ensure_setup, run_in_guest
+from tests.e2e.inside_run import check_junit, run_inside
 from tests.secret_scan import register_secret
 
 pytestmark = pytest.mark.e2e
@@ -33,38 +31,6 @@ EXPECTED = {
 
 
 def test_node_in_guest(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the UML testbed needs root")
-    try:
-        ensure_setup()
-    except GuestSetupError as exc:
-        pytest.fail(str(exc))
-    junit = tmp_path / "junit.xml"
-    res = run_in_guest(
-        [
-            ".venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
-            "-s", "--timeout=240", INSIDE, f"--junitxml={junit}",
-        ],
-        workdir=tmp_path,
-        samba=True,
-        nfs=True,
-        env={"SMB_PASSWORD": PASSWORD, "CSI_E2E_INSIDE": "1"},
-        timeout=400,
-    )  # fmt: skip
-    print(f"guest: exit {res.returncode}, {res.duration:.1f} s")
-    tail = res.output[-8000:].replace(PASSWORD, "***")
+    res, tail = run_inside(INSIDE, tmp_path, password=PASSWORD, pytest_timeout=240, timeout=400)
     assert res.returncode == 0, f"guest pytest exit {res.returncode}:\n{tail}"
-    assert junit.exists(), f"no junit report from the guest:\n{tail}"
-    cases = ET.parse(junit).getroot().iter("testcase")  # noqa: S314 - our own guest wrote it
-    ran: dict[str, str] = {}
-    for case in cases:
-        outcome = "passed"
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                outcome = child.tag
-        ran[case.get("name", "")] = outcome
-    assert ran, f"the guest ran no test:\n{tail}"
-    not_passed = {k: v for k, v in ran.items() if v != "passed"}
-    assert not not_passed, f"inside tests not passed: {not_passed}\n{tail}"
-    missing = EXPECTED - set(ran)
-    assert not missing, f"inside tests did not run: {sorted(missing)} (ran: {sorted(ran)})"
+    check_junit(tmp_path / "junit.xml", EXPECTED, tail)

@@ -12,16 +12,14 @@ are copied to ``bench-results/``.
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import shutil
-import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import pytest
 
 from tests.bench.common import RESULTS
-from tests.e2e.uml.guest import GuestSetupError, ensure_setup, run_in_guest
+from tests.e2e.inside_run import check_junit, run_inside
 from tests.secret_scan import register_secret, watch_log_file
 
 pytestmark = pytest.mark.e2e
@@ -40,26 +38,15 @@ FIGURES = "faults-node.json"
 
 
 def test_node_faults_in_guest(tmp_path: Path) -> None:
-    if getattr(os, "geteuid", lambda: -1)() != 0:  # (no geteuid: not Linux)
-        pytest.skip("the UML testbed needs root on Linux")
-    try:
-        ensure_setup()
-    except GuestSetupError as exc:
-        pytest.fail(str(exc))
     junit = tmp_path / "junit.xml"
-    res = run_in_guest(
-        [
-            ".venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q", "-rA",
-            "-s", "--timeout=120", INSIDE, f"--junitxml={junit}",
-        ],
-        workdir=tmp_path,
-        samba=True,
-        nfs=True,
-        env={"SMB_PASSWORD": PASSWORD, "CSI_E2E_INSIDE": "1", "BENCH_RESULTS": str(tmp_path)},
+    res, tail = run_inside(
+        INSIDE,
+        tmp_path,
+        password=PASSWORD,
+        pytest_timeout=120,
         timeout=240,
-    )  # fmt: skip
-    print(f"guest: exit {res.returncode}, {res.duration:.1f} s")
-    tail = res.output[-8000:].replace(PASSWORD, "***")
+        env={"BENCH_RESULTS": str(tmp_path)},
+    )
 
     # The secret scan first: a failure message must not carry the password.
     logs = sorted((tmp_path / "driver-logs").glob("*.log"))
@@ -71,21 +58,8 @@ def test_node_faults_in_guest(tmp_path: Path) -> None:
         assert PASSWORD not in junit.read_text(errors="replace"), "the junit report holds it"
 
     assert res.returncode == 0, f"guest pytest exit {res.returncode}:\n{tail}"
-    assert junit.exists(), f"no junit report from the guest:\n{tail}"
     assert len(logs) >= 5, f"driver logs missing: {[p.name for p in logs]}"
-    cases = ET.parse(junit).getroot().iter("testcase")  # noqa: S314 - our own guest wrote it
-    ran: dict[str, str] = {}
-    for case in cases:
-        outcome = "passed"
-        for child in case:
-            if child.tag in ("failure", "error", "skipped"):
-                outcome = child.tag
-        ran[case.get("name", "")] = outcome
-    assert ran, f"the guest ran no test:\n{tail}"
-    not_passed = {k: v for k, v in ran.items() if v != "passed"}
-    assert not not_passed, f"inside tests not passed: {not_passed}\n{tail}"
-    missing = EXPECTED - set(ran)
-    assert not missing, f"inside tests did not run: {sorted(missing)} (ran: {sorted(ran)})"
+    check_junit(junit, EXPECTED, tail)
 
     produced = tmp_path / FIGURES
     assert produced.exists(), f"no {FIGURES} from the guest"

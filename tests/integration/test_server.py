@@ -120,11 +120,19 @@ async def test_sigterm_lets_in_flight_rpc_finish(tmp_path: Path) -> None:
         in_flight = asyncio.ensure_future(client.controller.CreateVolume(_create("vol-b")))
         await wait_until(lambda: share.in_flight == 1)
         os.kill(os.getpid(), signal.SIGTERM)
-        await asyncio.sleep(0.2)
-        # New calls are refused while the old one drains.
-        with pytest.raises(grpc.aio.AioRpcError) as err:
-            await client.identity.Probe(csi_pb2.ProbeRequest(), timeout=2)
-        assert err.value.code() == grpc.StatusCode.UNAVAILABLE
+
+        async def probe_code() -> grpc.StatusCode:
+            try:
+                await client.identity.Probe(csi_pb2.ProbeRequest(), timeout=2)
+            except grpc.aio.AioRpcError as err:
+                return err.code()
+            return grpc.StatusCode.OK
+
+        # New calls are refused (once the signal is handled) while the old one drains.
+        deadline = asyncio.get_running_loop().time() + 10
+        while (code := await probe_code()) == grpc.StatusCode.OK:
+            assert asyncio.get_running_loop().time() < deadline, "SIGTERM was not handled"
+        assert code == grpc.StatusCode.UNAVAILABLE
         assert not server_task.done()
         share.hold.set()
         response = await in_flight
