@@ -246,7 +246,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         else:
             created = await self._populate(backend, key, params, origin, context)
         self._remember(request.name, fingerprint, vid)
-        log.info("volume ready", volume_id=vid, created=created)
+        rpc.report(volume_id=vid, created=created)
         context_map = {
             CTX_PROTOCOL: root.protocol,
             CTX_SOURCE: str(root),

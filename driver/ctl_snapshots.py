@@ -77,8 +77,7 @@ def _list(args: argparse.Namespace, stubs: Stubs) -> Any:
     while True:  # every page
         response = stubs.controller.ListSnapshots(request, timeout=args.timeout)
         entries += [
-            json_format.MessageToDict(e, preserving_proto_field_name=True)
-            for e in response.entries
+            json_format.MessageToDict(e, preserving_proto_field_name=True) for e in response.entries
         ]
         if not response.next_token:
             return {"entries": entries}

@@ -1,5 +1,11 @@
 """The one error boundary of the gRPC server.
 
+It wraps every unary handler once, when the services are registered
+(``ErrorBoundary.registrar``), rather than running as a grpc.aio server
+interceptor: an interceptor is awaited on every call and builds a new
+method handler each time, which measured 0.03-0.09 ms per call here, a
+sizeable share of a sub-millisecond CreateVolume.
+
 For every unary RPC it: binds the request context for logging, runs the
 handler, maps domain errors to gRPC codes (anything unexpected becomes
 INTERNAL without leaking internals), scrubs secrets from the error text,
@@ -12,8 +18,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, cast
 
 import grpc
 import structlog
@@ -50,26 +56,24 @@ def _short(full_method: str) -> str:
     return full_method.rsplit("/", 1)[-1]
 
 
-class ErrorBoundary(grpc.aio.ServerInterceptor):
+class ErrorBoundary:
     def __init__(self, metrics: Metrics | None = None) -> None:
         self._metrics = metrics
 
-    async def intercept_service(
-        self,
-        continuation: Callable[
-            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler[Any, Any] | None]
-        ],
-        handler_call_details: grpc.HandlerCallDetails,
-    ) -> grpc.RpcMethodHandler[Any, Any] | None:
-        handler = await continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler  # unknown method (grpc answers UNIMPLEMENTED) or streaming
-        method = _short(handler_call_details.method)
+    def registrar(self, server: grpc.aio.Server) -> grpc.aio.Server:
+        """A stand-in for ``server`` for the generated ``add_*_to_server``
+        functions: the handlers they register reach ``server`` wrapped."""
+        return cast(grpc.aio.Server, _Registrar(self, server))
+
+    def wrap_handler(
+        self, full_method: str, handler: grpc.RpcMethodHandler[Any, Any]
+    ) -> grpc.RpcMethodHandler[Any, Any]:
+        if handler.unary_unary is None:
+            return handler  # streaming: the CSI services have none
         # grpc.aio hands coroutine functions here; the stubs type them as sync.
         behavior: Behavior = handler.unary_unary  # type: ignore[assignment]
-        wrapped = self._wrap(method, behavior)
         return grpc.unary_unary_rpc_method_handler(
-            wrapped,
+            self._wrap(_short(full_method), behavior),
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
@@ -112,6 +116,7 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
                 elapsed = time.perf_counter() - start
                 info = rpc.current()
                 protocol = info.protocol if info else ""
+                outcome = info.outcome if info else None
                 rpc.end(token)
                 if message and isinstance(request, Message):
                     message = redact.scrub(message, redact.secret_values(request))
@@ -122,6 +127,7 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
                     message=message,
                     elapsed=elapsed,
                     request=request,
+                    outcome=outcome,
                 )
                 if metrics is not None:
                     metrics.observe(method, code, protocol or "none", elapsed)
@@ -134,7 +140,14 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
 
     @staticmethod
     def _log(
-        method: str, *, quiet: bool, code: str, message: str, elapsed: float, request: Any
+        method: str,
+        *,
+        quiet: bool,
+        code: str,
+        message: str,
+        elapsed: float,
+        request: Any,
+        outcome: dict[str, object] | None = None,
     ) -> None:
         if code == "OK":
             level = logging.DEBUG if quiet else logging.INFO
@@ -149,4 +162,50 @@ class ErrorBoundary(grpc.aio.ServerInterceptor):
             fields["request"] = redact.redact(request)
         if message:
             fields["error"] = message
+        if outcome:
+            fields.update(outcome)
         log.log(level, "rpc", **fields)
+
+
+class _Registrar:
+    """Receives the generated code's registrations and forwards them wrapped."""
+
+    def __init__(self, boundary: ErrorBoundary, server: grpc.aio.Server) -> None:
+        self._boundary = boundary
+        self._server = server
+
+    def add_generic_rpc_handlers(self, handlers: Sequence[grpc.GenericRpcHandler]) -> None:
+        self._server.add_generic_rpc_handlers(
+            [_WrappedGeneric(self._boundary, h) for h in handlers]
+        )
+
+    def add_registered_method_handlers(
+        self, service: str, handlers: Mapping[str, grpc.RpcMethodHandler[Any, Any]]
+    ) -> None:
+        self._server.add_registered_method_handlers(
+            service,
+            {
+                name: self._boundary.wrap_handler(f"/{service}/{name}", handler)
+                for name, handler in handlers.items()
+            },
+        )
+
+
+class _WrappedGeneric(grpc.GenericRpcHandler):
+    """A generic handler whose method handlers are wrapped once each, then reused."""
+
+    def __init__(self, boundary: ErrorBoundary, inner: grpc.GenericRpcHandler) -> None:
+        self._boundary = boundary
+        self._inner = inner
+        self._cache: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+
+    def service(
+        self, handler_call_details: grpc.HandlerCallDetails
+    ) -> grpc.RpcMethodHandler[Any, Any] | None:
+        method = handler_call_details.method
+        if method not in self._cache:
+            handler = self._inner.service(handler_call_details)
+            if handler is None:
+                return None  # unknown method: not cached, the set of names is the caller's
+            self._cache[method] = self._boundary.wrap_handler(method, handler)
+        return self._cache[method]

@@ -70,14 +70,15 @@ class DriverServer:
 
             self.metrics = Metrics()
         self.server = grpc.aio.server(
-            interceptors=[ErrorBoundary(self.metrics)],
             options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )
+        # Every handler goes through the error boundary, wrapped as it is registered.
+        registrar = ErrorBoundary(self.metrics).registrar(self.server)
         csi_pb2_grpc.add_IdentityServicer_to_server(
-            IdentityService(config.driver_name, self.plugins), self.server
+            IdentityService(config.driver_name, self.plugins), registrar
         )
         for plugin in self.plugins:
-            plugin.register(self.server)
+            plugin.register(registrar)
         self.port: int | None = None
         self.metrics_port: int | None = None
 

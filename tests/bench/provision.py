@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import os
 import secrets
 import signal
@@ -25,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import grpc
 
 from driver.csi import csi_pb2, csi_pb2_grpc
 from tests.bench.common import summary, table, write
+from tests.bench.lean_client import LeanChannel
 from tests.harness import wait_for_socket
 
 VOLUMES = 500
@@ -94,58 +96,110 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait()
 
 
+class _Calls:
+    """The three calls a row needs, through one client library."""
+
+    def __init__(self, create: Any, delete: Any, probe: Any) -> None:
+        self.create, self.delete, self.probe = create, delete, probe
+
+
+@contextlib.asynccontextmanager
+async def _grpcio_calls(endpoint: str) -> AsyncIterator[_Calls]:
+    async with grpc.aio.insecure_channel(endpoint) as channel:
+        controller = csi_pb2_grpc.ControllerStub(channel)
+        identity = csi_pb2_grpc.IdentityStub(channel)
+
+        async def create(request: csi_pb2.CreateVolumeRequest) -> str:
+            return (await controller.CreateVolume(request)).volume.volume_id
+
+        async def probe() -> None:
+            await identity.Probe(csi_pb2.ProbeRequest())
+
+        yield _Calls(create, controller.DeleteVolume, probe)
+
+
+@contextlib.asynccontextmanager
+async def _lean_calls(endpoint: str) -> AsyncIterator[_Calls]:
+    async with LeanChannel(endpoint) as channel:
+
+        async def create(request: csi_pb2.CreateVolumeRequest) -> str:
+            response = await channel.unary(
+                "/csi.v1.Controller/CreateVolume", request, csi_pb2.CreateVolumeResponse
+            )
+            return response.volume.volume_id
+
+        async def delete(request: csi_pb2.DeleteVolumeRequest) -> None:
+            await channel.unary(
+                "/csi.v1.Controller/DeleteVolume", request, csi_pb2.DeleteVolumeResponse
+            )
+
+        async def probe() -> None:
+            await channel.unary(
+                "/csi.v1.Identity/Probe", csi_pb2.ProbeRequest(), csi_pb2.ProbeResponse
+            )
+
+        yield _Calls(create, delete, probe)
+
+
+CLIENTS = {"lean": _lean_calls, "grpcio": _grpcio_calls}
+
+
 async def _through_driver(
     endpoint: str, params: dict[str, str], secrets_: dict[str, str], flags: list[str], tag: str
 ) -> list[dict[str, Any]]:
-    rows = []
-    async with grpc.aio.insecure_channel(endpoint) as channel:
-        stub = csi_pb2_grpc.ControllerStub(channel)
-        cap = csi_pb2.VolumeCapability(
-            mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=flags),
-            access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
+    cap = csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=flags),
+        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
+    )
+
+    def request(name: str) -> csi_pb2.CreateVolumeRequest:
+        return csi_pb2.CreateVolumeRequest(
+            name=name, volume_capabilities=[cap], parameters=params, secrets=secrets_
         )
 
-        def request(name: str) -> csi_pb2.CreateVolumeRequest:
-            return csi_pb2.CreateVolumeRequest(
-                name=name, volume_capabilities=[cap], parameters=params, secrets=secrets_
-            )
+    rows = []
+    for client, connect in CLIENTS.items():
+        async with connect(endpoint) as calls:
+            await calls.create(request(f"warm-{tag}-{client}"))  # session set-up is not measured
 
-        await stub.CreateVolume(request(f"warm-{tag}"))  # session set-up is not measured
-        identity = csi_pb2_grpc.IdentityStub(channel)
+            async def probe(_: int, calls: _Calls = calls) -> None:
+                await calls.probe()
 
-        async def probe(_: int) -> None:
-            await identity.Probe(csi_pb2.ProbeRequest())
-
-        # The transport's own limits: an empty Probe through the same socket,
-        # alone (latency floor) and at 64 in flight (throughput ceiling).
-        for c in (1, 64):
-            rows.append(
-                {
-                    "client": "Probe (gRPC floor)",
-                    "concurrency": c,
-                    **await _timed(VOLUMES, c, probe),
-                }
-            )
-        for c in CONCURRENCY:
-            ids: dict[int, str] = {}
-
-            async def create(i: int, c: int = c, ids: dict[int, str] = ids) -> None:
-                resp = await stub.CreateVolume(request(f"{tag}-c{c}-{i:04d}"))
-                ids[i] = resp.volume.volume_id
-
-            rows.append(
-                {
-                    "client": "CreateVolume (gRPC)",
-                    "concurrency": c,
-                    **await _timed(VOLUMES, c, create),
-                }
-            )
-            await asyncio.gather(
-                *(
-                    stub.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=v, secrets=secrets_))
-                    for v in ids.values()
+            # The transport's own limits: an empty Probe through the same socket,
+            # alone (latency floor) and at 64 in flight (throughput ceiling).
+            for c in (1, 64):
+                rows.append(
+                    {
+                        "client": f"Probe (gRPC floor, {client} client)",
+                        "concurrency": c,
+                        **await _timed(VOLUMES, c, probe),
+                    }
                 )
-            )
+            for c in CONCURRENCY:
+                ids: dict[int, str] = {}
+
+                async def create(
+                    i: int,
+                    c: int = c,
+                    ids: dict[int, str] = ids,
+                    calls: _Calls = calls,
+                    prefix: str = f"{tag}-{client}",
+                ) -> None:
+                    ids[i] = await calls.create(request(f"{prefix}-c{c}-{i:04d}"))
+
+                rows.append(
+                    {
+                        "client": f"CreateVolume (gRPC, {client} client)",
+                        "concurrency": c,
+                        **await _timed(VOLUMES, c, create),
+                    }
+                )
+                await asyncio.gather(
+                    *(
+                        calls.delete(csi_pb2.DeleteVolumeRequest(volume_id=v, secrets=secrets_))
+                        for v in ids.values()
+                    )
+                )
     return rows
 
 
@@ -268,33 +322,37 @@ def bench_nfs(tmp: Path, version: str) -> dict[str, Any]:
 
 
 def _report(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
-    by = {
-        (r["client"].startswith("raw"), r["concurrency"]): r
-        for r in rows
-        if not r["client"].startswith("Probe")
-    }
-    raw1, drv1 = by[(True, 1)], by[(False, 1)]
-    raw64, drv64 = by[(True, 64)], by[(False, 64)]
-    probes = {r["concurrency"]: r for r in rows if r["client"].startswith("Probe")}
-    ratios = {
-        "median_c1_driver_over_raw": drv1["median_ms"] / raw1["median_ms"],
-        "throughput_c64_driver_over_raw": drv64["per_second"] / raw64["per_second"],
-        "errors_total": sum(r["errors"] for r in rows),
-        "probe_c1_over_raw_median": probes[1]["median_ms"] / raw1["median_ms"],
-        "probe_c64_over_raw_throughput": probes[64]["per_second"] / raw64["per_second"],
-    }
+    def row(prefix: str, c: int) -> dict[str, Any]:
+        return next(r for r in rows if r["client"].startswith(prefix) and r["concurrency"] == c)
+
+    raw1, raw64 = row("raw", 1), row("raw", 64)
+    ratios: dict[str, Any] = {"errors_total": sum(r["errors"] for r in rows)}
+    for client in CLIENTS:
+        drv1, drv64 = (
+            row(f"CreateVolume (gRPC, {client}", 1),
+            row(f"CreateVolume (gRPC, {client}", 64),
+        )
+        probe1, probe64 = (
+            row(f"Probe (gRPC floor, {client}", 1),
+            row(f"Probe (gRPC floor, {client}", 64),
+        )
+        ratios[client] = {
+            "median_c1_driver_over_raw": drv1["median_ms"] / raw1["median_ms"],
+            "throughput_c64_driver_over_raw": drv64["per_second"] / raw64["per_second"],
+            "probe_c1_over_raw_median": probe1["median_ms"] / raw1["median_ms"],
+            "probe_c64_over_raw_throughput": probe64["per_second"] / raw64["per_second"],
+        }
     print(f"\n{name}: {VOLUMES} volumes per row")
     print(table(rows, ["client", "concurrency", "median_ms", "p99_ms", "per_second", "errors"]))
-    print(
-        f"  CreateVolume median at c=1: {ratios['median_c1_driver_over_raw']:.2f}x raw"
-        " (target <= 2);"
-        f" throughput at c=64: {ratios['throughput_c64_driver_over_raw']:.2f}x raw (target >= 0.5)"
-    )
-    print(
-        "  transport alone (empty Probe):"
-        f" {ratios['probe_c1_over_raw_median']:.2f}x the raw median,"
-        f" {ratios['probe_c64_over_raw_throughput']:.2f}x the raw throughput at c=64"
-    )
+    for client in CLIENTS:
+        r = ratios[client]
+        print(
+            f"  {client} client: CreateVolume median at c=1"
+            f" {r['median_c1_driver_over_raw']:.2f}x raw"
+            f" (target <= 2), throughput at c=64 {r['throughput_c64_driver_over_raw']:.2f}x raw"
+            f" (target >= 0.5); an empty Probe alone: {r['probe_c1_over_raw_median']:.2f}x the raw"
+            f" median, {r['probe_c64_over_raw_throughput']:.2f}x the raw throughput at c=64"
+        )
     write(f"provision-{name}", {"rows": rows, "ratios": ratios})
     return ratios
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import os
 import urllib.request
 from collections.abc import AsyncIterator
@@ -14,6 +16,7 @@ import psutil
 import pytest
 
 from controller.service import build
+from driver import log as driver_log
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
@@ -85,6 +88,26 @@ async def test_create_delete_roundtrip(
     await c.controller.DeleteVolume(
         csi_pb2.DeleteVolumeRequest(volume_id=vol.volume_id, secrets=secrets_for(samba))
     )
+
+
+async def test_rpc_log_line_reports_the_outcome(
+    driver: tuple[DriverServer, Client], samba: SambaServer
+) -> None:
+    """One line per RPC carries the request and what came of it (no second line)."""
+    _, c = driver
+    stream = io.StringIO()
+    driver_log.configure("json", 2, stream=stream)
+    try:
+        first = await c.controller.CreateVolume(create(samba, "pvc-log"))
+        await c.controller.CreateVolume(create(samba, "pvc-log"))
+    finally:
+        driver_log.configure("json", 2)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    creates = [line for line in lines if line.get("method") == "CreateVolume"]
+    assert [line["event"] for line in creates] == ["rpc", "rpc"]
+    assert [line["created"] for line in creates] == [True, False]
+    assert {line["volume_id"] for line in creates} == {first.volume.volume_id}
+    assert all(line["request"]["secrets"]["password"] == "***" for line in creates)
 
 
 async def test_delete_read_only_tree(
