@@ -132,7 +132,11 @@ async def test_sigterm_lets_in_flight_rpc_finish(tmp_path: Path) -> None:
         deadline = asyncio.get_running_loop().time() + 10
         while (code := await probe_code()) == grpc.StatusCode.OK:
             assert asyncio.get_running_loop().time() < deadline, "SIGTERM was not handled"
-        assert code == grpc.StatusCode.UNAVAILABLE
+        # UNAVAILABLE once the server has sent GOAWAY; a call that raced the
+        # GOAWAY (accepted by grpc core, never handed to a handler) is
+        # CANCELLED instead.  Seen once in CI under load.  Both mean: not
+        # served, retry elsewhere.
+        assert code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert not server_task.done()
         share.hold.set()
         response = await in_flight
