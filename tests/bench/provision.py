@@ -78,7 +78,7 @@ def _driver(tmp: Path, prefix: list[str] | None = None) -> tuple[subprocess.Pope
             "--endpoint",
             f"unix://{sock}",
             "-v",
-            "0",
+            os.environ.get("BENCH_DRIVER_VERBOSITY", "2"),  # the operator's default
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
