@@ -18,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from controller.service import ControllerPlugin
@@ -278,6 +278,15 @@ SETTINGS = settings(
     required=st.integers(-5, 1 << 40),
     limit=st.integers(-5, 1 << 40),
 )
+# A valid request always runs, so the success path is reached whatever the draw.
+@example(
+    name="pvc-example",
+    parameters={"source": "//srv/share/base"},
+    secrets={"username": "u", "password": SECRET},
+    caps=[GOOD_CAP],
+    required=1,
+    limit=0,
+)
 def test_create_volume(
     server: Server,
     name: str,
@@ -297,6 +306,7 @@ def test_create_volume(
 
 @SETTINGS
 @given(volume_id=volume_ids, secrets=secrets_maps)
+@example(volume_id="v1#smb#srv#share#pvc#delete", secrets={"username": "u", "password": SECRET})
 def test_delete_volume(server: Server, volume_id: str, secrets: dict[str, str]) -> None:
     call(
         server.controller.DeleteVolume,
@@ -356,6 +366,17 @@ def test_validate_and_expand(
         ),
     ),
     readonly=st.booleans(),
+)
+# A valid stage, publish, stats, unpublish, unstage always runs, so the
+# success paths are reached whatever the draw (a CI run once missed them).
+@example(
+    volume_id="v1#smb#srv#share#pvc#delete",
+    staging="/var/lib/kubelet/x",
+    target="/var/lib/kubelet/y",
+    cap=GOOD_CAP,
+    secrets={"username": "u", "password": SECRET},
+    context={"source": "//srv/share", "subDir": "pvc"},
+    readonly=False,
 )
 def test_node_rpcs(
     server: Server,
