@@ -197,15 +197,16 @@ class _WrappedGeneric(grpc.GenericRpcHandler):
     def __init__(self, boundary: ErrorBoundary, inner: grpc.GenericRpcHandler) -> None:
         self._boundary = boundary
         self._inner = inner
-        self._cache: dict[str, grpc.RpcMethodHandler[Any, Any] | None] = {}
+        self._cache: dict[str, grpc.RpcMethodHandler[Any, Any]] = {}
 
     def service(
         self, handler_call_details: grpc.HandlerCallDetails
     ) -> grpc.RpcMethodHandler[Any, Any] | None:
         method = handler_call_details.method
-        if method not in self._cache:
+        wrapped = self._cache.get(method)
+        if wrapped is None:
             handler = self._inner.service(handler_call_details)
             if handler is None:
                 return None  # unknown method: not cached, the set of names is the caller's
-            self._cache[method] = self._boundary.wrap_handler(method, handler)
-        return self._cache[method]
+            wrapped = self._cache[method] = self._boundary.wrap_handler(method, handler)
+        return wrapped

@@ -166,7 +166,8 @@ class LeanChannel:
         status = int(stream.trailers.get("grpc-status", "2"))
         if status != 0:
             raise LeanRpcError(
-                grpc.StatusCode(_CODES[status]), unquote(stream.trailers.get("grpc-message", ""))
+                _CODES.get(status, grpc.StatusCode.UNKNOWN),
+                unquote(stream.trailers.get("grpc-message", "")),
             )
         data = bytes(stream.data)
         if len(data) < 5 or data[0] != 0:
@@ -251,5 +252,5 @@ class LeanChannel:
             stream.done.set_result(None)
 
 
-# grpc.StatusCode values are (int, name) tuples; index them by number.
-_CODES = {code.value[0]: code.value for code in grpc.StatusCode}
+# grpc.StatusCode values are (number, name) tuples; index the codes by number.
+_CODES = {code.value[0]: code for code in grpc.StatusCode}
