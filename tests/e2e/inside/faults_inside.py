@@ -43,14 +43,17 @@ from driver.csi import csi_pb2
 from node import mountinfo
 from node.linux import PROBE_TIMEOUT, UNMOUNT_TIMEOUT
 from tests.bench.common import write
+from tests.e2e.inside.common import (
+    NFS_DIR,
+    SMB_DIR,
+    SMB_PASSWORD,
+    SMB_SHARE,
+    SMB_USER,
+    Volume,
+    mounts_under,
+)
 from tests.harness import ROOT, Client, client_for
-from tests.secret_scan import register_secret, watch_log_file
-
-if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):
-    pytest.fail(
-        "faults_inside.py runs only inside the UML guest: run tests/e2e/test_node_faults_e2e.py",
-        pytrace=False,
-    )
+from tests.secret_scan import watch_log_file
 
 pytestmark = pytest.mark.e2e
 
@@ -62,11 +65,6 @@ SIGKILL, SIGSTOP, SIGCONT, SIGTERM = (
 
 # Out of our environment at once: the driver processes we start must not
 # inherit it (the log scan then proves the driver never writes it).
-SMB_PASSWORD = register_secret(os.environ.pop("SMB_PASSWORD"))
-SMB_USER = os.environ["SMB_USER"]
-SMB_SHARE = os.environ["SMB_SHARE"]
-SMB_DIR = Path(os.environ["SMB_SHARE_DIR"])
-NFS_DIR = Path(os.environ["NFS_EXPORT_DIR"])
 WORKDIR = Path(os.environ["E2E_WORKDIR"])
 LOGS = WORKDIR / "driver-logs"
 
@@ -77,7 +75,6 @@ STATS_BOUND = PROBE_TIMEOUT + SLACK
 BURST = 12  # concurrent stats calls per path while the server hangs
 THREAD_SLACK = 8  # allowed growth of the driver's threads while it hangs
 NFS_PORT = 2049
-AM = csi_pb2.VolumeCapability.AccessMode
 FIGURES: dict[str, Any] = {}
 
 
@@ -97,83 +94,36 @@ def record(**figures: Any) -> None:
 # ---------------------------------------------------------------- volumes
 
 
-def cap(*flags: str) -> Any:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
-
-
 @dataclass
-class Volume:
-    id: str
-    context: dict[str, str]
-    flags: tuple[str, ...]
-    secrets: dict[str, str]
-    staging: Path
-    target: Path
-    server_dir: Path
-
-    def stage(self) -> Any:
-        return csi_pb2.NodeStageVolumeRequest(
-            volume_id=self.id,
-            staging_target_path=str(self.staging),
-            volume_capability=cap(*self.flags),
-            volume_context=self.context,
-            secrets=self.secrets,
-        )
-
-    def unstage(self) -> Any:
-        return csi_pb2.NodeUnstageVolumeRequest(
-            volume_id=self.id, staging_target_path=str(self.staging)
-        )
-
-    def publish(self) -> Any:
-        return csi_pb2.NodePublishVolumeRequest(
-            volume_id=self.id,
-            staging_target_path=str(self.staging),
-            target_path=str(self.target),
-            volume_capability=cap(*self.flags),
-            volume_context=self.context,
-        )
-
-    def unpublish(self) -> Any:
-        return csi_pb2.NodeUnpublishVolumeRequest(volume_id=self.id, target_path=str(self.target))
-
-    def stats(self, path: Path) -> Any:
-        return csi_pb2.NodeGetVolumeStatsRequest(volume_id=self.id, volume_path=str(path))
+class PodVolume(Volume):
+    target: Path  # the one pod mount each test publishes to
 
 
-def smb_volume(tmp: Path, name: str) -> Volume:
+def smb_volume(tmp: Path, name: str) -> PodVolume:
     (SMB_DIR / name).mkdir()
     os.chmod(SMB_DIR / name, 0o777)  # noqa: S103 - smbd writes as SMB_USER; a throwaway tmpfs
-    return Volume(
+    return PodVolume(
         name,
         {"protocol": "smb", "source": f"//127.0.0.1/{SMB_SHARE}", "subDir": name},
         (),
         {"username": SMB_USER, "password": SMB_PASSWORD},
-        tmp / "kubelet" / "plugins" / name / "globalmount",
-        tmp / "kubelet" / "pods" / name / "mount",
-        SMB_DIR / name,
+        staging=tmp / "kubelet" / "plugins" / name / "globalmount",
+        server_dir=SMB_DIR / name,
+        target=tmp / "kubelet" / "pods" / name / "mount",
     )
 
 
-def nfs_volume(tmp: Path, name: str) -> Volume:
+def nfs_volume(tmp: Path, name: str) -> PodVolume:
     (NFS_DIR / name).mkdir()
-    return Volume(
+    return PodVolume(
         name,
         {"protocol": "nfs", "source": "127.0.0.1:/", "subDir": name},
         ("vers=4.1",),
         {},
-        tmp / "kubelet" / "plugins" / name / "globalmount",
-        tmp / "kubelet" / "pods" / name / "mount",
-        NFS_DIR / name,
+        staging=tmp / "kubelet" / "plugins" / name / "globalmount",
+        server_dir=NFS_DIR / name,
+        target=tmp / "kubelet" / "pods" / name / "mount",
     )
-
-
-def mounts_under(path: Path) -> list[mountinfo.MountEntry]:
-    prefix = str(path) + "/"
-    return [e for e in mountinfo.read() if (e.mount_point + "/").startswith(prefix)]
 
 
 def mounted(path: Path) -> int:
@@ -273,16 +223,6 @@ class Drivers:
                 except subprocess.TimeoutExpired:
                     d.proc.kill()
                     d.proc.wait()
-
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Iterator[Path]:
-    (tmp_path / "kubelet").mkdir()
-    try:
-        yield tmp_path
-    finally:
-        for entry in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", entry.mount_point], check=False)
 
 
 @pytest.fixture
@@ -411,15 +351,15 @@ async def hung_server(
     drivers: Drivers,
     tmp: Path,
     protocol: str,
-    vol: Volume,
-    other: Volume,
+    vol: PodVolume,
+    other: PodVolume,
     freeze: Callable[[], AbstractContextManager[None]],
 ) -> None:
     d = drivers.start(f"hung-{protocol}")
     await drivers.ready(d)
     c = d.node
     await c.NodeStageVolume(vol.stage(), timeout=MOUNT_TIMEOUT + 5)
-    await c.NodePublishVolume(vol.publish(), timeout=MOUNT_TIMEOUT + 5)
+    await c.NodePublishVolume(vol.publish(vol.target), timeout=MOUNT_TIMEOUT + 5)
     write_through(vol.target, "before.txt", f"{protocol} before the hang")
     await healthy(c, vol, vol.target)
     baseline = d.threads()
@@ -441,11 +381,11 @@ async def hung_server(
             ]
             await asyncio.sleep(0.2)
             unpublish = asyncio.create_task(
-                timed(c.NodeUnpublishVolume(vol.unpublish(), timeout=UNMOUNT_BOUND + 10))
+                timed(c.NodeUnpublishVolume(vol.unpublish(vol.target), timeout=UNMOUNT_BOUND + 10))
             )
             # Meanwhile the healthy protocol works: a new volume all the way.
             t_other, _ = await timed(c.NodeStageVolume(other.stage(), timeout=MOUNT_TIMEOUT + 5))
-            await c.NodePublishVolume(other.publish(), timeout=MOUNT_TIMEOUT + 5)
+            await c.NodePublishVolume(other.publish(other.target), timeout=MOUNT_TIMEOUT + 5)
             write_through(other.target, "during.txt", f"written while {protocol} hangs")
             await healthy(c, other, other.target)
             caps = await c.NodeGetCapabilities(csi_pb2.NodeGetCapabilitiesRequest(), timeout=5)
@@ -484,7 +424,9 @@ async def hung_server(
         await c.NodeStageVolume(vol.stage(), timeout=MOUNT_TIMEOUT + 5)
         healed = await until_healthy(c, vol, vol.staging, 10)
     assert healed >= 0, "still abnormal after the server came back (and a re-stage)"
-    t_republish, _ = await timed(c.NodePublishVolume(vol.publish(), timeout=MOUNT_TIMEOUT + 5))
+    t_republish, _ = await timed(
+        c.NodePublishVolume(vol.publish(vol.target), timeout=MOUNT_TIMEOUT + 5)
+    )
     assert (vol.target / "before.txt").read_text() == f"{protocol} before the hang"
     write_through(vol.target, "after.txt", "back")
     assert (vol.server_dir / "after.txt").read_text() == "back"
@@ -498,7 +440,7 @@ async def hung_server(
     assert threads_after <= baseline + 2, f"threads {baseline} -> {threads_after} after the hang"
 
     for v in (vol, other):
-        await c.NodeUnpublishVolume(v.unpublish(), timeout=UNMOUNT_BOUND + 5)
+        await c.NodeUnpublishVolume(v.unpublish(v.target), timeout=UNMOUNT_BOUND + 5)
         await c.NodeUnstageVolume(v.unstage(), timeout=UNMOUNT_BOUND + 5)
     assert mounts_under(tmp) == []
     record(
@@ -559,7 +501,7 @@ async def test_smb_restage_replaces_a_stuck_session(tmp: Path, drivers: Drivers)
         assert mounted(vol.staging) == 1  # the stuck one is detached
         t_healthy, _ = await timed(healthy(c, vol, vol.staging))
         assert t_healthy < PROBE_TIMEOUT, f"stats of the new mount took {t_healthy:.1f} s"
-        await c.NodePublishVolume(vol.publish(), timeout=MOUNT_TIMEOUT + 5)
+        await c.NodePublishVolume(vol.publish(vol.target), timeout=MOUNT_TIMEOUT + 5)
         write_through(vol.target, "new-session.txt", "fresh")
         assert (vol.server_dir / "new-session.txt").read_text() == "fresh"
         assert pid in smbd_pids(sessions_only=True)  # the old session still hangs
@@ -569,7 +511,7 @@ async def test_smb_restage_replaces_a_stuck_session(tmp: Path, drivers: Drivers)
         f"stuck smb session: stats {t_stats:.2f} s, re-stage {t_restage:.2f} s, "
         f"then stats {t_healthy:.2f} s"
     )
-    await c.NodeUnpublishVolume(vol.unpublish(), timeout=UNMOUNT_BOUND + 5)
+    await c.NodeUnpublishVolume(vol.unpublish(vol.target), timeout=UNMOUNT_BOUND + 5)
     await c.NodeUnstageVolume(vol.unstage(), timeout=UNMOUNT_BOUND + 5)
     assert mounts_under(tmp) == []
     record(
@@ -587,7 +529,7 @@ async def test_driver_restart_keeps_mounts(tmp: Path, drivers: Drivers) -> None:
     vols = [smb_volume(tmp, "pvc-smb-restart"), nfs_volume(tmp, "pvc-nfs-restart")]
     for v in vols:
         await first.node.NodeStageVolume(v.stage(), timeout=MOUNT_TIMEOUT + 5)
-        await first.node.NodePublishVolume(v.publish(), timeout=MOUNT_TIMEOUT + 5)
+        await first.node.NodePublishVolume(v.publish(v.target), timeout=MOUNT_TIMEOUT + 5)
         write_through(v.target, "kept.txt", f"{v.id} survives")
     drivers.kill(first)
     assert first.proc.returncode == -SIGKILL
@@ -606,10 +548,10 @@ async def test_driver_restart_keeps_mounts(tmp: Path, drivers: Drivers) -> None:
         assert (v.target / "kept.txt").read_text() == f"{v.id} survives"
         # kubelet repeats its last calls: idempotent, nothing mounted twice
         await c.NodeStageVolume(v.stage(), timeout=MOUNT_TIMEOUT + 5)
-        await c.NodePublishVolume(v.publish(), timeout=MOUNT_TIMEOUT + 5)
+        await c.NodePublishVolume(v.publish(v.target), timeout=MOUNT_TIMEOUT + 5)
         assert (mounted(v.staging), mounted(v.target)) == (1, 1)
     for v in vols:
-        await c.NodeUnpublishVolume(v.unpublish(), timeout=UNMOUNT_BOUND + 5)
+        await c.NodeUnpublishVolume(v.unpublish(v.target), timeout=UNMOUNT_BOUND + 5)
         await c.NodeUnstageVolume(v.unstage(), timeout=UNMOUNT_BOUND + 5)
         assert not v.target.exists()
         assert not v.staging.exists()

@@ -20,7 +20,7 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,35 +34,23 @@ from driver.csi import csi_pb2
 from node import mountinfo
 from node.linux import SECRETS_DIR, LinuxPlatform
 from node.service import NodePlugin
+from tests.e2e.inside.common import (
+    NFS_DIR,
+    SMB_DIR,
+    SMB_PASSWORD,
+    SMB_SHARE,
+    SMB_USER,
+    Volume,
+    cap,
+    mounts_under,
+)
 from tests.harness import Client, running_driver
-
-if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):
-    pytest.fail(
-        "node_inside.py runs only inside the UML guest: run tests/e2e/test_node_e2e.py",
-        pytrace=False,
-    )
 
 pytestmark = pytest.mark.e2e
 
 UML = Path(__file__).resolve().parents[1] / "uml"
-# Read once and removed from the environment, so that processes we start
-# (mount, mount.cifs) do not inherit it: the scan below then proves the
-# driver never hands it to them.
-SMB_PASSWORD = os.environ.pop("SMB_PASSWORD")
-SMB_USER = os.environ["SMB_USER"]
-SMB_SHARE = os.environ["SMB_SHARE"]
-SMB_DIR = Path(os.environ["SMB_SHARE_DIR"])
-NFS_DIR = Path(os.environ["NFS_EXPORT_DIR"])
 NFS_V3_ROOT = os.environ["NFS_V3_ROOT"]
 PROBE_TIMEOUT = 2.0
-AM = csi_pb2.VolumeCapability.AccessMode
-
-
-def cap(*flags: str, mode: int = AM.MULTI_NODE_MULTI_WRITER) -> Any:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=mode),
-    )
 
 
 @asynccontextmanager
@@ -79,48 +67,6 @@ async def driver(tmp: Path) -> AsyncIterator[Client]:
     ]
     async with running_driver(tmp / "csi.sock", plugins) as (_, client):
         yield client
-
-
-@dataclass
-class Volume:
-    id: str
-    context: dict[str, str]
-    flags: tuple[str, ...]
-    secrets: dict[str, str]
-    staging: Path
-    server_dir: Path
-
-    def stage(self) -> Any:
-        return csi_pb2.NodeStageVolumeRequest(
-            volume_id=self.id,
-            staging_target_path=str(self.staging),
-            volume_capability=cap(*self.flags),
-            volume_context=self.context,
-            secrets=self.secrets,
-        )
-
-    def unstage(self) -> Any:
-        return csi_pb2.NodeUnstageVolumeRequest(
-            volume_id=self.id, staging_target_path=str(self.staging)
-        )
-
-    def publish(self, target: Path, *, readonly: bool = False) -> Any:
-        return csi_pb2.NodePublishVolumeRequest(
-            volume_id=self.id,
-            staging_target_path=str(self.staging),
-            target_path=str(target),
-            volume_capability=cap(*self.flags),
-            volume_context=self.context,
-            readonly=readonly,
-        )
-
-    def unpublish(self, target: Path) -> Any:
-        return csi_pb2.NodeUnpublishVolumeRequest(volume_id=self.id, target_path=str(target))
-
-    def stats(self, path: Path | None = None) -> Any:
-        return csi_pb2.NodeGetVolumeStatsRequest(
-            volume_id=self.id, volume_path=str(path or self.staging)
-        )
 
 
 async def create(
@@ -152,21 +98,6 @@ async def delete(c: Client, vol: Volume) -> None:
         csi_pb2.DeleteVolumeRequest(volume_id=vol.id, secrets=vol.secrets)
     )
     assert not vol.server_dir.exists()
-
-
-def mounts_under(path: Path) -> list[mountinfo.MountEntry]:
-    prefix = str(path) + "/"
-    return [e for e in mountinfo.read() if (e.mount_point + "/").startswith(prefix)]
-
-
-@pytest.fixture
-def tmp(tmp_path: Path) -> Iterator[Path]:
-    (tmp_path / "kubelet").mkdir()
-    try:
-        yield tmp_path
-    finally:
-        for entry in reversed(mounts_under(tmp_path)):
-            subprocess.run(["umount", "-l", entry.mount_point], check=False)
 
 
 # ---------------------------------------------------------------- password scan
