@@ -30,12 +30,16 @@ class ShareBackends:
         self._smb: SmbBackendPool | None = None
         self._nfs: NfsBackendPool | None = None
         self._timeout = config.backend_timeout
+        self._log = (config.log_format, config.verbosity)
 
     def _smb_pool(self) -> SmbBackendPool:
         if self._smb is None:
             from controller.smb import SmbBackendPool, SmbSettings
+            from controller.smb_worker import SmbWorker
 
-            self._smb = SmbBackendPool(SmbSettings(op_timeout=self._timeout))
+            # smbprotocol's CPU goes to a process of its own: see controller/smb_worker.py.
+            worker = SmbWorker(log_format=self._log[0], verbosity=self._log[1])
+            self._smb = SmbBackendPool(SmbSettings(op_timeout=self._timeout), worker=worker)
         return self._smb
 
     def _nfs_pool(self) -> NfsBackendPool:

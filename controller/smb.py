@@ -15,6 +15,11 @@ Design (the facts behind it are in ``shared/notes/libraries.md``):
   ``max_in_flight`` (default 8) operations run per connection.  They run in a
   dedicated ``ThreadPoolExecutor`` of exactly that size (never the loop's
   default executor).
+* **A worker process, in the controller.** ``SmbBackendPool(worker=...)``
+  runs the steps below in one child process (``controller.smb_worker``):
+  smbprotocol's Python CPU then does not share the gRPC process's
+  interpreter lock.  Slots and timeouts stay on this side; a backend made
+  directly (``SmbBackend(...)``) runs its steps in this process.
 * **Per-operation timeout.** Each SMB step is bounded by ``op_timeout``
   (waiting for a slot included) and raises ``DeadlineExceeded``.  A thread
   blocked on a hung server cannot be cancelled: it keeps its slot until the
@@ -53,7 +58,6 @@ Design (the facts behind it are in ``shared/notes/libraries.md``):
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime
 import errno
 import hashlib
@@ -96,6 +100,8 @@ from driver.errors import (
 
 if TYPE_CHECKING:
     from collections.abc import Callable
+
+    from controller.smb_worker import SmbWorker
 
 __all__ = [
     "SMB_FEATURES",
@@ -599,20 +605,17 @@ class _Channel:
         retry: bool = True,
     ) -> T:
         """Run one blocking SMB step in this channel's threads, bounded and timed."""
-        loop = asyncio.get_running_loop()
         timeout = asyncio.timeout(self.settings.op_timeout)
         failure: Exception
         try:
             async with timeout:
                 await self._slots.acquire()
                 try:
-                    future = loop.run_in_executor(
-                        self._pool(), self._call, share_unc, fn, args, retry
-                    )
+                    future = await self._submit(op, path, share_unc, fn, args, retry)
                 except BaseException:
                     self._slots.release()
                     raise
-                # The slot is freed when the thread is done, not when we stop
+                # The slot is freed when the step is done, not when we stop
                 # waiting: a thread stuck on a hung server keeps its slot.
                 future.add_done_callback(self._release)
                 return await asyncio.shield(future)
@@ -630,6 +633,23 @@ class _Channel:
         del failure
         raise err
 
+    async def _submit(  # noqa: PLR0917 - run()'s arguments, passed on
+        self,
+        op: str,
+        path: str,
+        share_unc: str,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        retry: bool,
+    ) -> asyncio.Future[T]:
+        """Start the step; its future resolves when the step is done.
+
+        ``op`` and ``path`` name the step in error messages (``run`` maps
+        errors of steps run here; a worker process maps its own).
+        """
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self._pool(), self._call, share_unc, fn, args, retry)
+
     def _call(self, share_unc: str, fn: Callable[..., T], args: tuple[Any, ...], retry: bool) -> T:
         return self.call(share_unc, fn, args, retry=retry)
 
@@ -639,22 +659,21 @@ class _Channel:
             future.exception()  # mark retrieved: a late failure after a timeout is expected
 
     async def aclose(self) -> None:
-        """Log off politely within ``close_timeout``, then cut the sockets.
+        """Log off politely within ``close_timeout``, then cut the sockets."""
+        await asyncio.to_thread(self.close_connections)
+
+    def close_connections(self) -> None:
+        """Blocking ``aclose``: at most ``close_timeout`` for a polite logoff.
 
         Best effort against concurrency: a step that is opening a connection at
-        this very moment may leave it open until the next ``aclose``.
+        this very moment may leave it open until the next close.
         """
         self._generation += 1
         executor, self._executor = self._executor, None
         connections = list(self._cache.values())
         self._cache.clear()
         if connections:
-            loop = asyncio.get_running_loop()
-            done = loop.create_future()
-
-            def finished() -> None:
-                if not done.done():
-                    done.set_result(None)
+            done = threading.Event()
 
             def polite() -> None:
                 for conn in connections:
@@ -663,14 +682,11 @@ class _Channel:
                     except Exception:  # noqa: BLE001 - best effort; the socket is cut below anyway
                         _log.debug("SMB logoff failed", exc_info=True)
                         _cut(conn)
-                with contextlib.suppress(RuntimeError):  # the loop may be gone already
-                    loop.call_soon_threadsafe(finished)
+                done.set()
 
             # Daemon threads: a hung server must not keep the process alive.
             threading.Thread(target=polite, name="smb-close", daemon=True).start()
-            try:
-                await asyncio.wait_for(done, self.settings.close_timeout)
-            except TimeoutError:
+            if not done.wait(self.settings.close_timeout):
                 _log.warning(
                     "SMB server %s:%s did not answer the logoff; closing the sockets",
                     self.key.server,
@@ -1235,8 +1251,12 @@ class SmbBackendPool:
     :meth:`aclose`.
     """
 
-    def __init__(self, settings: SmbSettings | None = None) -> None:
+    def __init__(
+        self, settings: SmbSettings | None = None, *, worker: SmbWorker | None = None
+    ) -> None:
         self._settings = settings or SmbSettings()
+        # With a worker, the steps run in its process (controller.smb_worker).
+        self._worker = worker
         self._channels: dict[CredentialKey, _Channel] = {}
         self._backends: dict[tuple[CredentialKey, str], SmbBackend] = {}
 
@@ -1259,7 +1279,11 @@ class SmbBackendPool:
             return backend
         channel = self._channels.get(key)
         if channel is None:
-            channel = self._channels[key] = _Channel(key, creds.password, self._settings)
+            if self._worker is not None:
+                channel = self._worker.channel(key, creds.password, self._settings)
+            else:
+                channel = _Channel(key, creds.password, self._settings)
+            self._channels[key] = channel
         backend = SmbBackend._on_channel(channel, share)
         self._backends[(key, share.lower())] = backend
         return backend
@@ -1278,3 +1302,5 @@ class SmbBackendPool:
         self._channels.clear()
         self._backends.clear()
         await asyncio.gather(*(channel.aclose() for channel in channels))
+        if self._worker is not None:
+            await self._worker.aclose()

@@ -61,28 +61,35 @@ class Driver:
     def ps(self) -> psutil.Process:
         return psutil.Process(self.proc.pid)
 
+    def processes(self) -> list[psutil.Process]:
+        """The driver and its children (the SMB worker process): counted as one."""
+        return [self.ps, *self.ps.children(recursive=True)]
+
     def resources(self) -> dict[str, int]:
-        p = self.ps
+        procs = self.processes()
         return {
-            "fds": p.num_fds(),
-            "threads": p.num_threads(),
-            "rss": p.memory_info().rss,
+            "processes": len(procs),
+            "fds": sum(p.num_fds() for p in procs),
+            "threads": sum(p.num_threads() for p in procs),
+            "rss": sum(p.memory_info().rss for p in procs),
         }
 
     def thread_names(self) -> list[str]:
-        """Thread names of the driver (for failure messages)."""
+        """Thread names of the driver and its children (for failure messages)."""
         names = []
-        for task in Path(f"/proc/{self.proc.pid}/task").iterdir():
-            try:
-                names.append((task / "comm").read_text().strip())
-            except OSError:
-                continue
+        for p in self.processes():
+            for task in Path(f"/proc/{p.pid}/task").iterdir():
+                try:
+                    names.append(f"{p.pid}:{(task / 'comm').read_text().strip()}")
+                except OSError:
+                    continue
         return sorted(names)
 
     def connections_to(self, port: int) -> int:
         return sum(
             1
-            for c in self.ps.net_connections(kind="tcp")
+            for p in self.processes()
+            for c in p.net_connections(kind="tcp")
             if c.raddr and c.raddr.port == port and c.status == psutil.CONN_ESTABLISHED
         )
 

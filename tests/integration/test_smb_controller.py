@@ -20,7 +20,7 @@ from driver import log as driver_log
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
-from tests.harness import Client, running_driver
+from tests.harness import Client, running_driver, wait_until
 from tests.integration.conftest import SMB_READER, SMB_WRITER, SMB_WRITER2
 from tests.servers.samba import SambaServer
 
@@ -288,13 +288,83 @@ async def test_server_down_then_restarted(
     assert (samba.share_path("csi") / "k8s" / "pvc-down").is_dir()
 
 
+def _unread_at(port: int) -> int:
+    """Bytes waiting, unread, in the receive queues of sockets listening side ``port``."""
+    total = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            rx_queue = int(fields[4].split(":")[1], 16)
+            if local_port == port:
+                total += rx_queue
+    return total
+
+
+def _smb_workers() -> list[psutil.Process]:
+    """The SMB worker processes started by this (test) process's driver."""
+    return [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if "controller.smb_worker" in " ".join(p.cmdline())
+    ]
+
+
 def _smb_connections(port: int) -> int:
-    me = psutil.Process()
+    """Established connections to ``port`` from this process and its SMB worker."""
     return sum(
         1
-        for conn in me.net_connections(kind="tcp")
+        for proc in (psutil.Process(), *_smb_workers())
+        for conn in proc.net_connections(kind="tcp")
         if conn.raddr and conn.raddr.port == port and conn.status == psutil.CONN_ESTABLISHED
     )
+
+
+async def test_smb_steps_run_in_one_worker_process(
+    driver: tuple[DriverServer, Client], samba: SambaServer
+) -> None:
+    _, c = driver
+    await c.controller.CreateVolume(create(samba, "pvc-w1"))
+    await c.controller.CreateVolume(create(samba, "pvc-w2", user=SMB_WRITER2))
+    (worker,) = _smb_workers()  # one for every identity
+    here = [
+        conn
+        for conn in psutil.Process().net_connections(kind="tcp")
+        if conn.raddr and conn.raddr.port == samba.port
+    ]
+    assert here == []  # the gRPC process holds no SMB connection
+    assert _smb_connections(samba.port) == 2
+    # The password reached the worker through its socket only.
+    for user in (SMB_WRITER, SMB_WRITER2):
+        password = samba.password(user)
+        assert password not in " ".join(worker.cmdline())
+        assert all(password not in value for value in worker.environ().values())
+
+
+async def test_smb_worker_killed_fails_steps_in_flight_then_is_replaced(
+    driver: tuple[DriverServer, Client], samba: SambaServer
+) -> None:
+    _, c = driver
+    await c.controller.CreateVolume(create(samba, "pvc-k1"))
+    (worker,) = _smb_workers()
+    samba.pause()  # the next step hangs in the worker
+    try:
+        in_flight = asyncio.ensure_future(c.controller.CreateVolume(create(samba, "pvc-k2")))
+        # The request has left the worker: it waits, unread, at the stopped server.
+        await wait_until(lambda: _unread_at(samba.port) > 0)
+        assert not in_flight.done()
+        worker.kill()
+        # UNAVAILABLE at once, not DEADLINE_EXCEEDED after the 10 s backend timeout.
+        details = await asyncio.wait_for(
+            expect_code(in_flight, grpc.StatusCode.UNAVAILABLE), timeout=5
+        )
+        assert "worker process exited" in details
+    finally:
+        samba.resume()
+    await c.controller.CreateVolume(create(samba, "pvc-k3"))
+    (replacement,) = _smb_workers()
+    assert replacement.pid != worker.pid
+    assert (samba.share_path("csi") / "k8s" / "pvc-k3").is_dir()
 
 
 async def test_200_concurrent_creates_two_identities(
