@@ -6,6 +6,10 @@ makes 500 directories at concurrency 1, 16 and 64, then the driver (a real
 its Unix socket at the same concurrencies.  Reported: median and p99
 latency, operations per second, errors, and the ratios the issues ask for.
 
+Every SMB row, raw or through the driver, makes its directories in a new
+directory of its own: Samba's mkdir slows down as a directory grows (a
+name lookup scans it), and an emptied directory stays large on disk.
+
 SMB raw floor: smbprotocol's ``smbclient.mkdir`` on one warmed private
 session from a thread pool of ``min(concurrency, 8)`` threads (smbprotocol
 has no credit queueing: more in-flight requests on one session fail, so 8 is
@@ -145,16 +149,24 @@ CLIENTS = {"lean": _lean_calls, "grpcio": _grpcio_calls}
 
 
 async def _through_driver(
-    endpoint: str, params: dict[str, str], secrets_: dict[str, str], flags: list[str], tag: str
+    endpoint: str,
+    params: dict[str, str],
+    secrets_: dict[str, str],
+    flags: list[str],
+    tag: str,
+    *,
+    row_dirs: bool = False,
 ) -> list[dict[str, Any]]:
     cap = csi_pb2.VolumeCapability(
         mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=flags),
         access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
     )
 
-    def request(name: str) -> csi_pb2.CreateVolumeRequest:
+    def request(name: str, row: str = "") -> csi_pb2.CreateVolumeRequest:
+        # row_dirs: each row's volumes go into a new directory (subDir row/name).
+        extra = {"subDir": f"{row}/{name}"} if row_dirs and row else {}
         return csi_pb2.CreateVolumeRequest(
-            name=name, volume_capabilities=[cap], parameters=params, secrets=secrets_
+            name=name, volume_capabilities=[cap], parameters=params | extra, secrets=secrets_
         )
 
     rows = []
@@ -185,7 +197,7 @@ async def _through_driver(
                     calls: _Calls = calls,
                     prefix: str = f"{tag}-{client}",
                 ) -> None:
-                    ids[i] = await calls.create(request(f"{prefix}-c{c}-{i:04d}"))
+                    ids[i] = await calls.create(request(f"{prefix}-c{c}-{i:04d}", f"{prefix}-c{c}"))
 
                 rows.append(
                     {
@@ -219,9 +231,10 @@ def _raw_smb(host: str, port: int, share: str, user: str, password: str) -> list
         with ThreadPoolExecutor(min(c, 8)) as pool:
             loop = asyncio.new_event_loop()
             try:
+                smbclient.mkdir(rf"{root}\raw-c{c}", **kw)
 
                 async def op(i: int, c: int = c, pool: ThreadPoolExecutor = pool) -> None:
-                    path = rf"{root}\raw-c{c}-{i:04d}"
+                    path = rf"{root}\raw-c{c}\{i:04d}"
                     await asyncio.get_running_loop().run_in_executor(
                         pool, lambda: smbclient.mkdir(path, **kw)
                     )
@@ -256,6 +269,7 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
                     {"username": user, "password": password},
                     [],
                     "smb",
+                    row_dirs=True,
                 )
             )
         finally:
