@@ -620,14 +620,14 @@ async def test_a_mapping_whose_share_does_not_answer_is_recreated(
         node.server_dirs.add(key(ROOT))
 
     request = stage_request(platform, node)
-    state = await platform._mapping_state(ROOT, time_limit=5)
+    state = await platform.mappings.state(ROOT, time_limit=5)
     assert state.exists
     assert state.status == "OK"
     assert not state.reachable
     await restore()
     node.mappings[key(ROOT)].status = "OK"
     node.servers_down.add("fileserver")
-    state = await platform._mapping_state(ROOT, time_limit=5)
+    state = await platform.mappings.state(ROOT, time_limit=5)
     assert not state.healthy
     node.servers_down.clear()
     node.calls.clear()

@@ -1,0 +1,106 @@
+r"""The Windows node: SMB global mappings and directory symlinks.
+
+The driver runs as a HostProcess container (``NT AUTHORITY\SYSTEM`` on the
+host), so it does the work itself, without csi-proxy:
+
+* **Stage** maps the share ROOT ``\\server\share`` once with
+  ``New-SmbGlobalMapping`` (one mapping per share, whatever the number of
+  volumes on it: mapping subdirectories separately fails with Windows error
+  1219), then replaces kubelet's pre-created staging directory by a directory
+  symlink to ``\\server\share\subdir``.  A mapping whose Status is not ``OK``
+  or whose share does not answer ``Test-Path`` is removed and re-created; a
+  dangling or wrong staging link is replaced.
+* **Publish** replaces the pre-created target directory by a symlink to the
+  staging path.
+* **Unpublish / unstage** remove links, never anything through a link (no
+  recursive delete).  The mapping of a share is removed at the unstage of its
+  last volume: when no staging link under kubelet's CSI plugin directory
+  (``<kubelet>\plugins\kubernetes.io\csi\<driver>\<sha256>\globalmount``,
+  and the older ``...\csi\pv\<pv>\globalmount``) still points into the share.
+  Links of every driver are counted, so a mapping another driver relies on
+  is never pulled away.
+* **Stats** ask ``GetDiskFreeSpaceExW`` through the link, in a thread and
+  bounded in time (no PowerShell per call); no inode counts on Windows.
+
+Decisions an operator should know about:
+
+* **Read-only** volumes are refused (InvalidArgument) by default.  Windows
+  cannot make a directory symlink read-only, and the global mapping is shared
+  by every volume of the share, so nothing on the node can enforce it; a
+  pod that asked for read-only would silently get write access.  Real
+  read-only access on Windows comes from the server: use an SMB account that
+  has read-only rights on the share and request read-write access.  Where that
+  is known and accepted, ``WindowsSettings.read_only="warn"`` accepts such
+  requests with a warning in the log.
+* **Stats** cost no PowerShell while the share answers and its mapping was
+  seen OK within ``status_ttl``; a volume whose share does not answer (or
+  whose link dangles) is abnormal, with the mapping's status in the message.
+* **Encryption**: ``-RequirePrivacy`` is ``$true`` unless the StorageClass
+  mount options say ``requirePrivacy=false`` (``seal`` turns it on where the
+  settings default is off).  A mapping that already exists is reused as it
+  is; a warning is logged when it does not require privacy but a volume asks.
+* **One identity per share** (per server, in fact): the mapping is made with
+  the credentials of the first volume staged on the node and serves every
+  later volume of that share; Windows refuses a second user for the same
+  server (error 1219), which is reported as FailedPrecondition.
+* **User names** need a domain: ``DOMAIN\user`` from the secret's ``domain``
+  key (or ``DOMAIN\user`` written in ``username``), a ``user@domain`` UPN as
+  it is, else ``server\user`` (a local account of the file server) — a bare
+  user name fails with "A specified logon session does not exist".
+* **Ports**: the mapping always uses port 445; a source or ``port=`` mount
+  option with another port is a FailedPrecondition.
+* **NFS** volumes are a FailedPrecondition on Windows nodes.
+"""
+
+from __future__ import annotations
+
+from node.windows.host import DiskSpace, RealWindowsHost, WindowsHost
+from node.windows.mappings import MappingState, ShareMappings
+from node.windows.paths import (
+    MAX_PATH,
+    is_within,
+    normalize_link_target,
+    normalize_path,
+    path_key,
+    smb_user,
+    unc_host,
+    unc_root,
+)
+from node.windows.platform import WindowsPlatform
+from node.windows.scripts import (
+    ENV_PASSWORD,
+    ENV_REMOTE_PATH,
+    ENV_REQUIRE_PRIVACY,
+    ENV_USER,
+    OP_GET_MAPPING,
+    OP_NEW_MAPPING,
+    OP_REMOVE_MAPPING,
+    SCRIPTS,
+)
+from node.windows.settings import WindowsSettings
+
+__all__ = [
+    "ENV_PASSWORD",
+    "ENV_REMOTE_PATH",
+    "ENV_REQUIRE_PRIVACY",
+    "ENV_USER",
+    "MAX_PATH",
+    "OP_GET_MAPPING",
+    "OP_NEW_MAPPING",
+    "OP_REMOVE_MAPPING",
+    "SCRIPTS",
+    "DiskSpace",
+    "MappingState",
+    "RealWindowsHost",
+    "ShareMappings",
+    "WindowsHost",
+    "WindowsPlatform",
+    "WindowsSettings",
+    "is_within",
+    "normalize_link_target",
+    "normalize_path",
+    "path_key",
+    "smb_user",
+    "unc_host",
+    "unc_root",
+]

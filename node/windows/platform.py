@@ -1,0 +1,335 @@
+r"""The Windows node platform: stage, publish, unstage, unpublish, stats.
+
+What it does and the decisions an operator should know about are in the
+package doc (:mod:`node.windows`).  This module sequences host calls
+(:mod:`node.windows.host`) and mapping calls (:mod:`node.windows.mappings`);
+paths and options are checked by pure functions beside it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ntpath
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from driver.config import Config
+from driver.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
+from driver.log import get_logger
+from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsage
+from node.powershell import PowerShell, ProcessSpawner
+from node.windows.host import DiskSpace, RealWindowsHost, WindowsHost, os_error, os_text
+from node.windows.mappings import ShareMappings
+from node.windows.options import require_privacy
+from node.windows.paths import (
+    is_within,
+    normalize_link_target,
+    normalize_path,
+    path_key,
+    unc_host,
+    unc_root,
+)
+from node.windows.settings import WindowsSettings
+
+log = get_logger("node.windows")
+
+T = TypeVar("T")
+
+_HEALTHY = "volume is reachable"
+
+
+class WindowsPlatform:
+    """NodePlatform for SMB volumes on a Windows node (HostProcess)."""
+
+    name = "windows"
+    capabilities = frozenset(
+        {"STAGE_UNSTAGE_VOLUME", "GET_VOLUME_STATS", "VOLUME_CONDITION", "SINGLE_NODE_MULTI_WRITER"}
+    )
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        settings: WindowsSettings | None = None,
+        host: WindowsHost | None = None,
+        spawner: ProcessSpawner | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.settings = settings or WindowsSettings.from_config(config)
+        self._own_host: RealWindowsHost | None = None
+        if host is None:
+            host = self._own_host = RealWindowsHost()
+        self.host: WindowsHost = host
+        self.powershell = PowerShell(
+            spawner,
+            max_concurrent=self.settings.max_powershell,
+            timeout=self.settings.map_timeout,
+        )
+        self.mappings = ShareMappings(self.powershell, self.settings, clock)
+        self._probes: dict[str, asyncio.Task[DiskSpace]] = {}  # path key → pending probe
+
+    # ---------------------------------------------------------------- NodePlatform
+
+    def check_path(self, path: str, *, what: str) -> str:
+        return normalize_path(path, what=what)
+
+    async def stage(self, request: StageRequest) -> None:
+        source = request.source
+        if source.protocol != "smb":
+            raise FailedPrecondition(
+                f"{source.protocol.upper()} volumes are not supported on Windows nodes: run pods "
+                "that use them on Linux nodes (nodeSelector kubernetes.io/os: linux) or use SMB"
+            )
+        privacy = require_privacy(source, request.mount_options, self.settings.require_privacy)
+        self._check_read_only(request.read_only, request.volume_id, what="NodeStageVolume")
+        if request.credentials is None:
+            raise InvalidArgument("node-stage secret: SMB needs username and password")
+        host = unc_host(source.server)
+        root = f"\\\\{host}\\{source.share}"
+        target = root + ("\\" + request.subdir.replace("/", "\\") if request.subdir else "")
+        staging = request.staging_path
+        secrets = [request.credentials.password]
+        async with self.mappings.lock(root):
+            try:
+                await self.mappings.ensure(root, request.credentials, host, privacy)
+                if not await self._bounded(
+                    self.host.is_dir(target), self.settings.fs_timeout, what=f"checking {target}"
+                ):
+                    raise NotFound(
+                        f"{target} is not a directory on the share (was the volume deleted?)"
+                    )
+                await self._ensure_link(staging, target, what="staging_target_path")
+            except OSError as exc:
+                raise os_error(exc, what="NodeStageVolume", secrets=secrets) from None
+        log.info("staged", volume_id=request.volume_id, target=target, staging=staging)
+
+    async def unstage(self, volume_id: str, staging_path: str) -> None:
+        try:
+            if not await self.host.lexists(staging_path):
+                return
+            if not await self.host.is_link(staging_path):
+                # Not ours (or a stage that never got as far as the link): leave it.
+                log.info("staging path is not a link; nothing to undo", staging=staging_path)
+                return
+            target = normalize_link_target(await self.host.read_link(staging_path))
+            root = unc_root(target)
+            if root is None:
+                await self.host.remove_link(staging_path)
+                return
+            async with self.mappings.lock(root):
+                users = await self._links_into(root, exclude=staging_path)
+                if users:
+                    log.info(
+                        "share still in use; keeping its mapping", share=root, links=len(users)
+                    )
+                else:
+                    # Mapping first, link second: when the removal fails, the link
+                    # is still there for kubelet's retry to find the share by.
+                    await self.mappings.remove(root)
+                    log.info("removed the share's global mapping", share=root)
+                await self.host.remove_link(staging_path)
+        except OSError as exc:
+            raise os_error(exc, what="NodeUnstageVolume") from None
+        log.info("unstaged", volume_id=volume_id, staging=staging_path)
+
+    async def publish(self, request: PublishRequest) -> None:
+        self._check_read_only(request.read_only, request.volume_id, what="NodePublishVolume")
+        try:
+            if not await self.host.lexists(request.staging_path):
+                raise FailedPrecondition(
+                    f"staging_target_path {request.staging_path} does not exist: stage first"
+                )
+            await self._ensure_link(request.target_path, request.staging_path, what="target_path")
+        except OSError as exc:
+            raise os_error(exc, what="NodePublishVolume") from None
+        log.info("published", volume_id=request.volume_id, target=request.target_path)
+
+    async def unpublish(self, volume_id: str, target_path: str) -> None:
+        try:
+            if not await self.host.lexists(target_path):
+                return
+            if await self.host.is_link(target_path):
+                await self.host.remove_link(target_path)
+            elif await self.host.is_dir(target_path) and not await self.host.list_dir(target_path):
+                await self.host.remove_empty_dir(target_path)
+            else:
+                # Data written into the pod's directory itself: never delete it.
+                log.warning("target is not a link and not empty; left alone", target=target_path)
+        except OSError as exc:
+            raise os_error(exc, what="NodeUnpublishVolume") from None
+
+    async def usage(self, volume_id: str, path: str) -> VolumeUsage:
+        try:
+            if not await self.host.lexists(path):
+                raise NotFound(f"volume_path {path} does not exist")
+            final, broken = await self._resolve(path)
+        except OSError as exc:
+            raise os_error(exc, what="NodeGetVolumeStats") from None
+        root = unc_root(final) if final else None
+        space: DiskSpace | None = None
+        problem = broken
+        if problem is None:
+            space, problem = await self._probe(path)
+        if root is not None:
+            if problem is None:
+                status = await self.mappings.problem(root)
+                if status is not None:
+                    problem = f"SMB global mapping {root}: {status}"
+            else:
+                status = await self.mappings.problem(root, recheck_ok=True)
+                if status is not None:
+                    problem += f"; SMB global mapping {root}: {status}"
+        if space is None:
+            space = DiskSpace(0, 0, 0)
+        return VolumeUsage(
+            total_bytes=space.total,
+            available_bytes=space.available,
+            used_bytes=max(space.total - space.free, 0),
+            total_inodes=None,
+            free_inodes=None,
+            used_inodes=None,
+            health=VolumeHealth(abnormal=problem is not None, message=problem or _HEALTHY),
+        )
+
+    async def aclose(self) -> None:
+        for task in self._probes.values():
+            task.cancel()
+        self.mappings.close()
+        if self._own_host is not None:
+            self._own_host.close()
+
+    # ---------------------------------------------------------------- stage parts
+
+    def _check_read_only(self, read_only: bool, volume_id: str, *, what: str) -> None:
+        if not read_only:
+            return
+        if self.settings.read_only == "warn":
+            log.warning(
+                "read-only requested but not enforceable on Windows; the volume is writable "
+                "unless the SMB account is read-only on the server",
+                volume_id=volume_id,
+            )
+            return
+        raise InvalidArgument(
+            f"{what}: read-only access cannot be enforced on Windows nodes (a directory symlink "
+            "cannot be read-only and the SMB mapping is shared by all volumes of the share); use "
+            "an SMB account with read-only rights on the share and request read-write access"
+        )
+
+    async def _ensure_link(self, link: str, target: str, *, what: str) -> None:
+        """Make ``link`` a directory symlink to ``target``, replacing only an
+        empty directory or another link."""
+        if await self.host.is_link(link):
+            current = await self.host.read_link(link)
+            if path_key(current) == path_key(target):
+                return
+            log.info("replacing a wrong link", link=link, was=current, target=target)
+            await self.host.remove_link(link)
+        elif await self.host.lexists(link):
+            if not await self.host.is_dir(link):
+                raise FailedPrecondition(f"{what} {link} exists and is not a directory")
+            if await self.host.list_dir(link):
+                raise FailedPrecondition(
+                    f"{what} {link} is a non-empty directory; refusing to replace it"
+                )
+            await self.host.remove_empty_dir(link)
+        else:
+            parent = ntpath.dirname(link)
+            if not await self.host.lexists(parent):
+                await self.host.make_dirs(parent)
+        await self.host.symlink_dir(link, target)
+
+    # ---------------------------------------------------------------- unstage parts
+
+    def _scan_roots(self, staging_path: str) -> list[str]:
+        r"""The ``...\plugins\kubernetes.io\csi`` directories to scan."""
+        roots = [ntpath.join(self.settings.kubelet_dir, "plugins", "kubernetes.io", "csi")]
+        # kubelet's layout: <csi dir>\<driver>\<sha256 of the handle>\globalmount
+        csi_dir = ntpath.dirname(ntpath.dirname(ntpath.dirname(staging_path)))
+        if (
+            ntpath.basename(staging_path).lower() == "globalmount"
+            and ntpath.basename(csi_dir).lower() == "csi"
+            and path_key(csi_dir) not in {path_key(r) for r in roots}
+        ):
+            roots.insert(0, csi_dir)
+        return roots
+
+    async def _links_into(self, root: str, *, exclude: str) -> list[str]:
+        """Staging links (of any CSI driver) that point into ``root``."""
+        found: list[str] = []
+        skip = path_key(exclude)
+        for csi_dir in self._scan_roots(exclude):
+            if not await self.host.lexists(csi_dir):
+                continue
+            for driver in await self.host.list_dir(csi_dir):
+                driver_dir = ntpath.join(csi_dir, driver)
+                try:
+                    volumes = await self.host.list_dir(driver_dir)
+                except OSError:
+                    continue  # a file, or gone meanwhile
+                for volume in volumes:
+                    link = ntpath.join(driver_dir, volume, "globalmount")
+                    if path_key(link) == skip or not await self.host.is_link(link):
+                        continue
+                    try:
+                        target = await self.host.read_link(link)
+                    except OSError:
+                        continue
+                    if is_within(target, root):
+                        found.append(link)
+        return found
+
+    # ---------------------------------------------------------------- stats parts
+
+    async def _resolve(self, path: str) -> tuple[str, str | None]:
+        """Follow links from ``path``: (final target, problem or None)."""
+        current = path
+        for _ in range(8):
+            if not await self.host.is_link(current):
+                return current, None
+            target = normalize_link_target(await self.host.read_link(current))
+            if not target.startswith("\\\\") and not await self.host.lexists(target):
+                return target, f"{current} points to {target}, which does not exist"
+            current = target
+        return current, f"{path}: too many levels of links"
+
+    async def _probe(self, path: str) -> tuple[DiskSpace | None, str | None]:
+        """Free space through the link, bounded in time; one probe per path at
+        a time (a probe stuck on a dead server is not joined by more)."""
+        key = path_key(path)
+        pending = self._probes.get(key)
+        if pending is not None:
+            return None, "the previous space query of this volume has not returned yet"
+        task = asyncio.ensure_future(self.host.disk_usage(path))
+        self._probes[key] = task
+        task.add_done_callback(lambda _t: self._probes.pop(key, None))
+        task.add_done_callback(_consume_result)
+        try:
+            space = await asyncio.wait_for(asyncio.shield(task), self.settings.stats_timeout)
+        except TimeoutError:
+            return None, f"the share did not answer within {self.settings.stats_timeout:g}s"
+        except OSError as exc:
+            return None, f"cannot reach the volume: {os_text(exc)}"
+        return space, None
+
+    # ---------------------------------------------------------------- helpers
+
+    @staticmethod
+    async def _bounded(work: Awaitable[T], limit: float, *, what: str) -> T:
+        try:
+            return await asyncio.wait_for(work, limit)
+        except TimeoutError:
+            raise DeadlineExceeded(f"{what}: no answer within {limit:g}s") from None
+
+
+def _consume_result(task: asyncio.Task[DiskSpace]) -> None:
+    # A probe that outlived its caller must not log "exception never retrieved".
+    if not task.cancelled():
+        task.exception()
