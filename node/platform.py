@@ -2,7 +2,7 @@
 
 The service (``node/service.py``) validates CSI requests, takes the
 per-volume lock and turns a request into one of the plain values below; a
-platform module (``node/linux.py``, ``node/windows/``) does the work.  The
+platform module (``node/linux/``, ``node/windows/``) does the work.  The
 platform is chosen in one place, :func:`node.service.build`.
 """
 

@@ -1,6 +1,6 @@
 """The CSI Node service: request validation, locks, and the platform.
 
-This module knows CSI; the platform (``node/linux.py`` or ``node/windows/``,
+This module knows CSI; the platform (``node/linux/`` or ``node/windows/``,
 chosen in :func:`build`) knows the OS.  The volume's location comes from the
 volume context the controller returned (``protocol``, ``source``,
 ``subDir``); for a static PV without a context, from a volume ID in this

@@ -106,20 +106,26 @@ echo SMOKE-OK
 
 def test_kernel_cifs_and_nfs_mounts_in_guest(tmp_path: Path) -> None:
     if os.geteuid() != 0:
-        pytest.skip("the UML testbed needs root (setup.sh installs packages; "
-                    "the guest reads the whole host root)")
+        pytest.skip(
+            "the UML testbed needs root (setup.sh installs packages; "
+            "the guest reads the whole host root)"
+        )
     try:
         ensure_setup()  # runs tests/e2e/uml/setup.sh on a fresh machine
     except GuestSetupError as e:
         pytest.fail(str(e))
 
-    res = run_in_guest(SMOKE.replace("__UML__", str(UML)), workdir=tmp_path,
-                       samba=True, nfs=True, timeout=300)
+    res = run_in_guest(
+        SMOKE.replace("__UML__", str(UML)), workdir=tmp_path, samba=True, nfs=True, timeout=300
+    )
 
-    print(f"guest: exit {res.returncode}, {res.duration:.1f} s, "
-          f"peak {(res.peak_mem_kib or 0) // 1024} MiB")
+    print(
+        f"guest: exit {res.returncode}, {res.duration:.1f} s, "
+        f"peak {(res.peak_mem_kib or 0) // 1024} MiB"
+    )
     failed = re.findall(r"SMOKE-FAILED: (.*)", res.output)
     where = f"failed step: {failed[-1]}" if failed else "no step reported failure"
     assert res.returncode == 0, (
-        f"guest exit {res.returncode} ({where}); console tail:\n{res.output[-6000:]}")
+        f"guest exit {res.returncode} ({where}); console tail:\n{res.output[-6000:]}"
+    )
     assert "SMOKE-OK" in res.output, res.output[-6000:]

@@ -23,8 +23,7 @@ import pytest
 
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
-from node import mountinfo
-from node.linux import LinuxPlatform
+from node.linux import LinuxPlatform, mountinfo
 from node.service import NodePlugin
 from tests.harness import Client, driver_process, run_ctl, running_driver
 

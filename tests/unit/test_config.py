@@ -131,7 +131,7 @@ def test_node_and_windows_flags() -> None:
     from node.linux import LinuxPlatform
     from node.windows import WindowsSettings
 
-    assert LinuxPlatform(cfg)._probe_timeout == 2.5
+    assert LinuxPlatform(cfg).probe_timeout == 2.5
     settings = WindowsSettings.from_config(cfg)
     assert settings.require_privacy is False
     assert settings.read_only == "warn"

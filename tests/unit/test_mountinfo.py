@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from node import mountinfo
-from node.mountinfo import MountEntry, MountinfoError
+from node.linux import mountinfo
+from node.linux.mountinfo import MountEntry, MountinfoError
 
 CIFS = (
     r"46 23 0:44 / /tmp/p/c\0401 rw,relatime - cifs //127.0.0.1/share/sub/dir "

@@ -36,7 +36,6 @@ from driver.errors import (
     Unavailable,
 )
 from driver.source import parse_source
-from node import mountinfo
 from node.linux import (
     CAPABILITIES,
     FsStats,
@@ -44,10 +43,11 @@ from node.linux import (
     Prober,
     ProbesExhausted,
     ProbeTimeout,
+    mountinfo,
     nfs_device,
     smb_device,
 )
-from node.mountinfo import MountEntry
+from node.linux.mountinfo import MountEntry
 from node.platform import PublishRequest, StageRequest
 from node.runner import AsyncioRunner, CommandResult, CommandTimeout
 from tests.secret_scan import register_secret
@@ -1070,10 +1070,18 @@ def _alive(pid: int) -> bool:
 
 async def test_exhausted_probes_do_not_tear_down_healthy_mounts(node: Node) -> None:
     staging = await staged(node)
-    node.platform._probes = Prober(limit=0)  # every slot held by other dead mounts
-    await node.platform.stage(smb_request(staging))  # no evidence: left alone
+    platform = LinuxPlatform(  # every probe slot held by other dead mounts
+        config(),
+        runner=node.runner,
+        host=node.host,
+        prober=Prober(limit=0),
+        secrets_dir=str(node.secrets_dir),
+        probe_timeout=0.2,
+        unmount_timeout=1.0,
+    )
+    await platform.stage(smb_request(staging))  # no evidence: left alone
     assert len(node.runner.fs_mounts()) == 1
     assert node.runner.commands("umount") == []
-    usage = await node.platform.usage("smb-vol", str(staging))
+    usage = await platform.usage("smb-vol", str(staging))
     assert usage.health.abnormal
     assert "still stuck" in usage.health.message

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from driver.csi import csi_pb2
-from node import mountinfo
+from node.linux import mountinfo
 from tests.secret_scan import register_secret
 
 if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):

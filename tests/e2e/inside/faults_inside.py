@@ -40,8 +40,7 @@ import grpc
 import pytest
 
 from driver.csi import csi_pb2
-from node import mountinfo
-from node.linux import PROBE_TIMEOUT, UNMOUNT_TIMEOUT
+from node.linux import PROBE_TIMEOUT, UNMOUNT_TIMEOUT, mountinfo
 from tests.bench.common import write
 from tests.e2e.inside.common import (
     NFS_DIR,

@@ -31,8 +31,7 @@ import pytest
 from controller.service import build as build_controller
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
-from node import mountinfo
-from node.linux import SECRETS_DIR, LinuxPlatform
+from node.linux import SECRETS_DIR, LinuxPlatform, mountinfo
 from node.service import NodePlugin
 from tests.e2e.inside.common import (
     NFS_DIR,

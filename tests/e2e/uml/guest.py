@@ -81,7 +81,8 @@ def ensure_setup(*, run_setup: bool = True) -> Path:
     if not run_setup:
         raise GuestSetupError(f"UML testbed missing; run: {shlex.join(cmd)}")
     proc = subprocess.run(
-        cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     if proc.returncode != 0 or not is_ready():
         raise GuestSetupError(
             f"{shlex.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
@@ -105,6 +106,7 @@ class GuestResult:
 
 # ---------------------------------------------------------------- processes
 
+
 def _proc_table() -> dict[int, tuple[int, int, bool]]:
     """pid -> (ppid, session id, is zombie) for every host process."""
     table = {}
@@ -117,7 +119,7 @@ def _proc_table() -> dict[int, tuple[int, int, bool]]:
         except OSError:
             continue
         # fields after "(comm)": state ppid pgrp session ...
-        fields = stat[stat.rfind(b")") + 2:].split()
+        fields = stat[stat.rfind(b")") + 2 :].split()
         table[int(entry.name)] = (int(fields[1]), int(fields[3]), fields[0] == b"Z")
     return table
 
@@ -186,8 +188,13 @@ def _run_uml(
     done = threading.Event()
     with open(console_path, "w", encoding="utf-8", errors="replace") as console:
         proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT, env=host_env, cwd="/", start_new_session=True,
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            env=host_env,
+            cwd="/",
+            start_new_session=True,
         )
         assert proc.stdout is not None
         out_fd = proc.stdout.fileno()
@@ -211,8 +218,10 @@ def _run_uml(
             while not done.wait(0.5):
                 peak[0] = max(peak[0], _pss_kib(_uml_pids(proc.pid, sids)))
 
-        threads = [threading.Thread(target=reader, daemon=True),
-                   threading.Thread(target=sampler, daemon=True)]
+        threads = [
+            threading.Thread(target=reader, daemon=True),
+            threading.Thread(target=sampler, daemon=True),
+        ]
         for t in threads:
             t.start()
         timed_out = False
@@ -232,6 +241,7 @@ def _run_uml(
 
 
 # ---------------------------------------------------------------- main API
+
 
 def _check_path(p: Path, what: str) -> None:
     # kernel command line and hostfs mount options cannot carry these
@@ -312,6 +322,7 @@ def run_in_guest(
         if ":" in str(o):
             raise ValueError(f"overlay {o!s} must not contain ':'")
     if echo is None and os.environ.get("E2E_GUEST_ECHO") == "1":
+
         def echo(s: str) -> None:
             sys.stderr.write(s)
             sys.stderr.flush()
@@ -340,8 +351,13 @@ def run_in_guest(
     argv = [
         str(kernel),
         f"mem={mem}",
-        "root=/dev/root", "rootfstype=hostfs", "rootflags=/", "ro", "quiet",
-        "con=null", "con0=null,fd:1",
+        "root=/dev/root",
+        "rootfstype=hostfs",
+        "rootflags=/",
+        "ro",
+        "quiet",
+        "con=null",
+        "con0=null,fd:1",
         f"init={INIT_SH}",
         f"E2E_WORKDIR={workdir}",
         f"E2E_UMLDIR={uml_dir()}",
@@ -352,8 +368,18 @@ def run_in_guest(
     # it kills every UML process), and setpriv's parent-death signal takes
     # unshare, hence (--kill-child) UML, down with the calling thread.
     if os.geteuid() == 0 and shutil.which("unshare") and shutil.which("setpriv"):
-        argv[:0] = ["setpriv", "--pdeathsig", "KILL", "--",
-                    "unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "--"]
+        argv[:0] = [
+            "setpriv",
+            "--pdeathsig",
+            "KILL",
+            "--",
+            "unshare",
+            "--pid",
+            "--fork",
+            "--kill-child",
+            "--mount-proc",
+            "--",
+        ]
     # UML keeps a pid file and its mconsole socket under uml_dir (default
     # $HOME/.uml): use a short private dir (socket paths max 108 bytes).
     # It puts its RAM in an unlinked file under TMPDIR (or /dev/shm).
@@ -366,7 +392,8 @@ def run_in_guest(
     start = time.monotonic()
     try:
         timed_out, uml_rc, output, peak = _run_uml(
-            argv, host_env, workdir / "console.log", timeout, echo)
+            argv, host_env, workdir / "console.log", timeout, echo
+        )
     finally:
         shutil.rmtree(umldir, ignore_errors=True)
     duration = time.monotonic() - start
@@ -388,7 +415,8 @@ def run_in_guest(
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m tests.e2e.uml.guest",
-        description="Run CMD inside the UML e2e guest; exit with its exit code.")
+        description="Run CMD inside the UML e2e guest; exit with its exit code.",
+    )
     ap.add_argument("--samba", action="store_true", help="start Samba in the guest")
     ap.add_argument("--nfs", action="store_true", help="start the kernel NFS server")
     ap.add_argument("--timeout", type=float, default=600)
@@ -407,17 +435,27 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     def go(wd: Path) -> GuestResult:
-        return run_in_guest(cmd, env=env, workdir=wd, timeout=a.timeout, samba=a.samba,
-                            nfs=a.nfs, mem=a.mem, echo=echo)
+        return run_in_guest(
+            cmd,
+            env=env,
+            workdir=wd,
+            timeout=a.timeout,
+            samba=a.samba,
+            nfs=a.nfs,
+            mem=a.mem,
+            echo=echo,
+        )
 
     if a.workdir:
         res = go(a.workdir)
     else:
         with tempfile.TemporaryDirectory(prefix="uml-guest-") as d:
             res = go(Path(d))
-    print(f"E2E-HOST: exit {res.returncode} after {res.duration:.1f} s"
-          + (f", peak {res.peak_mem_kib // 1024} MiB" if res.peak_mem_kib else ""),
-          file=sys.stderr)
+    print(
+        f"E2E-HOST: exit {res.returncode} after {res.duration:.1f} s"
+        + (f", peak {res.peak_mem_kib // 1024} MiB" if res.peak_mem_kib else ""),
+        file=sys.stderr,
+    )
     return res.returncode
 
 

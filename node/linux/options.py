@@ -1,0 +1,194 @@
+"""Mount options, device names and credentials files for cifs and nfs: pure.
+
+Everything here turns a :class:`~node.platform.StageRequest` (or the parts of
+an inline ephemeral volume) into what ``mount`` is given, and validates the
+user's ``mountOptions`` before any side effect.  No I/O.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from driver.credentials import Credentials
+from driver.errors import InvalidArgument
+from driver.source import Source
+from node.linux.mountinfo import MountEntry
+from node.platform import StageRequest
+
+CIFS_TYPES = frozenset({"cifs", "smb3"})
+NFS_TYPES = frozenset({"nfs", "nfs4"})
+# Options that would smuggle credentials past the secret (mount.cifs matches
+# option names by prefix: "user..." is the user name, "pass..." the password,
+# "cred..." a credentials file), or change what kind of mount this is.
+_CIFS_SECRET_PREFIXES = ("user", "pass", "cred")
+_CIFS_USER_OK = frozenset({"users", "user_xattr"})
+_FORBIDDEN_OPTIONS = frozenset({"remount", "bind", "rbind", "move", "make-shared"})
+_SMB_DEFAULT_MODE = "0770"
+
+
+def split_option(opt: str) -> tuple[str, str | None]:
+    key, sep, value = opt.partition("=")
+    return key.strip().lower(), (value if sep else None)
+
+
+def check_options(options: Sequence[str]) -> list[str]:
+    out: list[str] = []
+    for opt in options:
+        opt = opt.strip()  # noqa: PLW2901 - normalising the loop's own item
+        if not opt:
+            continue
+        if any(ord(c) < 0x20 or c == "\x7f" for c in opt) or "," in opt:
+            raise InvalidArgument("mount options: control characters and ',' are not allowed")
+        key, _ = split_option(opt)
+        if key in _FORBIDDEN_OPTIONS:
+            raise InvalidArgument(f"mount option {key!r} is not allowed (the driver decides that)")
+        out.append(opt)
+    return out
+
+
+def option_keys(options: Sequence[str]) -> dict[str, str | None]:
+    return dict(split_option(o) for o in options)
+
+
+def port_option(options: list[str], source: Source) -> None:
+    if source.port is None:
+        return
+    given = option_keys(options).get("port")
+    if given is None:
+        options.append(f"port={source.port}")
+    elif given.strip() != str(source.port):
+        raise InvalidArgument(
+            f"mount option port={given} contradicts the port {source.port} in the source"
+        )
+
+
+def mount_group_id(group: str) -> int:
+    if not group.isdigit() or not group.isascii() or int(group) > 0xFFFFFFFE:
+        raise InvalidArgument(
+            f"volume_mount_group {group!r}: expected a numeric group ID (the pod's fsGroup)"
+        )
+    return int(group)
+
+
+def smb_options(request: StageRequest) -> list[str]:
+    """cifs mount options for a stage request, without the credentials file."""
+    options = check_options(request.mount_options)
+    for opt in options:
+        key, _ = split_option(opt)
+        if key.startswith(_CIFS_SECRET_PREFIXES) and key not in _CIFS_USER_OK:
+            raise InvalidArgument(
+                f"mount option {key!r} is not allowed: user name and password belong in the "
+                "node-stage secret (keys username, password, domain)"
+            )
+    keys = option_keys(options)
+    port_option(options, request.source)
+    # Each volume gets its own TCP connection and SMB session: a session that
+    # died with its server (or got stuck) cannot take other volumes down with
+    # it, and a re-stage really reconnects instead of joining a dead session.
+    if "nosharesock" not in keys:
+        options.append("nosharesock")
+    if request.mount_group:
+        gid = mount_group_id(request.mount_group)
+        # The pod's fsGroup owns everything and may write; cifs has no real
+        # POSIX ownership without unix extensions, so these are what the
+        # kernel shows (and enforces locally).
+        if "gid" not in keys:
+            options.append(f"gid={gid}")
+            if "file_mode" not in keys:
+                options.append(f"file_mode={_SMB_DEFAULT_MODE}")
+            if "dir_mode" not in keys:
+                options.append(f"dir_mode={_SMB_DEFAULT_MODE}")
+    if request.read_only and "ro" not in keys:
+        options.append("ro")
+    return options
+
+
+def nfs_options(request: StageRequest) -> list[str]:
+    """nfs mount options for a stage request (the version: the user's
+    ``nfsvers=``/``vers=`` or mount.nfs's negotiation, newest first)."""
+    options = check_options(request.mount_options)
+    if request.mount_group:
+        mount_group_id(request.mount_group)
+    keys = option_keys(options)
+    port_option(options, request.source)
+    if request.read_only and "ro" not in keys:
+        options.append("ro")
+    return options
+
+
+def smb_device(source: Source, subdir: str) -> str:
+    # mount.cifs takes IPv6 literals without brackets (//fd00::1/share).
+    return "//" + "/".join(p for p in (source.server, source.share, subdir) if p)
+
+
+def nfs_device(source: Source, subdir: str) -> str:
+    host = f"[{source.server}]" if ":" in source.server else source.server
+    path = source.share.rstrip("/")
+    if subdir:
+        path = f"{path}/{subdir}"
+    return f"{host}:{path or '/'}"
+
+
+def _norm_smb(device: str) -> tuple[str, str, str]:
+    parts = [p for p in device.replace("\\", "/").split("/") if p]
+    if len(parts) < 2:
+        return (device, "", "")
+    return (parts[0].lower(), parts[1].lower(), "/".join(parts[2:]))
+
+
+def _norm_nfs(device: str) -> tuple[str, str]:
+    host, _, path = device.rpartition(":/")
+    return (host.lower(), posixpath.normpath("/" + path))
+
+
+@dataclass(frozen=True, slots=True)
+class MountSpec:
+    protocol: str
+    fstype: str
+    device: str
+    options: tuple[str, ...]
+    read_only: bool
+
+    def matches(self, entry: MountEntry) -> bool:
+        """True when ``entry`` is this share directory, however it was mounted."""
+        if self.protocol == "smb":
+            return entry.fstype in CIFS_TYPES and _norm_smb(entry.source) == _norm_smb(self.device)
+        return entry.fstype in NFS_TYPES and _norm_nfs(entry.source) == _norm_nfs(self.device)
+
+
+def mount_spec(request: StageRequest) -> MountSpec:
+    if request.source.protocol == "smb":
+        return MountSpec(
+            "smb",
+            "cifs",
+            smb_device(request.source, request.subdir),
+            tuple(smb_options(request)),
+            request.read_only,
+        )
+    if request.source.protocol == "nfs":
+        return MountSpec(
+            "nfs",
+            "nfs",
+            nfs_device(request.source, request.subdir),
+            tuple(nfs_options(request)),
+            request.read_only,
+        )
+    raise InvalidArgument(f"protocol {request.source.protocol!r} is not smb or nfs")
+
+
+def credentials_text(creds: Credentials) -> str:
+    """The mount.cifs credentials file: one ``key=value`` per line, the value
+    taken verbatim to the end of the line (so ``,`` ``"`` backticks and
+    spaces need no quoting; only line breaks cannot be represented)."""
+    for what, value in (("username", creds.username), ("domain", creds.domain)):
+        if any(c in value for c in "%/\r\n\x00"):
+            # mount.cifs would read "user%pass" and "domain/user" forms.
+            raise InvalidArgument(f"node-stage secret: {what} must not contain '%', '/' or breaks")
+    if any(c in creds.password for c in "\r\n\x00"):
+        raise InvalidArgument("node-stage secret: the password must not contain line breaks")
+    lines = [f"username={creds.username}", f"password={creds.password}"]
+    if creds.domain:
+        lines.append(f"domain={creds.domain}")
+    return "\n".join(lines) + "\n"

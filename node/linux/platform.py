@@ -1,0 +1,247 @@
+"""LinuxPlatform: the Node service's requests as kernel mounts.
+
+State lives in the kernel's mount table, never in memory (see the package
+docstring); each method looks before it acts, so every call is idempotent.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+
+from driver.config import Config
+from driver.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    Internal,
+    InvalidArgument,
+    NotFound,
+    Unavailable,
+)
+from driver.log import get_logger
+from node.linux import mountinfo
+from node.linux.errors import errno_name
+from node.linux.host import HostView, ProcHost, share_with_group
+from node.linux.mounter import KernelMounter
+from node.linux.options import credentials_text, mount_group_id, mount_spec
+from node.linux.probes import Prober, ProbeTimeout
+from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsage
+from node.runner import AsyncioRunner, CommandRunner
+
+log = get_logger("node.linux")
+
+CAPABILITIES = frozenset(
+    {
+        "STAGE_UNSTAGE_VOLUME",
+        "GET_VOLUME_STATS",
+        "VOLUME_CONDITION",
+        "VOLUME_MOUNT_GROUP",
+        "SINGLE_NODE_MULTI_WRITER",
+    }
+)
+# Credentials files live here for the duration of one ``mount``: /run is a
+# tmpfs on every systemd host and in the node DaemonSet, so a password never
+# touches a disk.  0700, owned by the driver (root).
+SECRETS_DIR = "/run/csi-smb-nfs"
+# Bound of one statvfs/chmod on a mounted share (NodeGetVolumeStats answers
+# "abnormal" after it) and of the health check before reusing a mount.
+PROBE_TIMEOUT = 5.0
+# Upper bound of one ``umount`` before falling back to ``umount -l``.
+UNMOUNT_TIMEOUT = 30.0
+
+
+class LinuxPlatform:
+    name = "linux"
+    capabilities = CAPABILITIES
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        runner: CommandRunner | None = None,
+        host: HostView | None = None,
+        prober: Prober | None = None,
+        secrets_dir: str = SECRETS_DIR,
+        probe_timeout: float | None = None,
+        unmount_timeout: float | None = None,
+    ) -> None:
+        self._host: HostView = host if host is not None else ProcHost()
+        self._mounts = KernelMounter(
+            runner=runner if runner is not None else AsyncioRunner(),
+            host=self._host,
+            prober=prober if prober is not None else Prober(),
+            secrets_dir=secrets_dir,
+            mount_timeout=config.mount_timeout,
+            unmount_timeout=(
+                unmount_timeout
+                if unmount_timeout is not None
+                else min(config.mount_timeout, UNMOUNT_TIMEOUT)
+            ),
+            probe_timeout=probe_timeout if probe_timeout is not None else config.health_timeout,
+        )
+
+    @property
+    def probe_timeout(self) -> float:
+        """The health bound: how long one probe of a mount may take."""
+        return self._mounts.probe_timeout
+
+    # -- paths -----------------------------------------------------------
+
+    def check_path(self, path: str, *, what: str) -> str:
+        if "\x00" in path:
+            raise InvalidArgument(f"{what}: NUL is not allowed")
+        if not path.startswith("/"):
+            raise InvalidArgument(f"{what}: must be an absolute path")
+        if ".." in path.split("/"):
+            raise InvalidArgument(f"{what}: '..' is not allowed")
+        norm = posixpath.normpath("/" + path.lstrip("/"))
+        if norm == "/":
+            raise InvalidArgument(f"{what}: must not be /")
+        if len(norm.encode("utf-8", "surrogateescape")) >= 4096:
+            raise InvalidArgument(f"{what}: longer than 4095 bytes")
+        return norm
+
+    async def stage(self, request: StageRequest) -> None:
+        spec = mount_spec(request)  # validates options before any side effect
+        if spec.protocol == "smb" and request.credentials is not None:
+            credentials_text(request.credentials)  # same: refuse unusable secrets early
+        staging = self._mounts.real(request.staging_path)
+        current = mountinfo.top(self._host.mounts(), staging)
+        if current is not None:
+            if not spec.matches(current):
+                raise FailedPrecondition(
+                    f"staging_target_path {staging} already has another mount "
+                    f"({current.fstype} {current.source}); unstage that volume first"
+                )
+            problem = await self._mounts.problem(staging)
+            if problem is None:
+                if current.read_only != spec.read_only:
+                    raise AlreadyExists(
+                        f"volume is staged at {staging} "
+                        f"{'read-only' if current.read_only else 'read-write'}, "
+                        "which is incompatible with the requested access mode"
+                    )
+                log.info("already staged", path=staging, device=spec.device)
+                return
+            log.warning("staged mount is broken; mounting again", path=staging, problem=problem)
+            await self._mounts.unmount(staging, what="staging_target_path", broken=True)
+        self._mounts.prepare_dir(staging, what="staging_target_path")
+        await self._mounts.mount(spec, staging, request.credentials)
+        if spec.protocol == "nfs":
+            await self._after_nfs_mount(request, staging)
+        log.info("staged", path=staging, device=spec.device)
+
+    async def _after_nfs_mount(self, request: StageRequest, staging: str) -> None:
+        if request.mount_permissions is not None and not request.read_only:
+            mode = request.mount_permissions
+            try:
+                await self._mounts.probes.call(
+                    self._mounts.probe_key("chmod", staging),
+                    lambda: os.chmod(staging, mode),
+                    self._mounts.probe_timeout,
+                )
+            except (OSError, ProbeTimeout) as exc:
+                # Leave nothing half done: a retry mounts and chmods again.
+                await self._mounts.unmount(staging, what="staging_target_path")
+                raise Internal(f"chmod {mode:04o} {staging} failed: {exc}") from None
+        if request.mount_group and not request.read_only:
+            gid = mount_group_id(request.mount_group)
+            try:
+                await self._mounts.probes.call(
+                    self._mounts.probe_key("group", staging),
+                    lambda: share_with_group(staging, gid),
+                    self._mounts.probe_timeout,
+                )
+            except (OSError, ProbeTimeout) as exc:
+                # root_squash servers refuse it: their ownership rules apply.
+                log.warning("could not give the volume to the mount group", gid=gid, error=str(exc))
+
+    async def unstage(self, volume_id: str, staging_path: str) -> None:
+        staging = self._mounts.real(staging_path)
+        await self._mounts.unmount(staging, what="staging_target_path")
+        self._mounts.remove_dir(staging, what="staging_target_path")
+        log.info("unstaged", path=staging)
+
+    async def publish(self, request: PublishRequest) -> None:
+        staging = self._mounts.real(request.staging_path)
+        target = self._mounts.real(request.target_path)
+        mounts = self._host.mounts()
+        source = mountinfo.top(mounts, staging)
+        if source is None:
+            raise FailedPrecondition(
+                f"staging_target_path {staging} is not mounted: NodeStageVolume first"
+            )
+        current = mountinfo.top(mounts, target)
+        if current is not None:
+            if not current.same_filesystem_view(source):
+                raise FailedPrecondition(
+                    f"target_path {target} already has another mount "
+                    f"({current.fstype} {current.source})"
+                )
+            if current.read_only != request.read_only:
+                raise AlreadyExists(
+                    f"volume is published at {target} "
+                    f"{'read-only' if current.read_only else 'read-write'}, "
+                    "which contradicts the requested readonly flag"
+                )
+            log.info("already published", path=target)
+            return
+        problem = await self._mounts.problem(staging)
+        if problem is not None:
+            raise Unavailable(f"the staged mount at {staging} does not answer: {problem}")
+        self._mounts.prepare_dir(target, what="target_path")
+        await self._mounts.bind(staging, target, read_only=request.read_only)
+        log.info("published", path=target, read_only=request.read_only)
+
+    async def unpublish(self, volume_id: str, target_path: str) -> None:
+        target = self._mounts.real(target_path)
+        await self._mounts.unmount(target, what="target_path")
+        self._mounts.remove_dir(target, what="target_path")
+        log.info("unpublished", path=target)
+
+    async def usage(self, volume_id: str, path: str) -> VolumeUsage:
+        path = self._mounts.real(path)
+        entry = mountinfo.top(self._host.mounts(), path)
+        try:
+            st = await self._mounts.statvfs(path)
+        except FileNotFoundError:
+            raise NotFound(f"volume_path {path} does not exist") from None
+        except ProbeTimeout as exc:
+            return _unknown(f"the share did not answer statfs: {exc} (server down or unreachable?)")
+        except OSError as exc:
+            return _unknown(
+                f"the mount is not usable: {exc.strerror} ({errno_name(exc.errno)}); "
+                "the server may have restarted or be unreachable"
+            )
+        if entry is None:
+            return _unknown(f"{path} is not a mount point: the volume is not mounted here")
+        total = st.blocks * st.fragment_size
+        available = st.blocks_available * st.fragment_size
+        used = max(0, (st.blocks - st.blocks_free) * st.fragment_size)
+        has_inodes = st.files > 0  # cifs reports 0: no inode counts
+        return VolumeUsage(
+            total_bytes=total,
+            available_bytes=available,
+            used_bytes=used,
+            total_inodes=st.files if has_inodes else None,
+            free_inodes=st.files_free if has_inodes else None,
+            used_inodes=max(0, st.files - st.files_free) if has_inodes else None,
+            health=VolumeHealth(abnormal=False, message="mounted and answering"),
+        )
+
+    async def aclose(self) -> None:
+        # Stuck probe threads are daemons and killed mounts are reaped by the
+        # runner; neither may delay shutdown.
+        return None
+
+
+def _unknown(message: str) -> VolumeUsage:
+    return VolumeUsage(
+        total_bytes=0,
+        available_bytes=0,
+        used_bytes=0,
+        total_inodes=None,
+        free_inodes=None,
+        used_inodes=None,
+        health=VolumeHealth(abnormal=True, message=message),
+    )
