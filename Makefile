@@ -67,8 +67,11 @@ proto-check: install
 	    diff -q $$f $$tmp/$$f >/dev/null || { echo "$$f is stale: run make proto"; exit 1; }; \
 	done; echo "generated code is up to date"
 
+# Chart tests, then the chart archive CI publishes (dist/, version and
+# appVersion = the Python package's version).
 chart: install
 	$(PYTEST) -q tests/chart
+	$(PY) -m tests.tools.package_chart --destination dist
 
 bench: deps install
 	$(PY) -m tests.bench

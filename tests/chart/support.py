@@ -17,6 +17,7 @@ from typing import Any
 
 import kubernetes_validate
 import yaml
+from helm_python import _native
 from helm_python.chart import Chart
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,6 +29,23 @@ NAMESPACE = "kube-system"
 
 # A password used to check that secret values never leak into rendered output.
 SECRET_PASSWORD = "Pa55w0rd-never-rendered-7f3c"
+
+# The driver images have no default repository (nobody publishes them): every
+# render starts from these, as every real install must set them.
+DRIVER_REPOSITORY = "registry.example.com/storage/csi-driver-smb-nfs"
+BASE_VALUES: dict[str, Any] = {
+    "image": {
+        "driver": {"repository": DRIVER_REPOSITORY},
+        "windowsDriver": {"repository": DRIVER_REPOSITORY},
+    }
+}
+
+# What a cluster with the snapshot CRDs serves (.Capabilities.APIVersions);
+# render(..., api_versions=()) is a cluster without them.
+SNAPSHOT_API_VERSIONS = (
+    "snapshot.storage.k8s.io/v1",
+    "snapshot.storage.k8s.io/v1/VolumeSnapshotClass",
+)
 
 Doc = dict[str, Any]
 
@@ -106,10 +124,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         }
     },
     "custom": {
-        "driver": {
-            "name": "files.example.com",
-            "volumeLifecycleModes": ["Persistent", "Ephemeral"],
-        },
+        "driver": {"name": "files.example.com"},
         "log": {"level": 4, "format": "text"},
         "controller": {
             "extraArgs": ["--backend-workers=8", "--backend-timeout=45"],
@@ -133,6 +148,42 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "podAnnotations": {"example.com/team": "storage"},
         "serviceAccount": {"controllerName": "smbnfs-ctrl", "nodeName": "smbnfs-node"},
     },
+    # What operators of upstream charts expect: control-plane placement, no
+    # priority class, their own labels and names.
+    "operator": {
+        "fullnameOverride": "files",
+        "customLabels": {"team": "storage", "cost-center": "42"},
+        "podLabels": {"team": "storage-pods", "sidecar.istio.io/inject": "false"},
+        "controller": {"runOnControlPlane": True, "priorityClassName": "", "replicas": 2},
+        "linux": {"priorityClassName": ""},
+        "windows": {"enabled": True, "priorityClassName": ""},
+        "storageClasses": [{"name": "smb", "source": "//fs/k8s", "labels": {"tier": "files"}}],
+        "snapshots": {"enabled": True, "volumeSnapshotClasses": [{"name": "snaps"}]},
+    },
+    "name-override": {"nameOverride": "files"},
+    # storageClasses[].parameters as csi-driver-smb's chart takes them.
+    "upstream-storage-classes": {
+        "storageClasses": [
+            {
+                "name": "smb",
+                "parameters": {
+                    "source": "//fileserver.example.com/data/k8s",
+                    "subDir": "${pvc.metadata.namespace}/${pvc.metadata.name}",
+                    "onDelete": "archive",
+                    "csi.storage.k8s.io/provisioner-secret-name": "smb-creds",
+                    "csi.storage.k8s.io/provisioner-secret-namespace": "storage",
+                    "csi.storage.k8s.io/node-stage-secret-name": "smb-creds",
+                    "csi.storage.k8s.io/node-stage-secret-namespace": "storage",
+                },
+                "mountOptions": ["vers=3.1.1"],
+            },
+            {
+                "name": "nfs",
+                "source": "nfs.example.com:/export/k8s",
+                "parameters": {"mountPermissions": 775},
+            },
+        ]
+    },
 }
 
 
@@ -151,18 +202,48 @@ def default_values() -> dict[str, Any]:
     return chart().values
 
 
+def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``override`` over ``base``, maps merged key by key (as Helm coalesces values)."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def with_base(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The values an install passes: BASE_VALUES under ``values``."""
+    return deep_merge(BASE_VALUES, values)
+
+
 def merged_values(values: Mapping[str, Any]) -> dict[str, Any]:
-    return chart().merge_values(copy.deepcopy(dict(values)))
+    return chart().merge_values(with_base(values))
 
 
 @functools.cache
-def _render_json(values_json: str) -> dict[str, str]:
-    return chart().render(json.loads(values_json), name=RELEASE, namespace=NAMESPACE)
+def _render_json(values_json: str, api_versions: tuple[str, ...]) -> dict[str, str]:
+    # helm_python's Chart.render has no api_versions option; its native call
+    # takes the same options as `helm template --api-versions`.
+    options = {"name": RELEASE, "namespace": NAMESPACE, "api_versions": list(api_versions)}
+    rendered = _native.call_string("helm_render", chart()._raw(), values_json, json.dumps(options))
+    result: dict[str, str] = json.loads(rendered)
+    return result
 
 
-def render(values: Mapping[str, Any]) -> dict[str, str]:
-    """Template path → rendered text (NOTES.txt included)."""
-    return dict(_render_json(json.dumps(values, sort_keys=True)))
+def render_raw(
+    values: Mapping[str, Any], *, api_versions: tuple[str, ...] = SNAPSHOT_API_VERSIONS
+) -> dict[str, str]:
+    """Render exactly these values (no BASE_VALUES)."""
+    return dict(_render_json(json.dumps(values, sort_keys=True), tuple(api_versions)))
+
+
+def render(
+    values: Mapping[str, Any], *, api_versions: tuple[str, ...] = SNAPSHOT_API_VERSIONS
+) -> dict[str, str]:
+    """Template path → rendered text (NOTES.txt included), BASE_VALUES under ``values``."""
+    return render_raw(with_base(values), api_versions=api_versions)
 
 
 def rendered_text(values: Mapping[str, Any]) -> str:

@@ -96,7 +96,7 @@ def test_extra_args_reach_the_driver() -> None:
     assert _driver_config(linux).mount_timeout == 60
     assert _driver_config(linux).health_timeout == 3
     assert _driver_config(windows).grace_period == 20
-    assert _driver_config(controller).metrics_address == ("::", 29654)
+    assert _driver_config(controller).metrics_address == ("::", 29671)
 
 
 @pytest.mark.parametrize("scenario", IDS)
@@ -154,7 +154,7 @@ def test_linux_node(scenario: str) -> None:
     for node in nodes:
         spec = pod_spec(node)
         assert spec["hostNetwork"] is True
-        assert spec["priorityClassName"] == "system-node-critical"
+        assert spec.get("priorityClassName", "") == values["linux"]["priorityClassName"]
         assert spec["automountServiceAccountToken"] is False
         driver = container(node, "driver")
         assert driver["securityContext"]["privileged"] is True
@@ -179,13 +179,24 @@ def test_linux_node(scenario: str) -> None:
         assert _mount_source(node, registrar, "/csi")["hostPath"]["path"] == plugin_dir
         registration = _mount_source(node, registrar, "/registration")["hostPath"]["path"]
         assert registration == f"{kubelet}/plugins_registry"
-        probe = registrar["livenessProbe"]["exec"]["command"]
-        assert f"--kubelet-registration-path={plugin_dir}/csi.sock" in probe
-        # livenessprobe serves the port the driver's probe asks.
+        # The registrar's own /healthz (not the deprecated, always-passing
+        # --mode=kubelet-registration-probe), on the host's loopback.
+        assert "exec" not in registrar["livenessProbe"]
+        assert all(not a.startswith("--mode") for a in args)
+        reg_port = {p["name"]: p["containerPort"] for p in registrar["ports"]}["reg-healthz"]
+        assert flag(args, "--http-endpoint") == f"127.0.0.1:{reg_port}"
+        assert registrar["livenessProbe"]["httpGet"] == {
+            "host": "127.0.0.1",
+            "path": "/healthz",
+            "port": "reg-healthz",
+        }
+        # livenessprobe serves, on loopback, the port the driver's probe asks.
         liveness = container(node, "liveness-probe")
         health = {p["name"]: p["containerPort"] for p in driver["ports"]}["healthz"]
-        assert flag(liveness["args"], "--health-port") == str(health)
+        assert flag(liveness["args"], "--http-endpoint") == f"127.0.0.1:{health}"
+        assert flag(liveness["args"], "--health-port") is None
         assert driver["livenessProbe"]["httpGet"]["port"] == "healthz"
+        assert driver["livenessProbe"]["httpGet"]["host"] == "127.0.0.1"
 
 
 def _is_relative_exe(command: str) -> bool:
@@ -211,7 +222,7 @@ def test_windows_node_is_hostprocess(scenario: str) -> None:
         assert spec["hostNetwork"] is True
         assert spec["nodeSelector"]["kubernetes.io/os"] == "windows"
         assert spec["os"] == {"name": "windows"}
-        assert spec["priorityClassName"] == "system-node-critical"
+        assert spec.get("priorityClassName", "") == values["windows"]["priorityClassName"]
         assert "volumes" not in spec
         for c in containers(node):
             assert "volumeMounts" not in c, c["name"]
@@ -244,6 +255,19 @@ def test_windows_node_is_hostprocess(scenario: str) -> None:
         liveness = container(node, "liveness-probe")
         assert liveness["command"] == ["livenessprobe.exe"]
         assert flag(liveness["args"], "--csi-address") == f"unix://{socket}"
+        # Health endpoints on the host's loopback, probed there by kubelet.
+        driver_ports = {p["name"]: p["containerPort"] for p in container(node, "driver")["ports"]}
+        assert flag(liveness["args"], "--http-endpoint") == f"127.0.0.1:{driver_ports['healthz']}"
+        assert container(node, "driver")["livenessProbe"]["httpGet"]["host"] == "127.0.0.1"
+        reg_port = {p["name"]: p["containerPort"] for p in registrar["ports"]}["reg-healthz"]
+        assert flag(registrar["args"], "--http-endpoint") == f"127.0.0.1:{reg_port}"
+        assert registrar["livenessProbe"]["httpGet"] == {
+            "host": "127.0.0.1",
+            "path": "/healthz",
+            "port": "reg-healthz",
+        }
+        # The registrar's first calls cross csi-grpc-proxy to a starting driver.
+        assert _seconds(flag(registrar["args"], "--timeout") or "0s") >= 30
         driver = container(node, "driver")
         assert driver["command"] == values["windows"]["command"]
         assert _is_relative_exe(driver["command"][0])
@@ -257,7 +281,7 @@ def test_controller_is_unprivileged(scenario: str) -> None:
     assert spec["securityContext"]["runAsNonRoot"] is True
     assert spec["securityContext"]["runAsUser"] != 0
     assert spec["hostNetwork"] is values["controller"]["hostNetwork"]
-    assert spec["priorityClassName"] == "system-cluster-critical"
+    assert spec.get("priorityClassName", "") == values["controller"]["priorityClassName"]
     assert spec["nodeSelector"]["kubernetes.io/os"] == "linux"
     assert "automountServiceAccountToken" not in spec  # the sidecars need the API
     for volume in spec["volumes"]:
@@ -432,8 +456,13 @@ def test_rbac_is_least_privilege(scenario: str) -> None:
         assert granted == {}
         return
     assert granted == {
-        # dataSource: VolumeSnapshot -> bound content -> snapshot handle.
-        "provisioner": {("volumesnapshots", "get"), ("volumesnapshotcontents", "get")},
+        # dataSource: VolumeSnapshot -> bound content -> snapshot handle; the
+        # source-protection finalizer (update) and v6.3's sweep of orphaned
+        # finalizers (list/watch).
+        "provisioner": {
+            *(("volumesnapshots", v) for v in ("get", "list", "watch", "update")),
+            ("volumesnapshotcontents", "get"),
+        },
         "snapshotter": {
             *(("volumesnapshotclasses", v) for v in ("get", "list", "watch")),
             *(("volumesnapshotcontents", v) for v in ("get", "list", "watch", "update", "patch")),

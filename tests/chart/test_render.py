@@ -12,6 +12,7 @@ from helm_python.chart import lint
 
 from tests.chart.support import (
     CHART_DIR,
+    DRIVER_REPOSITORY,
     NAMESPACE,
     SCENARIOS,
     SECRET_PASSWORD,
@@ -25,6 +26,7 @@ from tests.chart.support import (
     supported_kube_versions,
     validate,
     validate_volume_snapshot_class,
+    with_base,
 )
 
 OLDEST, NEWEST = supported_kube_versions()
@@ -50,7 +52,7 @@ def test_chart_metadata() -> None:
 def test_lint_strict(scenario: str, kube_version: str) -> None:
     report = lint(
         CHART_DIR,
-        copy.deepcopy(SCENARIOS[scenario]),
+        with_base(SCENARIOS[scenario]),
         strict=True,
         namespace=NAMESPACE,
         kube_version=f"v{kube_version}.0",
@@ -304,9 +306,9 @@ def test_image_references() -> None:
         ]
         if c["name"] == "csi-snapshotter"
     }
-    assert snapshotter == {"registry.k8s.io/sig-storage/csi-snapshotter:v8.7.0"}
-    assert "csi-driver-smb-nfs:0.1.0" in images
-    assert "csi-driver-smb-nfs:0.1.0-windows-hostprocess" in images
+    assert snapshotter == {"registry.k8s.io/sig-storage/csi-snapshotter:v8.6.0"}
+    assert f"{DRIVER_REPOSITORY}:0.1.0" in images
+    assert f"{DRIVER_REPOSITORY}:0.1.0-windows-hostprocess" in images
     assert any(i.startswith("docker.io/democraticcsi/csi-grpc-proxy:v") for i in images)
 
     pinned = documents(SCENARIOS["custom"])

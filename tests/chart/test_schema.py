@@ -23,6 +23,19 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "windows kubelet dir with a quote": {"windows": {"kubeletDir": "C:\\k'; Remove-Item C:\\"}},
     "windows enabled as a string": {"windows": {"enabled": "true"}},
     "bad lifecycle mode": {"driver": {"volumeLifecycleModes": ["Persistent", "Inline"]}},
+    # The node refuses inline volumes today; the field is immutable on a CSIDriver.
+    "ephemeral offered": {"driver": {"volumeLifecycleModes": ["Persistent", "Ephemeral"]}},
+    "selector label in customLabels": {"customLabels": {"app.kubernetes.io/instance": "x"}},
+    "selector label in podLabels": {"podLabels": {"app.kubernetes.io/component": "node"}},
+    "label value not a string": {"customLabels": {"team": 1}},
+    "runOnControlPlane as a string": {"controller": {"runOnControlPlane": "yes"}},
+    "storage class parameters as a list": {
+        "storageClasses": [{"name": "smb", "parameters": ["source=//s/x"]}]
+    },
+    "storage class parameter as a map": {
+        "storageClasses": [{"name": "smb", "parameters": {"source": {"server": "s"}}}]
+    },
+    "bad registrar timeout": {"linux": {"registrarTimeout": "30"}},
     "bad driver name": {"driver": {"name": "-smb_nfs"}},
     "bad log format": {"log": {"format": "xml"}},
     "log level out of range": {"log": {"level": 11}},
@@ -31,7 +44,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "bad port": {"controller": {"metricsPort": 70000}},
     "bad duration": {"controller": {"provisionerTimeout": "two minutes"}},
     "extra arg without a dash": {"controller": {"extraArgs": ["backend-workers=4"]}},
-    "storage class without source": {"storageClasses": [{"name": "smb"}]},
+    "storage class without name": {"storageClasses": [{"source": "//s/x"}]},
     "misspelt storage class key": {"storageClasses": [{"name": "smb", "sorce": "//s/x"}]},
     "bad onDelete": {"storageClasses": [{"name": "smb", "source": "//s/x", "onDelete": "keep"}]},
     "mountPermissions as a number": {
