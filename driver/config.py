@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import re
 import socket
+import sys
 from dataclasses import dataclass
 from typing import Literal
 
@@ -17,6 +19,7 @@ LogFormat = Literal["json", "text"]
 
 DEFAULT_ENDPOINT = "unix:///csi/csi.sock"
 DEFAULT_DRIVER_NAME = "smb-nfs.csi.io"
+DEFAULT_KUBELET_DIR = "C:\\var\\lib\\kubelet" if sys.platform == "win32" else "/var/lib/kubelet"
 # CSI: at most 63 characters, alphanumerics, '-', '.', starting and ending alnum.
 _DRIVER_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,61}[A-Za-z0-9])?$")
 
@@ -40,6 +43,28 @@ class Endpoint:
         if self.scheme == "unix":
             return f"unix://{self.path}"
         return f"tcp://{self.grpc_target}"
+
+    @property
+    def is_loopback(self) -> bool:
+        """A tcp endpoint only this host can reach (127.0.0.0/8, ::1, localhost)."""
+        if self.scheme != "tcp":
+            return False
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host.split("%")[0]).is_loopback
+        except ValueError:
+            return False
+
+
+def check_serve_endpoint(endpoint: Endpoint) -> None:
+    """The driver serves without authentication: a tcp endpoint must be
+    loopback only (on Windows, csi-grpc-proxy bridges kubelet's socket to it)."""
+    if endpoint.scheme == "tcp" and not endpoint.is_loopback:
+        raise InvalidArgument(
+            f"--endpoint {endpoint}: a tcp endpoint must be a loopback address "
+            "(127.0.0.1, ::1 or localhost): the CSI API has no authentication"
+        )
 
 
 def parse_endpoint(text: str) -> Endpoint:
@@ -88,6 +113,9 @@ class Config:
     # Windows node: SMB encryption for global mappings; read-only requests.
     windows_require_privacy: bool = True
     windows_read_only: Literal["refuse", "warn"] = "refuse"
+    # Node: kubelet's root directory; node RPCs touch paths under its CSI
+    # plugin directory and its pods directory only.
+    kubelet_dir: str = DEFAULT_KUBELET_DIR
 
     @property
     def runs_controller(self) -> bool:
@@ -149,6 +177,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         help="Windows node: read-only requests (a symlink cannot be read-only)",
     )
     parser.add_argument(
+        "--kubelet-dir",
+        default=DEFAULT_KUBELET_DIR,
+        help="node: kubelet's root directory; staging and target paths outside "
+        "DIR/plugins/kubernetes.io/csi/ and DIR/pods/ are refused "
+        f"(default {DEFAULT_KUBELET_DIR})",
+    )
+    parser.add_argument(
         "--mount-timeout",
         type=float,
         default=110.0,
@@ -159,6 +194,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
 def config_from_args(args: argparse.Namespace) -> Config:
     """Validate parsed flags; InvalidArgument names the bad flag."""
     endpoint = parse_endpoint(args.endpoint)
+    check_serve_endpoint(endpoint)
+    kubelet_dir = args.kubelet_dir
+    if not kubelet_dir or "\x00" in kubelet_dir or not _is_absolute(kubelet_dir):
+        raise InvalidArgument(f"--kubelet-dir {kubelet_dir!r}: must be an absolute path")
     if not _DRIVER_NAME.match(args.driver_name):
         raise InvalidArgument(
             f"--driver-name {args.driver_name!r}: at most 63 characters of [A-Za-z0-9.-], "
@@ -197,4 +236,12 @@ def config_from_args(args: argparse.Namespace) -> Config:
         health_timeout=args.health_timeout,
         windows_require_privacy=args.windows_require_privacy == "true",
         windows_read_only=args.windows_read_only,
+        kubelet_dir=kubelet_dir,
+    )
+
+
+def _is_absolute(path: str) -> bool:
+    # POSIX (/...) or Windows (C:\..., \...): the node platform checks it fully.
+    return path.startswith(("/", "\\")) or (
+        len(path) > 2 and path[0].isascii() and path[0].isalpha() and path[1:3] in (":\\", ":/")
     )

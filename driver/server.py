@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
-from driver.config import Config, Endpoint
+from driver.config import Config, Endpoint, check_serve_endpoint
 from driver.csi import csi_pb2_grpc
 from driver.identity import IdentityService
 from driver.interceptor import ErrorBoundary
@@ -88,6 +88,7 @@ class DriverServer:
 
     async def start(self) -> None:
         ep = self.config.endpoint
+        check_serve_endpoint(ep)  # also for a Config built without the command line
         if ep.scheme == "unix":
             _prepare_unix_socket(Path(ep.path))
         port = self.server.add_insecure_port(ep.grpc_target)

@@ -18,7 +18,7 @@ from typing import Any
 import grpc
 
 from driver import paths, rpc
-from driver.config import Config
+from driver.config import DEFAULT_KUBELET_DIR, Config
 from driver.credentials import Credentials, smb_credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.errors import DeadlineExceeded, InvalidArgument, Unimplemented
@@ -27,6 +27,7 @@ from driver.log import get_logger
 from driver.modes import parse_octal_mode
 from driver.source import Source, parse_source
 from driver.volume_id import parse_volume_id
+from node.kubelet import KubeletPaths
 from node.platform import NodePlatform, PublishRequest, StageRequest
 
 log = get_logger("node")
@@ -84,10 +85,21 @@ def locate(volume_id: str, context: Mapping[str, str]) -> tuple[Source, str, int
 
 
 class NodeService(csi_pb2_grpc.NodeServicer):
-    def __init__(self, node_id: str, platform: NodePlatform | None) -> None:
+    def __init__(
+        self,
+        node_id: str,
+        platform: NodePlatform | None,
+        *,
+        kubelet_dir: str = DEFAULT_KUBELET_DIR,
+    ) -> None:
         self._node_id = node_id
         self._platform = platform
         self._locks = VolumeLocks()
+        # Without a platform every node RPC is Unimplemented before a path is looked at.
+        self.kubelet = KubeletPaths(kubelet_dir)
+        if platform is not None:
+            root = platform.check_path(kubelet_dir, what="--kubelet-dir")
+            self.kubelet = KubeletPaths(root, windows=platform.name == "windows")
 
     @contextlib.contextmanager
     def _locked(self, key: str, *, what: str = "volume") -> Iterator[None]:
@@ -118,6 +130,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.staging_target_path:
             raise InvalidArgument("staging_target_path: required")
         staging = platform.check_path(request.staging_target_path, what="staging_target_path")
+        self.kubelet.check_staging(staging, what="staging_target_path")
         cap = request.volume_capability
         check_capability(cap)
         source, subdir, mode = locate(request.volume_id, request.volume_context)
@@ -149,6 +162,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.staging_target_path:
             raise InvalidArgument("staging_target_path: required")
         staging = platform.check_path(request.staging_target_path, what="staging_target_path")
+        self.kubelet.check_staging(staging, what="staging_target_path")
         with self._locked(request.volume_id):
             await platform.unstage(request.volume_id, staging)
         return csi_pb2.NodeUnstageVolumeResponse()
@@ -164,7 +178,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.staging_target_path:
             raise InvalidArgument("staging_target_path: required (this driver stages volumes)")
         target = platform.check_path(request.target_path, what="target_path")
+        self.kubelet.check_target(target, what="target_path")
         staging = platform.check_path(request.staging_target_path, what="staging_target_path")
+        self.kubelet.check_staging(staging, what="staging_target_path")
         cap = request.volume_capability
         check_capability(cap)
         if request.volume_context.get("csi.storage.k8s.io/ephemeral") == "true":
@@ -189,6 +205,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.target_path:
             raise InvalidArgument("target_path: required")
         target = platform.check_path(request.target_path, what="target_path")
+        self.kubelet.check_target(target, what="target_path")
         with self._locked(f"{request.volume_id}@{target}", what="target"):
             await platform.unpublish(request.volume_id, target)
         return csi_pb2.NodeUnpublishVolumeResponse()
@@ -202,6 +219,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.volume_path:
             raise InvalidArgument("volume_path: required")
         path = platform.check_path(request.volume_path, what="volume_path")
+        self.kubelet.check_volume_path(path, what="volume_path")
         usage = await platform.usage(request.volume_id, path)
         unit = csi_pb2.VolumeUsage.Unit
         items = [
@@ -257,7 +275,7 @@ class NodePlugin:
 
     def __init__(self, config: Config, platform: NodePlatform | None) -> None:
         self.platform = platform
-        self.service = NodeService(config.node_id, platform)
+        self.service = NodeService(config.node_id, platform, kubelet_dir=config.kubelet_dir)
 
     def register(self, server: grpc.aio.Server) -> None:
         csi_pb2_grpc.add_NodeServicer_to_server(self.service, server)

@@ -72,6 +72,7 @@ class WindowsPlatform:
             max_concurrent=self.settings.max_powershell,
             timeout=self.settings.map_timeout,
         )
+        self.kubelet_dir = normalize_path(self.settings.kubelet_dir, what="--kubelet-dir")
         self.mappings = ShareMappings(self.powershell, self.settings, clock)
         self._probes: dict[str, asyncio.Task[DiskSpace]] = {}  # path key → pending probe
 
@@ -250,7 +251,7 @@ class WindowsPlatform:
 
     def _scan_roots(self, staging_path: str) -> list[str]:
         r"""The ``...\plugins\kubernetes.io\csi`` directories to scan."""
-        roots = [ntpath.join(self.settings.kubelet_dir, "plugins", "kubernetes.io", "csi")]
+        roots = [ntpath.join(self.kubelet_dir, "plugins", "kubernetes.io", "csi")]
         # kubelet's layout: <csi dir>\<driver>\<sha256 of the handle>\globalmount
         csi_dir = ntpath.dirname(ntpath.dirname(ntpath.dirname(staging_path)))
         if (

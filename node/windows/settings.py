@@ -24,6 +24,7 @@ class WindowsSettings:
     @classmethod
     def from_config(cls, config: Config) -> WindowsSettings:
         return cls(
+            kubelet_dir=config.kubelet_dir,
             map_timeout=config.mount_timeout,
             require_privacy=config.windows_require_privacy,
             read_only=config.windows_read_only,

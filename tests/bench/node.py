@@ -105,7 +105,12 @@ async def _measure() -> dict[str, Any]:
         "nfs4.1": "vers=4.1",
         "nfs3": "vers=3",
     }
-    cfg = Config(endpoint=parse_endpoint(f"unix://{work}/csi.sock"), node_id="bench")
+    kubelet = work / "kubelet"  # the driver's --kubelet-dir: paths go where kubelet puts them
+    cfg = Config(
+        endpoint=parse_endpoint(f"unix://{work}/csi.sock"),
+        node_id="bench",
+        kubelet_dir=str(kubelet),
+    )
     plugin = NodePlugin(cfg, LinuxPlatform(cfg))
     results: dict[str, Any] = {"runs": RUNS}
     rows: list[dict[str, Any]] = []
@@ -119,8 +124,8 @@ async def _measure() -> dict[str, Any]:
             secrets = {"username": user, "password": password} if name == "smb" else {}
             point = work / f"floor-{name}"
             point.mkdir()
-            staging = work / f"staging-{name}"
-            target = work / f"pod-{name}" / "mount"
+            staging = kubelet / "plugins/kubernetes.io/csi/bench" / name / "globalmount"
+            target = kubelet / "pods" / f"pod-{name}" / "mount"
             samples: dict[str, list[float]] = {
                 k: [] for k in ("mount", "umount", "stage", "publish", "unpublish", "unstage")
             }

@@ -172,6 +172,8 @@ def test_linux_node(scenario: str) -> None:
         # The socket the driver serves is the one the registrar registers.
         plugin_dir = posixpath.join(kubelet, "plugins", name)
         assert _mount_source(node, driver, "/csi")["hostPath"]["path"] == plugin_dir
+        # Node RPCs accept kubelet's paths only: the driver knows where they are.
+        assert _driver_config(node).kubelet_dir == kubelet
         registrar = container(node, "node-driver-registrar")
         args = expand_env(registrar["args"], registrar.get("env", []))
         assert flag(args, "--csi-address") == "/csi/csi.sock"
@@ -270,6 +272,7 @@ def test_windows_node_is_hostprocess(scenario: str) -> None:
         assert _seconds(flag(registrar["args"], "--timeout") or "0s") >= 30
         driver = container(node, "driver")
         assert driver["command"] == values["windows"]["command"]
+        assert config.kubelet_dir == kubelet
         assert _is_relative_exe(driver["command"][0])
 
 

@@ -250,9 +250,12 @@ volume_ids = st.one_of(
     ),
     st.text(max_size=60),
 )
+# Where kubelet puts staging and target paths (the driver's default --kubelet-dir).
+KUBELET_STAGING = "/var/lib/kubelet/plugins/kubernetes.io/csi/d/x/globalmount"
+KUBELET_TARGET = "/var/lib/kubelet/pods/p/volumes/kubernetes.io~csi/pv/mount"
 paths = st.one_of(
-    st.sampled_from(["/var/lib/kubelet/x", "/var/lib/kubelet/y"]),
-    st.sampled_from(["/x/../y", "relative", "", "/a\x00b", "/", "/tmp/s"]),
+    st.sampled_from([KUBELET_STAGING, KUBELET_TARGET]),
+    st.sampled_from(["/x/../y", "relative", "", "/a\x00b", "/", "/tmp/s", "/var/lib/kubelet/x"]),
     st.text(max_size=30),
 )
 good_context = st.fixed_dictionaries(
@@ -371,8 +374,8 @@ def test_validate_and_expand(
 # success paths are reached whatever the draw (a CI run once missed them).
 @example(
     volume_id="v1#smb#srv#share#pvc#delete",
-    staging="/var/lib/kubelet/x",
-    target="/var/lib/kubelet/y",
+    staging=KUBELET_STAGING,
+    target=KUBELET_TARGET,
     cap=GOOD_CAP,
     secrets={"username": "u", "password": SECRET},
     context={"source": "//srv/share", "subDir": "pvc"},

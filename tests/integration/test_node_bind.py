@@ -36,6 +36,8 @@ CAP = csi_pb2.VolumeCapability(
 VOL = "vol-bind"
 # A kubelet path with characters mountinfo escapes (space, tab, backslash).
 ODD = "pod a\tb\\c"
+# Staging paths live where kubelet puts them (the node refuses others: --kubelet-dir).
+STAGE = "plugins/kubernetes.io/csi/smb-nfs.csi.io/0123abcd"
 
 
 def _mounts_under(root: Path) -> list[mountinfo.MountEntry]:
@@ -69,13 +71,18 @@ def tmpfs(path: Path, size: str = "16m") -> None:
     )
 
 
-def config(sock: Path) -> Config:
-    return Config(endpoint=parse_endpoint(f"unix://{sock}"), node_id="n1", mount_timeout=10)
+def config(sock: Path, kubelet: Path) -> Config:
+    return Config(
+        endpoint=parse_endpoint(f"unix://{sock}"),
+        node_id="n1",
+        mount_timeout=10,
+        kubelet_dir=str(kubelet),
+    )
 
 
 @asynccontextmanager
 async def node(root: Path) -> AsyncIterator[Client]:
-    cfg = config(root / "csi.sock")
+    cfg = config(root / "csi.sock", root)
     platform = LinuxPlatform(cfg, secrets_dir=str(root / "secrets"), probe_timeout=2)
     async with running_driver(
         root.parent / "csi.sock", [NodePlugin(cfg, platform)], mode="node"
@@ -106,7 +113,7 @@ def at(path: Path) -> list[mountinfo.MountEntry]:
 
 
 async def test_publish_unpublish_read_write(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     tmpfs(staging)
     target = root / "pods" / "p1" / "mount"
     async with node(root) as c:
@@ -126,7 +133,7 @@ async def test_publish_unpublish_read_write(root: Path) -> None:
 
 
 async def test_read_only_publish_refuses_writes(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     tmpfs(staging)
     target = root / "pods" / "ro" / "mount"
     async with node(root) as c:
@@ -147,7 +154,7 @@ async def test_read_only_publish_refuses_writes(root: Path) -> None:
 
 
 async def test_paths_with_escaped_characters(root: Path) -> None:
-    staging = root / "plugins" / "stage here"
+    staging = root / STAGE / "stage here"
     tmpfs(staging)
     target = root / "pods" / ODD / "mount"
     async with node(root) as c:
@@ -163,7 +170,7 @@ async def test_paths_with_escaped_characters(root: Path) -> None:
 
 
 async def test_volume_stats(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     tmpfs(staging, "16m")
     (staging / "data").write_bytes(b"x" * (1 << 20))
     async with node(root) as c:
@@ -176,19 +183,19 @@ async def test_volume_stats(root: Path) -> None:
         assert size.available <= size.total - (1 << 20)
         assert units[csi_pb2.VolumeUsage.INODES].used >= 1
 
-        plain = root / "plain"
-        plain.mkdir()
+        plain = root / "pods" / "plain"
+        plain.mkdir(parents=True)
         resp = await c.node.NodeGetVolumeStats(stats(plain))
         assert resp.volume_condition.abnormal
         assert "not a mount point" in resp.volume_condition.message
 
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await c.node.NodeGetVolumeStats(stats(root / "missing"))
+            await c.node.NodeGetVolumeStats(stats(root / "pods" / "missing"))
         assert info.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 async def test_publish_needs_a_staged_volume(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     staging.mkdir(parents=True)
     target = root / "pods" / "p" / "mount"
     async with node(root) as c:
@@ -199,7 +206,7 @@ async def test_publish_needs_a_staged_volume(root: Path) -> None:
 
 
 async def test_restarted_driver_answers_repeats(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     tmpfs(staging)
     targets = [root / "pods" / name / "mount" for name in ("a", "b")]
     async with node(root) as c:
@@ -216,7 +223,7 @@ async def test_restarted_driver_answers_repeats(root: Path) -> None:
 
 
 async def test_stage_over_foreign_mount_and_unstage(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     tmpfs(staging)
     stage = csi_pb2.NodeStageVolumeRequest(
         volume_id=VOL,
@@ -242,7 +249,7 @@ async def test_stage_over_foreign_mount_and_unstage(root: Path) -> None:
 
 
 async def test_unstage_removes_stacked_mounts_but_never_data(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     staging.mkdir(parents=True)
     (staging / "underneath").write_text("data below the mounts")
     tmpfs(staging)
@@ -256,10 +263,10 @@ async def test_unstage_removes_stacked_mounts_but_never_data(root: Path) -> None
 
 
 def test_ctl_node_commands(root: Path) -> None:
-    staging = root / "plugins" / "globalmount"
+    staging = root / STAGE / "globalmount"
     tmpfs(staging)
     target = root / "pods" / "ctl" / "mount"
-    with driver_process(root, "--mode", "node") as drv:
+    with driver_process(root, "--mode", "node", "--kubelet-dir", str(root)) as drv:
         res = run_ctl(
             drv.endpoint, "publish", VOL, "--staging-path", str(staging),
             "--target-path", str(target), "--readonly",
@@ -283,3 +290,15 @@ def test_ctl_node_commands(root: Path) -> None:
         res = run_ctl(drv.endpoint, "unstage", VOL, "--staging-path", str(staging))
         assert res.returncode == 0, res.stderr
         assert at(staging) == []
+        # A path kubelet would never give: refused before anything is touched.
+        elsewhere = root.parent / "elsewhere"
+        elsewhere.mkdir()
+        res = run_ctl(
+            drv.endpoint, "publish", VOL, "--staging-path", str(staging),
+            "--target-path", str(elsewhere),
+        )  # fmt: skip
+        assert res.returncode == 1
+        assert res.stderr.startswith("INVALID_ARGUMENT")
+        assert "outside kubelet's directories" in res.stderr
+        assert at(elsewhere) == []
+        assert elsewhere.is_dir()

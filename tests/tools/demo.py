@@ -93,6 +93,10 @@ def main(argv: list[str] | None = None) -> int:
         lines += [problem, "", "The driver runs anyway. Try:", f"  {ctl} probe"]
     lines += [
         "",
+        f"Node RPCs (as root) take kubelet's paths under {rel}/kubelet (the demo's --kubelet-dir):",
+        f"  staging {rel}/kubelet/plugins/kubernetes.io/csi/demo/pvc-demo/globalmount,",
+        f"  target  {rel}/kubelet/pods/demo-pod/mount",
+        "",
         "NFS: pass --param source=server:/export (or nfs://server:port/export) and",
         "     --mount-option nfsvers=3 to choose the version; no secrets are needed.",
         "",
@@ -101,9 +105,8 @@ def main(argv: list[str] | None = None) -> int:
     ]
     print("\n".join(lines), flush=True)
     try:
-        return driver_main(
-            ["serve", "--endpoint", f"unix://{sock}", "--mode", "all", "--log-format", "text"]
-        )
+        serve = ["serve", "--endpoint", f"unix://{sock}", "--mode", "all", "--log-format", "text"]
+        return driver_main([*serve, "--kubelet-dir", str(run_dir / "kubelet")])
     finally:
         if server is not None:
             server.stop()  # type: ignore[attr-defined]

@@ -137,3 +137,53 @@ def test_node_and_windows_flags() -> None:
     assert settings.read_only == "warn"
     with pytest.raises(InvalidArgument):
         _config("--health-timeout", "0")
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    ["tcp://127.0.0.1:10000", "tcp://127.3.2.1:10000", "tcp://[::1]:10000", "tcp://localhost:1"],
+)
+def test_tcp_endpoints_on_loopback_are_served(endpoint: str) -> None:
+    assert _config("--endpoint", endpoint).endpoint.is_loopback
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        "tcp://0.0.0.0:10000",
+        "tcp://[::]:10000",
+        "tcp://10.0.0.5:10000",
+        "tcp://192.168.1.1:10000",
+        "tcp://[fe80::1%eth0]:10000",
+        "tcp://node-1.example.com:10000",
+        "tcp://[::ffff:10.0.0.1]:10000",
+    ],
+)
+def test_tcp_endpoints_off_loopback_are_refused_at_start(endpoint: str) -> None:
+    """The CSI API has no authentication: a tcp endpoint must be loopback."""
+    with pytest.raises(InvalidArgument, match="loopback"):
+        _config("--endpoint", endpoint)
+
+
+async def test_the_server_refuses_a_non_loopback_config_before_binding() -> None:
+    from driver.server import DriverServer
+
+    server = DriverServer(Config(endpoint=parse_endpoint("tcp://0.0.0.0:1")), plugins=[])
+    try:
+        with pytest.raises(InvalidArgument, match="loopback"):
+            await server.start()
+        assert server.port is None
+    finally:
+        await server.server.stop(None)
+
+
+def test_kubelet_dir_flag() -> None:
+    assert _config().kubelet_dir == "/var/lib/kubelet"
+    assert _config("--kubelet-dir", "/data/kubelet").kubelet_dir == "/data/kubelet"
+    assert _config("--kubelet-dir", "D:\\kubelet").kubelet_dir == "D:\\kubelet"
+    from node.windows import WindowsSettings
+
+    assert WindowsSettings.from_config(_config("--kubelet-dir", "D:\\k")).kubelet_dir == "D:\\k"
+    for bad in ("", "relative/kubelet", "kubelet", "C:", "/a\x00b"):
+        with pytest.raises(InvalidArgument, match="--kubelet-dir"):
+            _config("--kubelet-dir", bad)

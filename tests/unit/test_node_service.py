@@ -38,11 +38,16 @@ class World:
 
     def restart(self) -> NodeService:
         """A new driver process: new service and platform, same kernel."""
-        self.service = NodeService("n1", make_platform(self.host, self.runner, self.secrets_dir))
+        self.service = NodeService(
+            "n1",
+            make_platform(self.host, self.runner, self.secrets_dir),
+            kubelet_dir=str(self.kubelet),
+        )
         return self.service
 
     def staging(self, name: str = "vol") -> str:
-        return str(self.kubelet / "plugins" / name / "globalmount")
+        csi = self.kubelet / "plugins" / "kubernetes.io" / "csi" / "smb-nfs.csi.io"
+        return str(csi / name / "globalmount")
 
     def target(self, name: str = "pod") -> str:
         return str(self.kubelet / "pods" / name / "volumes" / "mount")
@@ -205,7 +210,8 @@ async def test_failed_mount_releases_the_lock(world: World) -> None:
 
 
 def _bad_stage_requests(world: World) -> list[tuple[str, csi_pb2.NodeStageVolumeRequest]]:
-    file_path = world.kubelet / "a-file"
+    file_path = Path(world.staging("a-file"))
+    file_path.parent.mkdir(parents=True)
     file_path.write_text("x")
     block = csi_pb2.VolumeCapability(
         block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=AM(mode=AM.SINGLE_NODE_WRITER)
@@ -270,6 +276,63 @@ async def test_bad_unpublish_unstage_stats_requests(world: World) -> None:
     with pytest.raises(InvalidArgument, match="volume_path"):
         await svc.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(volume_id="v"), CTX)
     assert world.runner.calls == []
+
+
+def _outside_kubelet_requests(world: World) -> list[tuple[str, Any, Any]]:
+    """(RPC name, request) pairs whose path is not where kubelet puts it."""
+    outside = str(world.root / "elsewhere" / "globalmount")
+    under_pods = world.target("p2")  # a target path given as the staging path
+    under_plugins = world.staging("v2")  # a staging path given as the target
+    kubelet_root_only = str(world.kubelet / "pods")
+    unpub = csi_pb2.NodeUnpublishVolumeRequest
+    unstage = csi_pb2.NodeUnstageVolumeRequest
+    stats = csi_pb2.NodeGetVolumeStatsRequest
+    return [
+        ("NodeStageVolume", "staging_target_path", stage_req(world, staging_target_path=outside)),
+        ("NodeStageVolume", "staging_target_path", stage_req(world, staging_target_path="/etc")),
+        (
+            "NodeStageVolume",
+            "staging_target_path",
+            stage_req(world, staging_target_path=under_pods),
+        ),
+        (
+            "NodeUnstageVolume",
+            "staging_target_path",
+            unstage(volume_id="v", staging_target_path=outside),
+        ),
+        ("NodePublishVolume", "target_path", publish_req(world, target_path=outside)),
+        ("NodePublishVolume", "target_path", publish_req(world, target_path=under_plugins)),
+        ("NodePublishVolume", "target_path", publish_req(world, target_path=kubelet_root_only)),
+        (
+            "NodePublishVolume",
+            "staging_target_path",
+            publish_req(world, staging_target_path=outside),
+        ),
+        ("NodeUnpublishVolume", "target_path", unpub(volume_id="v", target_path=outside)),
+        ("NodeUnpublishVolume", "target_path", unpub(volume_id="v", target_path="/usr/lib")),
+        ("NodeGetVolumeStats", "volume_path", stats(volume_id="v", volume_path=outside)),
+    ]
+
+
+async def test_paths_outside_the_kubelet_dir_are_refused_and_touch_nothing(world: World) -> None:
+    for method, field, request in _outside_kubelet_requests(world):
+        with pytest.raises(InvalidArgument, match=f"{field} .* is outside kubelet's directories"):
+            await getattr(world.service, method)(request, CTX)
+    assert world.runner.calls == []
+    assert world.host.entries == []
+    assert not (world.root / "elsewhere").exists()
+
+
+async def test_paths_under_a_default_kubelet_dir_are_refused_when_another_is_configured(
+    world: World,
+) -> None:
+    """The flag decides: /var/lib/kubelet is not special once --kubelet-dir says otherwise."""
+    request = csi_pb2.NodeUnstageVolumeRequest(
+        volume_id="v",
+        staging_target_path="/var/lib/kubelet/plugins/kubernetes.io/csi/d/x/globalmount",
+    )
+    with pytest.raises(InvalidArgument, match="outside kubelet's directories"):
+        await world.service.NodeUnstageVolume(request, CTX)
 
 
 async def test_capabilities_and_info(world: World) -> None:

@@ -34,6 +34,9 @@ SMB_SHARE = os.environ["SMB_SHARE"]
 SMB_DIR = Path(os.environ["SMB_SHARE_DIR"])
 NFS_DIR = Path(os.environ["NFS_EXPORT_DIR"])
 AM = csi_pb2.VolumeCapability.AccessMode
+# kubelet's layout under the test's kubelet directory (the driver's --kubelet-dir):
+# staging paths below this, pod targets below ``pods``.
+STAGING = "plugins/kubernetes.io/csi/smb-nfs.csi.io"
 
 
 def cap(*flags: str, mode: int = AM.MULTI_NODE_MULTI_WRITER) -> Any:

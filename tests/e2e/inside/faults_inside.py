@@ -48,6 +48,7 @@ from tests.e2e.inside.common import (
     SMB_PASSWORD,
     SMB_SHARE,
     SMB_USER,
+    STAGING,
     Volume,
     mounts_under,
 )
@@ -106,7 +107,7 @@ def smb_volume(tmp: Path, name: str) -> PodVolume:
         {"protocol": "smb", "source": f"//127.0.0.1/{SMB_SHARE}", "subDir": name},
         (),
         {"username": SMB_USER, "password": SMB_PASSWORD},
-        staging=tmp / "kubelet" / "plugins" / name / "globalmount",
+        staging=tmp / "kubelet" / STAGING / name / "globalmount",
         server_dir=SMB_DIR / name,
         target=tmp / "kubelet" / "pods" / name / "mount",
     )
@@ -119,7 +120,7 @@ def nfs_volume(tmp: Path, name: str) -> PodVolume:
         {"protocol": "nfs", "source": "127.0.0.1:/", "subDir": name},
         ("vers=4.1",),
         {},
-        staging=tmp / "kubelet" / "plugins" / name / "globalmount",
+        staging=tmp / "kubelet" / STAGING / name / "globalmount",
         server_dir=NFS_DIR / name,
         target=tmp / "kubelet" / "pods" / name / "mount",
     )
@@ -168,6 +169,7 @@ class Drivers:
 
     def __init__(self, tmp: Path) -> None:
         self.sock = tmp / "csi" / "csi.sock"
+        self.kubelet = tmp / "kubelet"
         self.all: list[DriverProc] = []
 
     def start(self, name: str) -> DriverProc:
@@ -177,6 +179,7 @@ class Drivers:
             sys.executable, "-m", "driver", "serve", "--mode", "node",
             "--endpoint", f"unix://{self.sock}", "--node-id", "e2e-faults",
             "--mount-timeout", f"{MOUNT_TIMEOUT:g}", "--log-format", "json", "-v", "4",
+            "--kubelet-dir", str(self.kubelet),
         ]  # fmt: skip
         assert "SMB_PASSWORD" not in os.environ
         with log_path.open("ab") as log_file:

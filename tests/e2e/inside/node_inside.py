@@ -39,6 +39,7 @@ from tests.e2e.inside.common import (
     SMB_PASSWORD,
     SMB_SHARE,
     SMB_USER,
+    STAGING,
     Volume,
     cap,
     mounts_under,
@@ -59,6 +60,7 @@ async def driver(tmp: Path) -> AsyncIterator[Client]:
         node_id="e2e",
         mount_timeout=30,
         backend_timeout=10,
+        kubelet_dir=str(tmp / "kubelet"),
     )
     plugins = [
         build_controller(cfg),
@@ -87,7 +89,7 @@ async def create(
         dict(vol.volume_context),
         flags,
         secrets,
-        tmp / "kubelet" / "plugins" / name / "globalmount",
+        tmp / "kubelet" / STAGING / name / "globalmount",
         server_dir / name,
     )
 
