@@ -50,7 +50,7 @@ class Features:
     """What a protocol can keep when files are written through it."""
 
     symlinks: bool
-    """Symlinks can be read and created (NFS: yes; SMB: see controller/smb.py)."""
+    """Symlinks can be read and created (NFS: yes; SMB: see controller/smb/backend.py)."""
     modes: bool
     """POSIX permission bits are kept."""
     owners: bool

@@ -17,7 +17,7 @@ from driver.source import Source
 
 if TYPE_CHECKING:
     from controller.nfs import NfsBackendPool
-    from controller.smb import SmbBackendPool
+    from controller.smb.backend import SmbBackendPool
 
 # Served over NFSv4.0: libnfs 4.0 has no 4.1 sessions (see controller/nfs.py).
 DEFAULT_NFS_VERSION = "4.1"
@@ -34,12 +34,13 @@ class ShareBackends:
 
     def _smb_pool(self) -> SmbBackendPool:
         if self._smb is None:
-            from controller.smb import SmbBackendPool, SmbSettings
-            from controller.smb_worker import SmbWorker
+            from controller.smb.backend import SmbBackendPool
+            from controller.smb.channel import SmbSettings
+            from controller.smb.worker import SmbWorker
 
-            # smbprotocol's CPU goes to a process of its own: see controller/smb_worker.py.
+            # smbprotocol's CPU goes to a process of its own: see controller/smb/worker.py.
             worker = SmbWorker(log_format=self._log[0], verbosity=self._log[1])
-            self._smb = SmbBackendPool(SmbSettings(op_timeout=self._timeout), worker=worker)
+            self._smb = SmbBackendPool(SmbSettings(op_timeout=self._timeout), channels=worker)
         return self._smb
 
     def _nfs_pool(self) -> NfsBackendPool:

@@ -306,7 +306,7 @@ def _smb_workers() -> list[psutil.Process]:
     return [
         p
         for p in psutil.Process().children(recursive=True)
-        if "controller.smb_worker" in " ".join(p.cmdline())
+        if "controller.smb.worker" in " ".join(p.cmdline())
     ]
 
 

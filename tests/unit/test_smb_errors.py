@@ -21,14 +21,9 @@ from smbprotocol.exceptions import (
 from smbprotocol.header import NtStatus, SMB2HeaderResponse
 from smbprotocol.transport import Tcp
 
-from controller.smb import (
-    SmbBackend,
-    SmbSettings,
-    _detach,
-    check_path,
-    map_smb_error,
-    password_digest,
-)
+from controller.smb.backend import SmbBackend, check_path
+from controller.smb.channel import SmbSettings, password_digest
+from controller.smb.errors import detach, map_smb_error
 from driver.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -188,7 +183,7 @@ def test_library_text_never_reaches_the_message(secret: str) -> None:
 def test_detach_drops_a_cause_that_shows_the_secret() -> None:
     # e.g. encoding a password with a lone surrogate: repr() shows the whole string
     leaky = UnicodeEncodeError("utf-16-le", SECRET, 0, 1, "surrogates not allowed")
-    err = _detach(leaky, "stat", "x", SECRET)
+    err = detach(leaky, "stat", "x", SECRET)
     assert isinstance(err, Internal)
     assert err.__cause__ is None
     assert err.__suppress_context__
@@ -205,7 +200,7 @@ def test_detach_keeps_a_clean_cause_without_frames() -> None:
     except SMBOSError as exc:
         caught = exc
     assert caught.__traceback__ is not None
-    err = _detach(caught, "mkdir", "x", SECRET)
+    err = detach(caught, "mkdir", "x", SECRET)
     assert isinstance(err, PermissionDenied)
     # Frames (whose locals hold the password) are gone from the whole chain.
     chain = [caught, caught.__cause__]

@@ -3,19 +3,21 @@
 Why: smbprotocol packs and parses every message in Python, about 0.8 ms of
 CPU per mkdir (measured).  In the gRPC process that CPU shares one
 interpreter lock with the grpc.aio event loop, which capped CreateVolume at
-about half the raw client's rate at 64 in flight.  Here the same steps run
-in one child process per pool: ``controller.smb``'s ``_*_step`` functions,
-on the same private connection per credential key (``_Channel``), with the
-same bounded threads.  The gRPC process keeps the slots and the timeouts,
-and only sends each step with its arguments.
+about half the raw client's rate at 64 in flight.  Here the same steps
+(``controller.smb.steps``) run in one child process per pool, on the same
+private connection per credential key (``controller.smb.channel.Connection``),
+with the same bounded threads.  The gRPC process keeps the slots and the
+timeouts (a ``Gate`` per channel), and only sends each step's name with its
+arguments.
 
-The wire is a socketpair.  Each message is a 4-byte length and a pickle;
-both ends are this module, and the child gets the socket's descriptor
-number as its only positional argument.  The password crosses that socket
-once per channel and child.  It never goes into argv, the environment or a
-log line.  The child maps every failure to a ``DriverError`` with the
-password scrubbed (``controller.smb._detach``) before it sends it back;
-pickling drops the exception chain.
+The wire is a socketpair.  Each message is a 4-byte length and a pickle of
+plain values; both ends are this module, and the child gets the socket's
+descriptor number as its only positional argument.  A step travels as its
+registered name, never as a pickled function.  The password crosses that
+socket once per channel and child.  It never goes into argv, the environment
+or a log line.  The child maps every failure to a ``DriverError`` with the
+password scrubbed (``Connection.scrub``) before it sends it back; pickling
+drops the exception chain.
 
 If the child dies, steps in flight fail UNAVAILABLE, and the next step
 starts a new child (files that were open die with the old one).
@@ -35,16 +37,23 @@ import struct
 import subprocess
 import sys
 import threading
-from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, BinaryIO, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from controller.smb import CredentialKey, SmbSettings, _Channel, _close_step, _detach, _open_step
+from controller.smb.channel import Connection, CredentialKey, Gate, Secret, SmbSettings
+from controller.smb.errors import detach
+from controller.smb.steps import STEPS, Step
 from driver import log as driver_log
-from driver.errors import Unavailable
+from driver.errors import DriverError, Internal, Unavailable
+
+if TYPE_CHECKING:
+    from controller.smb.channel import Channel
+
+__all__ = ["ProcessChannel", "SmbWorker", "main"]
 
 T = TypeVar("T")
-_log = logging.getLogger(__name__)
+log = driver_log.get_logger(__name__)
 _HEADER = struct.Struct(">I")
 
 
@@ -64,7 +73,7 @@ def _frame(message: object) -> bytes:
 
 
 class SmbWorker:
-    """Starts the child on first use, and again after it died."""
+    """A ``ChannelMaker``: starts the child on first use, and again after it died."""
 
     def __init__(self, *, log_format: str = "json", verbosity: int = 2) -> None:
         self._argv = ["--log-format", log_format, "-v", str(verbosity)]
@@ -76,8 +85,8 @@ class SmbWorker:
         self._start = asyncio.Lock()
         self._reading: asyncio.Task[None] | None = None
 
-    def channel(self, key: CredentialKey, password: str, settings: SmbSettings) -> _Channel:
-        return RemoteChannel(self, next(self._ids), key, password, settings)
+    def channel(self, key: CredentialKey, password: str, settings: SmbSettings) -> Channel:
+        return ProcessChannel(self, next(self._ids), key, password, settings)
 
     @property
     def pid(self) -> int | None:
@@ -91,7 +100,7 @@ class SmbWorker:
                     self._proc = await asyncio.create_subprocess_exec(
                         sys.executable,
                         "-m",
-                        "controller.smb_worker",
+                        "controller.smb.worker",
                         str(theirs.fileno()),
                         *self._argv,
                         pass_fds=(theirs.fileno(),),
@@ -105,7 +114,7 @@ class SmbWorker:
             return self._writer
 
     async def submit(
-        self, channel: RemoteChannel, request: tuple[Any, ...], *, open_args: tuple[Any, ...]
+        self, channel: ProcessChannel, request: tuple[Any, ...], *, open_args: tuple[Any, ...]
     ) -> asyncio.Future[Any]:
         writer = await self._writer_ready()
         frames = b""
@@ -119,7 +128,7 @@ class SmbWorker:
         await writer.drain()
         return future
 
-    async def forget(self, channel: RemoteChannel) -> None:
+    async def forget(self, channel: ProcessChannel) -> None:
         """Log the channel's connection off in the child (bounded there)."""
         if self._writer is None or channel.number not in self._opened:
             return
@@ -145,14 +154,14 @@ class SmbWorker:
                     future.set_exception(value)
         except (asyncio.IncompleteReadError, ConnectionError):
             pass
-        except Exception:  # noqa: BLE001 - a reply we cannot read: the child is lost
-            _log.exception("unreadable reply from the SMB worker process")
+        except Exception:
+            log.exception("unreadable reply from the SMB worker process")
             if self._proc is not None and self._proc.returncode is None:
                 self._proc.kill()
         finally:
             if self._writer is writer:
                 self._writer = None
-                _log.warning("the SMB worker process exited; the next SMB step starts a new one")
+                log.warning("the SMB worker process exited; the next SMB step starts a new one")
             writer.close()
             pending, self._pending = self._pending, {}
             for future in pending.values():
@@ -173,11 +182,12 @@ class SmbWorker:
                 await proc.wait()
 
 
-class RemoteChannel(_Channel):
-    """A ``_Channel`` whose steps run in the worker process.
+class ProcessChannel:
+    """A ``Channel`` whose steps run in the worker process.
 
-    Slots, timeouts and the retry rule stay as in ``_Channel.run``; the
-    connection cache and the threads are the child's.
+    It wraps a :class:`Gate` (slots, timeout, the retry rule) exactly as the
+    in-process channel does; the connection cache and the threads are the
+    child's.
     """
 
     def __init__(
@@ -188,24 +198,38 @@ class RemoteChannel(_Channel):
         password: str,
         settings: SmbSettings,
     ) -> None:
-        super().__init__(key, password, settings)
         self._worker = worker
         self.number = number
+        self._key = key
+        self._settings = settings
+        self._password = Secret(password)
+        self._gate = Gate(settings, self._scrub)
 
-    async def _submit(  # noqa: PLR0917 - run()'s arguments, passed on
-        self,
-        op: str,
-        path: str,
-        share_unc: str,
-        fn: Callable[..., T],
-        args: tuple[Any, ...],
-        retry: bool,
-    ) -> asyncio.Future[T]:
-        return await self._worker.submit(
-            self,
-            (op, path, share_unc, fn, args, retry),
-            open_args=(self.key, self._password.reveal(), self.settings),
-        )
+    def __repr__(self) -> str:
+        return f"ProcessChannel({self._key.username}@{self._key.server}:{self._key.port})"
+
+    @property
+    def key(self) -> CredentialKey:
+        return self._key
+
+    @property
+    def settings(self) -> SmbSettings:
+        return self._settings
+
+    def _scrub(self, exc: BaseException, op: str, path: str) -> DriverError:
+        return detach(exc, op, path, self._password.reveal())
+
+    async def run(
+        self, op: str, path: str, share_unc: str, step: Step[T], *args: Any, retry: bool = True
+    ) -> T:
+        async def start() -> asyncio.Future[T]:
+            return await self._worker.submit(
+                self,
+                (op, path, share_unc, step.name, args, retry),
+                open_args=(self._key, self._password.reveal(), self._settings),
+            )
+
+        return await self._gate.run(op, path, start)
 
     async def aclose(self) -> None:
         await self._worker.forget(self)
@@ -214,11 +238,19 @@ class RemoteChannel(_Channel):
 # --- the child side ---------------------------------------------------------------
 
 
+def _step_named(op: str, path: str, name: str) -> Step[Any]:
+    step = STEPS.get(name)
+    if step is None:
+        msg = f"SMB {op} {path!r}: the worker process knows no step {name!r}"
+        raise Internal(msg)
+    return step
+
+
 class _Child:
     def __init__(self, sock: socket.socket) -> None:
         self._sock = sock
         self._send_lock = threading.Lock()
-        self._channels: dict[int, _Channel] = {}
+        self._connections: dict[int, Connection] = {}
         self._handles: dict[int, Any] = {}
         self._handle_ids = itertools.count(1)
 
@@ -231,10 +263,9 @@ class _Child:
                 kind, number, channel_number, *rest = message
                 if kind == "open":
                     key, password, settings = rest
-                    self._channels[channel_number] = _Channel(key, password, settings)
+                    self._connections[channel_number] = Connection(key, password, settings)
                 elif kind == "call":
-                    channel = self._channels[channel_number]
-                    channel._pool().submit(self._step, number, channel, *rest)
+                    self._call(number, self._connections[channel_number], *rest)
                 elif kind == "close":
                     threading.Thread(
                         target=self._close, args=(number, channel_number), daemon=True
@@ -242,43 +273,58 @@ class _Child:
         finally:
             # The parent is gone (or asked us to end): log off, bounded, then leave
             # without joining threads that may hang on a hung server.
-            for channel in list(self._channels.values()):
-                channel.close_connections()
+            for connection in list(self._connections.values()):
+                connection.close()
             logging.shutdown()
             os._exit(0)
 
-    def _step(  # noqa: PLR0917 - one call message, unpacked
+    def _call(  # noqa: PLR0917 - one call message, unpacked
         self,
         number: int,
-        channel: _Channel,
+        connection: Connection,
         op: str,
         path: str,
         share_unc: str,
-        fn: Callable[..., Any],
+        step_name: str,
         args: tuple[Any, ...],
         retry: bool,
     ) -> None:
         try:
-            args = self._resolve(op, path, fn, args)
-            result = channel.call(share_unc, fn, args, retry=retry)
-            if fn is _open_step:
+            step = _step_named(op, path, step_name)
+            args = self._resolve(op, path, step, args)
+            future = connection.start(share_unc, step, args, retry=retry)
+        except Exception as exc:  # noqa: BLE001 - every failure goes back, mapped and scrubbed
+            self._send((number, False, connection.scrub(exc, op, path)))
+            return
+
+        def reply(done: Future[Any]) -> None:
+            if done.cancelled():  # the connection was closed before the step began
+                msg = f"SMB {op} {path!r}: the connection was closed"
+                self._send((number, False, Unavailable(msg)))
+                return
+            exc = done.exception()
+            if exc is not None:
+                self._send((number, False, connection.scrub(exc, op, path)))
+                return
+            result = done.result()
+            if step.handle == "opens":
                 ref = _HandleRef(next(self._handle_ids))
                 self._handles[ref.number] = result
                 result = ref
-            reply = (number, True, result)
-        except Exception as exc:  # noqa: BLE001 - every failure goes back, mapped and scrubbed
-            reply = (number, False, _detach(exc, op, path, channel._password.reveal()))
-        self._send(reply)
+            self._send((number, True, result))
+
+        future.add_done_callback(reply)
 
     def _resolve(
-        self, op: str, path: str, fn: Callable[..., Any], args: tuple[Any, ...]
+        self, op: str, path: str, step: Step[Any], args: tuple[Any, ...]
     ) -> tuple[Any, ...]:
         """``args`` with each ``_HandleRef`` replaced by the open file it names."""
         out = []
         for arg in args:
             if isinstance(arg, _HandleRef):
                 # A close forgets the file even if it fails: the file is done.
-                found = (self._handles.pop if fn is _close_step else self._handles.get)(arg.number)
+                take = self._handles.pop if step.handle == "closes" else self._handles.get
+                found = take(arg.number)
                 if found is None:
                     msg = (
                         f"SMB {op} {path!r}: the open file was lost with an earlier worker process"
@@ -289,9 +335,9 @@ class _Child:
         return tuple(out)
 
     def _close(self, number: int, channel_number: int) -> None:
-        channel = self._channels.pop(channel_number, None)
-        if channel is not None:
-            channel.close_connections()
+        connection = self._connections.pop(channel_number, None)
+        if connection is not None:
+            connection.close()
         self._send((number, True, None))
 
     def _send(self, reply: tuple[int, bool, Any]) -> None:
@@ -301,7 +347,7 @@ class _Child:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m controller.smb_worker")
+    parser = argparse.ArgumentParser(prog="python -m controller.smb.worker")
     parser.add_argument("fd", type=int, help="this end of the socketpair")
     parser.add_argument("--log-format", default="json", choices=("json", "text"))
     parser.add_argument("-v", dest="verbosity", type=int, default=2)
@@ -312,7 +358,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # Run the imported module, not this __main__ copy: the classes that
-    # cross the socket must pickle as controller.smb_worker.*.
-    from controller.smb_worker import main as imported_main
+    # cross the socket must pickle as controller.smb.worker.*.
+    from controller.smb.worker import main as imported_main
 
     imported_main()

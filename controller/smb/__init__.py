@@ -1,0 +1,1 @@
+"""The SMB share backend (smbprotocol), in layers: worker | backend > channel > steps > errors."""

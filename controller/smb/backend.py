@@ -1,0 +1,472 @@
+"""SMB share backend: ``ShareBackend`` over smbprotocol's ``smbclient`` API.
+
+The package's pieces: ``errors`` (NTSTATUS tables, mapping, scrubbing),
+``steps`` (the blocking calls, by name), ``channel`` (how steps reach the
+server: connection cache, warm-up, slots, timeouts, reconnect), ``worker``
+(the same channels in a child process) and this module, which turns
+``ShareBackend`` calls into steps.
+
+* **A worker process, in the controller.** ``SmbBackendPool(channels=SmbWorker())``
+  runs the steps in one child process (``controller.smb.worker``):
+  smbprotocol's Python CPU then does not share the gRPC process's
+  interpreter lock.  Slots and timeouts stay on this side; a backend made
+  directly (``SmbBackend(...)``) runs its steps in this process.
+* **Modes.** SMB has no POSIX mode bits in general, so ``mkdir(mode=...)`` is
+  accepted and ignored; ownership and permissions follow the server's share
+  configuration (e.g. ``create mask``/``directory mask``, ``force user``).
+* **Read-only entries.** ``remove_tree`` clears ``FILE_ATTRIBUTE_READONLY`` on
+  directories before emptying them (Samba with ``map readonly = yes`` maps it to
+  the owner's write bit; Windows refuses to delete read-only directories) and
+  smbclient clears it on each file in the same compound request as the delete.
+  Entries the user does not own and may not change stay ``PermissionDenied``.
+  Reparse points (symlinks) are removed, not followed; a server that resolves
+  symlinks itself (Samba's default ``follow symlinks = yes``) shows them as
+  plain directories, which the client cannot tell apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Final, TypeVar
+
+from controller.backend import Capacity, Features, FileInfo
+from controller.smb import steps
+from controller.smb.channel import (
+    Channel,
+    ChannelMaker,
+    CredentialKey,
+    SmbSettings,
+    ThreadChannel,
+    ThreadChannels,
+    password_digest,
+)
+from controller.smb.steps import ATTR_DIRECTORY, ATTR_READONLY, IO_CHUNK, Entry, MkdirResult
+from driver.credentials import Credentials
+from driver.errors import AlreadyExists, DriverError, FailedPrecondition, InvalidArgument, NotFound
+from driver.log import get_logger
+
+__all__ = [
+    "SMB_FEATURES",
+    "SmbBackend",
+    "SmbBackendPool",
+    "SmbReader",
+    "SmbWriter",
+    "check_path",
+]
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+#: Samba (4.17, measured) resolves symlinks on the server: clients see the
+#: target as a plain file or directory, links that leave the share are not
+#: listed, and it refuses FSCTL_SET_REPARSE_POINT.  So nothing is a symlink
+#: to us, and none can be made.  SMB has no POSIX modes or owners either.
+SMB_FEATURES: Final = Features(symlinks=False, modes=False, owners=False, server_copy=True)
+
+# --- paths ---------------------------------------------------------------------
+
+_BAD_CHARS: Final = frozenset("\\\x00:")
+
+
+def check_path(path: str) -> tuple[str, ...]:
+    """Split a share-relative ``/`` path into parts or raise InvalidArgument.
+
+    Refuses: empty path, leading ``/`` (absolute), empty parts (``a//b``,
+    trailing ``/``), ``.`` and ``..``, backslash, NUL and ``:`` (alternate data
+    streams).
+    """
+    if not isinstance(path, str) or not path:
+        msg = "path must be a non-empty share-relative string"
+        raise InvalidArgument(msg)
+    if _BAD_CHARS.intersection(path):
+        msg = f"path {path!r} contains a backslash, NUL or colon"
+        raise InvalidArgument(msg)
+    parts = tuple(path.split("/"))
+    if any(part in ("", ".", "..") for part in parts):
+        msg = f"path {path!r} must be relative with no empty, '.' or '..' parts"
+        raise InvalidArgument(msg)
+    return parts
+
+
+def _check_name(what: str, value: str) -> str:
+    if not value or any(c in value for c in "\\/\x00") or value.strip() != value:
+        msg = f"invalid SMB {what} {value!r}"
+        raise InvalidArgument(msg)
+    return value
+
+
+class SmbBackend:
+    """``ShareBackend`` for one SMB share and one identity.
+
+    ``mode`` of ``mkdir`` is ignored: SMB has no POSIX modes in general; the
+    server's share configuration decides ownership and permissions.
+    """
+
+    def __init__(  # noqa: PLR0917 - the connection facts of a share, in their usual order
+        self,
+        server: str,
+        port: int,
+        share: str,
+        username: str,
+        password: str,
+        domain: str | None = None,
+        *,
+        settings: SmbSettings | None = None,
+    ) -> None:
+        settings = settings or SmbSettings()
+        key = _credential_key(server, port, Credentials(username, password, domain or ""))
+        self._init(key, share, ThreadChannel(key, password, settings), owns_channel=True)
+
+    @classmethod
+    def on_channel(cls, channel: Channel, share: str) -> SmbBackend:
+        """A backend on a channel that its pool owns (and closes)."""
+        backend = cls.__new__(cls)
+        backend._init(channel.key, share, channel, owns_channel=False)
+        return backend
+
+    def _init(
+        self, key: CredentialKey, share: str, channel: Channel, *, owns_channel: bool
+    ) -> None:
+        self._key = key
+        self._share = _check_name("share", share)
+        self._share_unc = f"\\\\{key.server}\\{share}"
+        self._channel = channel
+        self._owns_channel = owns_channel
+
+    def __repr__(self) -> str:
+        key = self._key
+        return f"SmbBackend(//{key.server}:{key.port}/{self._share} as {key.username})"
+
+    @property
+    def key(self) -> CredentialKey:
+        return self._key
+
+    @property
+    def share(self) -> str:
+        return self._share
+
+    async def _run(
+        self, op: str, path: str, step: steps.Step[T], *args: Any, retry: bool = True
+    ) -> T:
+        return await self._channel.run(op, path, self._share_unc, step, *args, retry=retry)
+
+    async def mkdir(self, path: str, *, mode: int | None = None) -> bool:
+        parts = check_path(path)
+        result, where = await self._run("mkdir", path, steps.MKDIR, self._share_unc, parts)
+        if result is MkdirResult.NOT_A_DIRECTORY:
+            msg = f"SMB mkdir {path!r}: {where!r} exists and is not a directory"
+            raise AlreadyExists(msg)
+        return result is MkdirResult.CREATED
+
+    async def rename(self, src: str, dst: str, *, replace: bool = False) -> None:
+        src_unc = steps.unc(self._share_unc, check_path(src))
+        dst_unc = steps.unc(self._share_unc, check_path(dst))
+        if replace:
+            # A missing source must not cost the target.
+            if await self._run("stat", src, steps.ATTRIBUTES, src_unc) is None:
+                msg = f"SMB rename {src!r} -> {dst!r}: the source does not exist"
+                raise NotFound(msg)
+            await self.remove_tree(dst)
+        try:
+            await self._run(
+                "rename", f"{src} -> {dst}", steps.RENAME, src_unc, dst_unc, retry=False
+            )
+        except NotFound as exc:
+            msg = f"SMB rename {src!r} -> {dst!r}: the source or the target's parent does not exist"
+            raise NotFound(msg) from exc.__cause__
+
+    async def remove_tree(self, path: str) -> bool:
+        parts = check_path(path)
+        unc = steps.unc(self._share_unc, parts)
+        attributes = await self._run("stat", path, steps.ATTRIBUTES, unc)
+        if attributes is None:
+            return False
+        entry = Entry(parts[-1], attributes)
+        if entry.is_dir and not entry.is_link:
+            # Up to max_in_flight subdirectories are walked side by side; the
+            # rest inline, so the number of live coroutines stays bounded.
+            walkers = asyncio.Semaphore(self._channel.settings.max_in_flight)
+            await self._remove_dir(path, unc, attributes, walkers)
+            return True
+        return await self._run("remove", path, steps.REMOVE, unc, entry.is_dir)
+
+    async def _remove_dir(
+        self, rel: str, unc: str, attributes: int, walkers: asyncio.Semaphore
+    ) -> None:
+        for attempt in range(2):
+            if attributes & ATTR_READONLY:
+                # Clearing it makes the directory writable (Samba: owner w bit).
+                await self._run("clear read-only", rel, steps.SET_ATTRIBUTES, unc, ATTR_DIRECTORY)
+                attributes &= ~ATTR_READONLY
+            entries = await self._run("list", rel, steps.LIST, unc)
+            if entries is None:
+                return  # removed by someone else meanwhile
+            await self._remove_entries(rel, unc, entries, walkers)
+            try:
+                await self._run("rmdir", rel, steps.REMOVE, unc, True)
+            except FailedPrecondition:
+                if attempt:  # still not empty: something keeps writing into it
+                    raise
+            else:
+                return
+
+    async def _remove_entries(
+        self, rel: str, unc: str, entries: list[Entry], walkers: asyncio.Semaphore
+    ) -> None:
+        walking: list[asyncio.Task[None]] = []
+        try:
+            for entry in entries:
+                if not entry.is_dir or entry.is_link:
+                    continue
+                child = (f"{rel}/{entry.name}", f"{unc}\\{entry.name}", entry.attributes)
+                if walkers.locked():
+                    await self._remove_dir(*child, walkers)
+                else:
+                    await walkers.acquire()
+                    walking.append(asyncio.create_task(self._walk(*child, walkers)))
+            files = [e for e in entries if not e.is_dir or e.is_link]
+            batch = 4 * self._channel.settings.max_in_flight
+            for start in range(0, len(files), batch):
+                results = await asyncio.gather(
+                    *(
+                        self._run(
+                            "remove", f"{rel}/{e.name}", steps.REMOVE, f"{unc}\\{e.name}", e.is_dir
+                        )
+                        for e in files[start : start + batch]
+                    ),
+                    return_exceptions=True,
+                )
+                for result in results:
+                    if isinstance(result, BaseException):
+                        raise result
+            for task in walking:
+                await task
+        finally:
+            for task in walking:
+                task.cancel()
+            await asyncio.gather(*walking, return_exceptions=True)
+
+    async def _walk(self, rel: str, unc: str, attributes: int, walkers: asyncio.Semaphore) -> None:
+        try:
+            await self._remove_dir(rel, unc, attributes, walkers)
+        finally:
+            walkers.release()
+
+    async def exists(self, path: str) -> bool:
+        unc = steps.unc(self._share_unc, check_path(path))
+        return await self._run("stat", path, steps.ATTRIBUTES, unc) is not None
+
+    async def capacity(self) -> Capacity:
+        total, available = await self._run("statvfs", "", steps.CAPACITY, self._share_unc)
+        return Capacity(total_bytes=total, available_bytes=available)
+
+    # -- ShareFiles --------------------------------------------------------
+
+    @property
+    def features(self) -> Features:
+        return SMB_FEATURES
+
+    async def stat(self, path: str) -> FileInfo | None:
+        unc = steps.unc(self._share_unc, check_path(path))
+        return await self._run("stat", path, steps.LSTAT, unc)
+
+    async def list_dir(self, path: str) -> list[tuple[str, FileInfo]]:
+        unc = steps.unc(self._share_unc, check_path(path))
+        return await self._run("list", path, steps.LIST_INFO, unc)
+
+    async def open_read(self, path: str, *, size_hint: int | None = None) -> SmbReader:
+        unc = steps.unc(self._share_unc, check_path(path))
+        handle = await self._run("open", path, steps.OPEN, unc, "rb")
+        return SmbReader(self, path, handle)
+
+    async def open_write(self, path: str) -> SmbWriter:
+        unc = steps.unc(self._share_unc, check_path(path))
+        handle = await self._run("create", path, steps.OPEN, unc, "wb")
+        return SmbWriter(self, path, handle)
+
+    async def symlink(self, target: str, path: str) -> None:
+        msg = (
+            f"SMB symlink {path!r}: symlinks cannot be created over SMB here (Samba does "
+            "not take reparse points from clients; see README, Snapshots)"
+        )
+        raise FailedPrecondition(msg)
+
+    async def readlink(self, path: str) -> str:
+        msg = f"SMB readlink {path!r}: reparse points are not read over SMB"
+        raise FailedPrecondition(msg)
+
+    async def set_attributes(self, path: str, info: FileInfo) -> None:
+        unc = steps.unc(self._share_unc, check_path(path))
+        attributes = 0  # 0: leave the attributes as they are
+        if info.kind == "file":
+            read_only = info.read_only or (info.mode is not None and not info.mode & 0o200)
+            if read_only:
+                attributes = ATTR_READONLY
+        if info.mtime_ns is None and not attributes:
+            return
+        atime = info.atime_ns if info.atime_ns is not None else info.mtime_ns
+        await self._run(
+            "set times",
+            path,
+            steps.TIMES,
+            unc,
+            steps.filetime(atime),
+            steps.filetime(info.mtime_ns),
+            attributes,
+        )
+
+    async def copy_file(self, src: str, dst: str) -> None:
+        src_unc = steps.unc(self._share_unc, check_path(src))
+        dst_unc = steps.unc(self._share_unc, check_path(dst))
+        await self._run("copy", f"{src} -> {dst}", steps.COPY, src_unc, dst_unc)
+
+    async def aclose(self) -> None:
+        """Close the connection and threads (reopened on next use).
+
+        A backend handed out by :class:`SmbBackendPool` shares its connection
+        with the pool's other backends of the same credentials: the pool
+        closes it, this is a no-op.
+        """
+        if self._owns_channel:
+            await self._channel.aclose()
+
+
+class SmbReader:
+    """A file open for reading; each read is one SMB READ in the channel's threads."""
+
+    def __init__(self, backend: SmbBackend, path: str, handle: Any) -> None:
+        self._backend = backend
+        self._path = path
+        self._handle: Any = handle
+
+    async def read(self, size: int) -> bytes:
+        if self._handle is None:
+            msg = f"SMB read {self._path!r}: the file is closed"
+            raise InvalidArgument(msg)
+        return await self._backend._run(
+            "read", self._path, steps.READ, self._handle, min(size, IO_CHUNK), retry=False
+        )
+
+    async def aclose(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                await self._backend._run("close", self._path, steps.CLOSE, handle, retry=False)
+            except DriverError:
+                log.debug("closing a file failed", path=self._path, exc_info=True)
+
+
+class SmbWriter:
+    """A file open for writing; each write runs in the channel's threads."""
+
+    def __init__(self, backend: SmbBackend, path: str, handle: Any) -> None:
+        self._backend = backend
+        self._path = path
+        self._handle: Any = handle
+
+    async def write(self, data: bytes) -> None:
+        if self._handle is None:
+            msg = f"SMB write {self._path!r}: the file is closed"
+            raise InvalidArgument(msg)
+        view = memoryview(data)
+        for start in range(0, len(view), IO_CHUNK):
+            await self._backend._run(
+                "write",
+                self._path,
+                steps.WRITE,
+                self._handle,
+                bytes(view[start : start + IO_CHUNK]),
+                retry=False,
+            )
+
+    async def aclose(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            await self._backend._run("close", self._path, steps.CLOSE, handle, retry=False)
+
+    async def abort(self) -> None:
+        handle, self._handle = self._handle, None
+        if handle is not None:
+            try:
+                await self._backend._run("close", self._path, steps.CLOSE, handle, retry=False)
+            except DriverError:
+                log.debug("closing a file failed", path=self._path, exc_info=True)
+
+
+def _credential_key(server: str, port: int, creds: Credentials) -> CredentialKey:
+    _check_name("server", server)
+    _check_name("user name", creds.username)
+    if not 0 < port < 65536:
+        msg = f"invalid SMB port {port}"
+        raise InvalidArgument(msg)
+    if not creds.password:
+        msg = "an SMB password is required"
+        raise InvalidArgument(msg)
+    return CredentialKey(
+        server=server.lower(),
+        port=port,
+        domain=creds.domain or None,
+        username=creds.username,
+        password_digest=password_digest(creds.password),
+    )
+
+
+class SmbBackendPool:
+    """Hands out one backend per (server, port, credentials, share).
+
+    Backends of the same credential key share one channel: one TCP connection,
+    one session, one set of slots and threads.  ``get`` is cheap when cached.
+    A changed password is a new key; the old key's connection lives until
+    :meth:`aclose`.
+    """
+
+    def __init__(
+        self, settings: SmbSettings | None = None, *, channels: ChannelMaker | None = None
+    ) -> None:
+        self._settings = settings or SmbSettings()
+        # Where the steps run: this process's threads unless told (the
+        # controller passes controller.smb.worker.SmbWorker).
+        self._maker = channels or ThreadChannels()
+        self._channels: dict[CredentialKey, Channel] = {}
+        self._backends: dict[tuple[CredentialKey, str], SmbBackend] = {}
+
+    def __repr__(self) -> str:
+        return f"SmbBackendPool({len(self._channels)} connections, {len(self._backends)} shares)"
+
+    def __len__(self) -> int:
+        return len(self._backends)
+
+    @property
+    def keys(self) -> list[CredentialKey]:
+        return list(self._channels)
+
+    def get(self, server: str, port: int, share: str, creds: Credentials) -> SmbBackend:
+        """The backend for ``share`` as ``creds`` (``driver.credentials.Credentials``)."""
+        key = _credential_key(server, port, creds)
+        share = _check_name("share", share)
+        backend = self._backends.get((key, share.lower()))
+        if backend is not None:
+            return backend
+        channel = self._channels.get(key)
+        if channel is None:
+            channel = self._maker.channel(key, creds.password, self._settings)
+            self._channels[key] = channel
+        backend = SmbBackend.on_channel(channel, share)
+        self._backends[(key, share.lower())] = backend
+        return backend
+
+    def cached(self, server: str, port: int, share: str) -> SmbBackend | None:
+        """A backend already handed out for this share (any identity), if any."""
+        server, share = server.lower(), share.lower()
+        for (key, name), backend in reversed(self._backends.items()):
+            if key.server == server and key.port == port and name == share:
+                return backend
+        return None
+
+    async def aclose(self) -> None:
+        """Close every connection; the pool can be used again afterwards."""
+        channels = list(self._channels.values())
+        self._channels.clear()
+        self._backends.clear()
+        await asyncio.gather(*(channel.aclose() for channel in channels))
+        await self._maker.aclose()
