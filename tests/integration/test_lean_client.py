@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,9 @@ class _Identity(csi_pb2_grpc.IdentityServicer):
         self.calls = 0
         self.in_flight = 0
         self.most_in_flight = 0
+        #: When set, Probe calls wait until this many are in flight together.
+        self.hold_until = 0
+        self._enough = asyncio.Event()
 
     async def GetPluginInfo(self, request: Any, context: Any) -> Any:
         self.calls += 1
@@ -32,8 +36,16 @@ class _Identity(csi_pb2_grpc.IdentityServicer):
         self.calls += 1
         self.in_flight += 1
         self.most_in_flight = max(self.most_in_flight, self.in_flight)
-        await asyncio.sleep(0.01)  # keeps many calls in flight at once
-        self.in_flight -= 1
+        try:
+            if self.hold_until:
+                if self.in_flight >= self.hold_until:
+                    self._enough.set()
+                # Bounded only so that a client that does not multiplex fails
+                # the assertion instead of hanging the suite.
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._enough.wait(), 30)
+        finally:
+            self.in_flight -= 1
         return csi_pb2.ProbeResponse()
 
     async def GetPluginCapabilities(self, request: Any, context: Any) -> Any:
@@ -90,6 +102,7 @@ async def test_calls_errors_big_messages_and_concurrency(
         assert err.value.code == grpc.StatusCode.UNIMPLEMENTED
 
         before = service.calls
+        service.hold_until = 32
         await asyncio.gather(
             *(
                 channel.unary(
