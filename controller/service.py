@@ -469,6 +469,11 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         flags = (
             check_capabilities(request.volume_capabilities) if request.volume_capabilities else []
         )
+        if not request.parameters:
+            # Parameters are optional here, and CreateVolume cannot provision
+            # anything without a source: no storage can be used for such a
+            # request, so its capacity is 0 (implementation-defined; README).
+            return csi_pb2.GetCapacityResponse(available_capacity=0)
         params = parse_params("capacity", request.parameters, flags)
         rpc.set_protocol(params.source.protocol)
         root = Source(

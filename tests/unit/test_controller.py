@@ -264,6 +264,31 @@ async def test_capacity(svc: ControllerService) -> None:
     assert nfs.available_capacity == 40 << 30
 
 
+async def test_capacity_without_parameters_is_ok_and_zero(
+    svc: ControllerService, backends: FakeBackends
+) -> None:
+    # CSI: parameters are optional in GetCapacity; the answer is ours to
+    # define.  Nothing can be provisioned without a source, hence 0.
+    resp = await svc.GetCapacity(csi_pb2.GetCapacityRequest(), CTX)
+    assert resp.available_capacity == 0
+    assert not resp.HasField("maximum_volume_size")
+    resp = await svc.GetCapacity(csi_pb2.GetCapacityRequest(volume_capabilities=[cap()]), CTX)
+    assert resp.available_capacity == 0
+    assert backends.shares == {}  # no server was asked
+    # Present and wrong stays INVALID_ARGUMENT.
+    block = csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=AM(mode=AM.SINGLE_NODE_WRITER)
+    )
+    with pytest.raises(InvalidArgument, match="block"):
+        await svc.GetCapacity(csi_pb2.GetCapacityRequest(volume_capabilities=[block]), CTX)
+    with pytest.raises(InvalidArgument, match="source"):
+        await svc.GetCapacity(csi_pb2.GetCapacityRequest(parameters={"protocol": "smb"}), CTX)
+    with pytest.raises(InvalidArgument, match="colour"):
+        await svc.GetCapacity(
+            csi_pb2.GetCapacityRequest(parameters={"source": "n:/e", "colour": "red"}), CTX
+        )
+
+
 async def test_capabilities(svc: ControllerService) -> None:
     resp = await svc.ControllerGetCapabilities(csi_pb2.ControllerGetCapabilitiesRequest(), CTX)
     names = {
