@@ -84,6 +84,12 @@ class NodePlatform(Protocol):
         """Undo :meth:`publish`; a missing target is success."""
         ...
 
+    async def published_elsewhere(self, staging_path: str, target_path: str) -> list[str]:
+        """The target paths, other than ``target_path``, where the volume
+        staged at ``staging_path`` is published now (for the single-writer
+        access modes, which allow one target at a time)."""
+        ...
+
     async def usage(self, volume_id: str, path: str) -> VolumeUsage:
         """Space, inodes and health of a staged or published path, bounded in
         time: a dead server makes it abnormal, never a hang.  NotFound when

@@ -21,7 +21,13 @@ from driver import paths, rpc
 from driver.config import DEFAULT_KUBELET_DIR, Config
 from driver.credentials import Credentials, smb_credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
-from driver.errors import DeadlineExceeded, InvalidArgument, Unimplemented
+from driver.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+)
 from driver.locks import VolumeLocks
 from driver.log import get_logger
 from driver.modes import parse_octal_mode
@@ -38,6 +44,16 @@ _READ_ONLY_MODES = frozenset(
     {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}
 )
 _KNOWN_MODES = frozenset(AccessMode.Mode.values()) - {AccessMode.UNKNOWN}
+# Modes that allow one target path per node at a time (CSI NodePublishVolume:
+# a second target is FAILED_PRECONDITION); SINGLE_NODE_MULTI_WRITER and the
+# MULTI_NODE modes allow many.
+_ONE_TARGET_MODES = frozenset(
+    {
+        AccessMode.SINGLE_NODE_WRITER,
+        AccessMode.SINGLE_NODE_READER_ONLY,
+        AccessMode.SINGLE_NODE_SINGLE_WRITER,
+    }
+)
 RpcType = csi_pb2.NodeServiceCapability.RPC.Type
 
 
@@ -176,7 +192,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if not request.target_path:
             raise InvalidArgument("target_path: required")
         if not request.staging_target_path:
-            raise InvalidArgument("staging_target_path: required (this driver stages volumes)")
+            # CSI's own row for this case ("Staging target path not set").
+            raise FailedPrecondition(
+                "staging_target_path: not set, and this driver stages volumes: "
+                "NodeStageVolume first"
+            )
         target = platform.check_path(request.target_path, what="target_path")
         self.kubelet.check_target(target, what="target_path")
         staging = platform.check_path(request.staging_target_path, what="staging_target_path")
@@ -192,9 +212,31 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             read_only=request.readonly or cap.access_mode.mode in _READ_ONLY_MODES,
             mount_options=split_mount_flags(cap.mount.mount_flags),
         )
-        with self._locked(f"{request.volume_id}@{target}", what="target"):
+        with contextlib.ExitStack() as held:
+            held.enter_context(self._locked(f"{request.volume_id}@{target}", what="target"))
+            if cap.access_mode.mode in _ONE_TARGET_MODES:
+                # One check-and-publish at a time per volume, or two targets
+                # could each see the other not yet published.
+                held.enter_context(self._locked(f"{request.volume_id}@one-target"))
+                await self._check_one_target(platform, request.volume_id, staging, target, cap)
             await platform.publish(publish)
         return csi_pb2.NodePublishVolumeResponse()
+
+    @staticmethod
+    async def _check_one_target(
+        platform: NodePlatform,
+        volume_id: str,
+        staging: str,
+        target: str,
+        cap: csi_pb2.VolumeCapability,
+    ) -> None:
+        others = await platform.published_elsewhere(staging, target)
+        if others:
+            mode = AccessMode.Mode.Name(cap.access_mode.mode)
+            raise FailedPrecondition(
+                f"volume {volume_id} is already published at {others[0]}, and access mode "
+                f"{mode} allows one target path at a time: unpublish it there first"
+            )
 
     async def NodeUnpublishVolume(
         self, request: csi_pb2.NodeUnpublishVolumeRequest, context: Ctx
@@ -218,8 +260,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise InvalidArgument("volume_id: required")
         if not request.volume_path:
             raise InvalidArgument("volume_path: required")
-        path = platform.check_path(request.volume_path, what="volume_path")
-        self.kubelet.check_volume_path(path, what="volume_path")
+        try:
+            path = platform.check_path(request.volume_path, what="volume_path")
+            self.kubelet.check_volume_path(path, what="volume_path")
+        except InvalidArgument as exc:
+            # A path no volume can be at (relative, outside kubelet's
+            # directories...): the spec's answer is "volume not found there".
+            raise NotFound(f"no volume at volume_path: {exc.message}") from None
         usage = await platform.usage(request.volume_id, path)
         unit = csi_pb2.VolumeUsage.Unit
         items = [

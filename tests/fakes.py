@@ -408,6 +408,13 @@ class FakePlatform:
             raise FailedPrecondition(f"{request.staging_path} is not staged")
         self.published[request.target_path] = request
 
+    async def published_elsewhere(self, staging_path: str, target_path: str) -> list[str]:
+        return sorted(
+            target
+            for target, request in self.published.items()
+            if target != target_path and getattr(request, "staging_path", None) == staging_path
+        )
+
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         self.actions.append(("unpublish", target_path))
         self.published.pop(target_path, None)

@@ -193,6 +193,22 @@ class LinuxPlatform:
         await self._mounts.bind(staging, target, read_only=request.read_only)
         log.info("published", path=target, read_only=request.read_only)
 
+    async def published_elsewhere(self, staging_path: str, target_path: str) -> list[str]:
+        # A publication is a bind mount of the staging mount: the same
+        # directory of the same filesystem, visible at another mount point.
+        staging = self._mounts.real(staging_path)
+        target = self._mounts.real(target_path)
+        mounts = self._host.mounts()
+        source = mountinfo.top(mounts, staging)
+        if source is None:
+            return []
+        found = []
+        for point in sorted({e.mount_point for e in mounts} - {staging, target}):
+            top = mountinfo.top(mounts, point)
+            if top is not None and top.same_filesystem_view(source):
+                found.append(point)
+        return found
+
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         target = self._mounts.real(target_path)
         await self._mounts.unmount(target, what="target_path")
@@ -202,6 +218,10 @@ class LinuxPlatform:
     async def usage(self, volume_id: str, path: str) -> VolumeUsage:
         path = self._mounts.real(path)
         entry = mountinfo.top(self._host.mounts(), path)
+        if entry is None:
+            # CSI: NOT_FOUND when the volume is not at volume_path.  Asked of
+            # the mount table only: a stat could hang below a dead mount.
+            raise NotFound(f"volume_path {path}: no volume is mounted there")
         try:
             st = await self._mounts.statvfs(path)
         except FileNotFoundError:
@@ -213,8 +233,6 @@ class LinuxPlatform:
                 f"the mount is not usable: {exc.strerror} ({errno_name(exc.errno)}); "
                 "the server may have restarted or be unreachable"
             )
-        if entry is None:
-            return _unknown(f"{path} is not a mount point: the volume is not mounted here")
         total = st.blocks * st.fragment_size
         available = st.blocks_available * st.fragment_size
         used = max(0, (st.blocks - st.blocks_free) * st.fragment_size)

@@ -152,6 +152,31 @@ class WindowsPlatform:
             raise os_error(exc, what="NodePublishVolume") from None
         log.info("published", volume_id=request.volume_id, target=request.target_path)
 
+    async def published_elsewhere(self, staging_path: str, target_path: str) -> list[str]:
+        r"""Pod volume links (kubelet's ``pods\<uid>\volumes\kubernetes.io~csi\<pv>\mount``)
+        that point at ``staging_path``, ``target_path`` excepted."""
+        pods = ntpath.join(self.settings.kubelet_dir, "pods")
+        staging, skip = path_key(staging_path), path_key(target_path)
+        found: list[str] = []
+        if not await self.host.lexists(pods):
+            return []
+        for pod in await self.host.list_dir(pods):
+            csi = ntpath.join(pods, pod, "volumes", "kubernetes.io~csi")
+            try:
+                volumes = await self.host.list_dir(csi)
+            except OSError:
+                continue  # no CSI volumes, or the pod went away meanwhile
+            for volume in volumes:
+                link = ntpath.join(csi, volume, "mount")
+                try:
+                    if path_key(link) == skip or not await self.host.is_link(link):
+                        continue
+                    if path_key(await self.host.read_link(link)) == staging:
+                        found.append(link)
+                except OSError:
+                    continue  # unpublished meanwhile
+        return found
+
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         try:
             if not await self.host.lexists(target_path):
@@ -170,6 +195,9 @@ class WindowsPlatform:
         try:
             if not await self.host.lexists(path):
                 raise NotFound(f"volume_path {path} does not exist")
+            if not await self.host.is_link(path):
+                # Stage and publish make links: a plain directory holds no volume.
+                raise NotFound(f"volume_path {path} is not a link to a volume")
             final, broken = await self._resolve(path)
         except OSError as exc:
             raise os_error(exc, what="NodeGetVolumeStats") from None

@@ -185,13 +185,47 @@ async def test_volume_stats(root: Path) -> None:
 
         plain = root / "pods" / "plain"
         plain.mkdir(parents=True)
-        resp = await c.node.NodeGetVolumeStats(stats(plain))
-        assert resp.volume_condition.abnormal
-        assert "not a mount point" in resp.volume_condition.message
-
+        # CSI: NOT_FOUND wherever the volume is not; INVALID_ARGUMENT only
+        # for a missing field.
+        for path in (plain, root / "pods" / "missing", root / "elsewhere", Path("relative")):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await c.node.NodeGetVolumeStats(stats(path))
+            assert info.value.code() == grpc.StatusCode.NOT_FOUND, path
         with pytest.raises(grpc.aio.AioRpcError) as info:
-            await c.node.NodeGetVolumeStats(stats(root / "pods" / "missing"))
-        assert info.value.code() == grpc.StatusCode.NOT_FOUND
+            await c.node.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(volume_id=VOL))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_single_writer_modes_allow_one_target(root: Path) -> None:
+    # CSI NodePublishVolume: a second target path for a volume in a
+    # single-writer mode is FAILED_PRECONDITION; the mount table tells.
+    staging = root / STAGE / "globalmount"
+    tmpfs(staging)
+    first, second = root / "pods" / "p1" / "mount", root / "pods" / "p2" / "mount"
+    one = csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(),
+        access_mode=AM(mode=AM.SINGLE_NODE_SINGLE_WRITER),
+    )
+
+    def req(target: Path) -> Any:
+        r = publish(staging, target)
+        r.volume_capability.CopyFrom(one)
+        return r
+
+    async with node(root) as c:
+        await c.node.NodePublishVolume(req(first))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.node.NodePublishVolume(req(second))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert str(first) in (info.value.details() or "")
+        assert at(second) == []
+        await c.node.NodePublishVolume(req(first))  # the same target: idempotent
+        await c.node.NodeUnpublishVolume(unpublish(first))
+        await c.node.NodePublishVolume(req(second))
+        assert at(second)
+        await c.node.NodePublishVolume(publish(staging, first))  # MULTI_NODE: many targets
+        await c.node.NodeUnpublishVolume(unpublish(first))
+        await c.node.NodeUnpublishVolume(unpublish(second))
 
 
 async def test_publish_needs_a_staged_volume(root: Path) -> None:

@@ -959,13 +959,17 @@ async def test_a_probe_stuck_on_a_replaced_mount_does_not_answer_for_the_new_one
 
 
 async def test_usage_not_a_mount_point_and_missing(node: Node) -> None:
+    # CSI NodeGetVolumeStats: NOT_FOUND when the volume is not at volume_path.
     plain = node.root / "kubelet" / "plain"
     plain.mkdir()
-    usage = await node.platform.usage("v", str(plain))
-    assert usage.health.abnormal
-    assert "not a mount point" in usage.health.message
+    with pytest.raises(NotFound, match="no volume is mounted there"):
+        await node.platform.usage("v", str(plain))
     with pytest.raises(NotFound):
         await node.platform.usage("v", str(node.root / "kubelet" / "missing"))
+    calls = node.host.statvfs_calls
+    with pytest.raises(NotFound):
+        await node.platform.usage("v", str(plain / "below"))
+    assert node.host.statvfs_calls == calls  # decided from the mount table alone
 
 
 # ---------------------------------------------------------------- prober

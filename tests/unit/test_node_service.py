@@ -15,7 +15,15 @@ from typing import Any
 import pytest
 
 from driver.csi import csi_pb2
-from driver.errors import Aborted, DeadlineExceeded, InvalidArgument, Unimplemented
+from driver.errors import (
+    Aborted,
+    AlreadyExists,
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    Unimplemented,
+)
 from node.service import NodeService
 from tests.unit.test_node_linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
 
@@ -252,7 +260,6 @@ async def test_bad_stage_requests_are_invalid_and_mount_nothing(world: World) ->
     [
         ({"target_path": ""}, "target_path"),
         ({"target_path": "pods/x"}, "absolute"),
-        ({"staging_target_path": ""}, "staging_target_path"),
         ({"volume_capability": None}, "volume_capability"),
         ({"volume_context": {"csi.storage.k8s.io/ephemeral": "true"}}, "ephemeral"),
     ],
@@ -261,6 +268,106 @@ async def test_bad_publish_requests(world: World, kw: dict[str, Any], match: str
     with pytest.raises(InvalidArgument, match=match):
         await world.service.NodePublishVolume(publish_req(world, **kw), CTX)
     assert world.runner.calls == []
+
+
+async def test_publish_without_staging_path_is_failed_precondition(world: World) -> None:
+    # CSI NodePublishVolume: "Staging target path not set" is FAILED_PRECONDITION.
+    with pytest.raises(FailedPrecondition, match="NodeStageVolume first"):
+        await world.service.NodePublishVolume(publish_req(world, staging_target_path=""), CTX)
+    assert world.runner.calls == []
+
+
+@pytest.mark.parametrize(
+    "mode", [AM.SINGLE_NODE_SINGLE_WRITER, AM.SINGLE_NODE_WRITER, AM.SINGLE_NODE_READER_ONLY]
+)
+async def test_one_target_modes_refuse_a_second_target(world: World, mode: int) -> None:
+    # CSI NodePublishVolume, second table: T1!=T2 is FAILED_PRECONDITION for
+    # the non-MULTI_NODE modes other than SINGLE_NODE_MULTI_WRITER.
+    svc = world.service
+    await svc.NodeStageVolume(stage_req(world, volume_capability=cap(mode)), CTX)
+    first = publish_req(world, volume_capability=cap(mode))
+    await svc.NodePublishVolume(first, CTX)
+    second = publish_req(world, target_path=world.target("pod-2"), volume_capability=cap(mode))
+    with pytest.raises(FailedPrecondition, match=rf"published at {world.target()}"):
+        await svc.NodePublishVolume(second, CTX)
+    assert not world.host.at(world.target("pod-2"))
+    await svc.NodePublishVolume(first, CTX)  # T1=T2, P1=P2: idempotent
+    if mode != AM.SINGLE_NODE_READER_ONLY:  # (read-only already)
+        with pytest.raises(AlreadyExists):  # T1=T2, P1!=P2
+            await svc.NodePublishVolume(
+                publish_req(world, volume_capability=cap(mode), readonly=True), CTX
+            )
+    # A driver restart keeps the answer: it comes from the mount table.
+    with pytest.raises(FailedPrecondition):
+        await world.restart().NodePublishVolume(second, CTX)
+    await world.service.NodeUnpublishVolume(
+        csi_pb2.NodeUnpublishVolumeRequest(volume_id="vol-1", target_path=world.target()), CTX
+    )
+    await world.service.NodePublishVolume(second, CTX)
+    assert world.host.at(world.target("pod-2"))
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        AM.SINGLE_NODE_MULTI_WRITER,
+        AM.MULTI_NODE_READER_ONLY,
+        AM.MULTI_NODE_SINGLE_WRITER,
+        AM.MULTI_NODE_MULTI_WRITER,
+    ],
+)
+async def test_many_target_modes_publish_twice(world: World, mode: int) -> None:
+    svc = world.service
+    await svc.NodeStageVolume(stage_req(world, volume_capability=cap(mode)), CTX)
+    for pod in ("pod-1", "pod-2"):
+        await svc.NodePublishVolume(
+            publish_req(world, target_path=world.target(pod), volume_capability=cap(mode)), CTX
+        )
+    assert world.host.at(world.target("pod-1"))
+    assert world.host.at(world.target("pod-2"))
+
+
+async def test_one_target_is_per_volume(world: World) -> None:
+    mode = AM.SINGLE_NODE_SINGLE_WRITER
+    svc = world.service
+    for vol in ("vol-1", "vol-2"):
+        await svc.NodeStageVolume(
+            stage_req(
+                world,
+                volume_id=vol,
+                staging_target_path=world.staging(vol),
+                volume_capability=cap(mode),
+                volume_context={**SMB_CONTEXT, "subDir": vol},
+            ),
+            CTX,
+        )
+        await svc.NodePublishVolume(
+            publish_req(
+                world,
+                volume_id=vol,
+                staging_target_path=world.staging(vol),
+                target_path=world.target(vol),
+                volume_capability=cap(mode),
+            ),
+            CTX,
+        )
+    assert world.host.at(world.target("vol-1"))
+    assert world.host.at(world.target("vol-2"))
+
+
+async def test_stats_where_no_volume_is_are_not_found(world: World) -> None:
+    # CSI NodeGetVolumeStats: NOT_FOUND for a volume_path the volume is not
+    # at; INVALID_ARGUMENT only for a missing field.
+    svc = world.service
+    plain = world.kubelet / "pods" / "p" / "volumes" / "mount"
+    plain.mkdir(parents=True)
+    for path in ("relative/path", str(world.kubelet / "missing"), str(plain), "/a/../b"):
+        with pytest.raises(NotFound):
+            await svc.NodeGetVolumeStats(
+                csi_pb2.NodeGetVolumeStatsRequest(volume_id="vol-1", volume_path=path), CTX
+            )
+    with pytest.raises(InvalidArgument, match="volume_id"):
+        await svc.NodeGetVolumeStats(csi_pb2.NodeGetVolumeStatsRequest(volume_path=str(plain)), CTX)
 
 
 async def test_bad_unpublish_unstage_stats_requests(world: World) -> None:
@@ -286,7 +393,6 @@ def _outside_kubelet_requests(world: World) -> list[tuple[str, Any, Any]]:
     kubelet_root_only = str(world.kubelet / "pods")
     unpub = csi_pb2.NodeUnpublishVolumeRequest
     unstage = csi_pb2.NodeUnstageVolumeRequest
-    stats = csi_pb2.NodeGetVolumeStatsRequest
     return [
         ("NodeStageVolume", "staging_target_path", stage_req(world, staging_target_path=outside)),
         ("NodeStageVolume", "staging_target_path", stage_req(world, staging_target_path="/etc")),
@@ -310,7 +416,6 @@ def _outside_kubelet_requests(world: World) -> list[tuple[str, Any, Any]]:
         ),
         ("NodeUnpublishVolume", "target_path", unpub(volume_id="v", target_path=outside)),
         ("NodeUnpublishVolume", "target_path", unpub(volume_id="v", target_path="/usr/lib")),
-        ("NodeGetVolumeStats", "volume_path", stats(volume_id="v", volume_path=outside)),
     ]
 
 
@@ -318,6 +423,12 @@ async def test_paths_outside_the_kubelet_dir_are_refused_and_touch_nothing(world
     for method, field, request in _outside_kubelet_requests(world):
         with pytest.raises(InvalidArgument, match=f"{field} .* is outside kubelet's directories"):
             await getattr(world.service, method)(request, CTX)
+    # NodeGetVolumeStats: no volume can be there, which CSI answers NOT_FOUND.
+    outside = str(world.root / "elsewhere" / "globalmount")
+    with pytest.raises(NotFound, match=r"volume_path .* is outside kubelet's directories"):
+        await world.service.NodeGetVolumeStats(
+            csi_pb2.NodeGetVolumeStatsRequest(volume_id="v", volume_path=outside), CTX
+        )
     assert world.runner.calls == []
     assert world.host.entries == []
     assert not (world.root / "elsewhere").exists()

@@ -121,6 +121,37 @@ async def test_usage_when_the_staging_link_is_gone(
     assert "does not exist" in usage.health.message
 
 
+async def test_published_elsewhere_finds_pod_links_to_the_staging_link(
+    platform: WindowsPlatform, node: FakeWindows
+) -> None:
+    stage = stage_request(platform, node)
+    assert await platform.published_elsewhere(stage.staging_path, "C:\\x") == []  # no pods dir
+    await platform.stage(stage)
+    other = stage_request(platform, node, "pvc-2")
+    await platform.stage(other)
+    first = platform.check_path(target_of("pod-1", "pv-1"), what="t")
+    second = platform.check_path(target_of("pod-2", "pv-1"), what="t")
+    await platform.publish(PublishRequest("pvc-1", stage.staging_path, first))
+    unrelated = platform.check_path(target_of("pod-3", "pv-2"), what="t")
+    await platform.publish(PublishRequest("pvc-2", other.staging_path, unrelated))
+    assert await platform.published_elsewhere(stage.staging_path, second) == [first]
+    assert await platform.published_elsewhere(stage.staging_path.lower(), first.upper()) == []
+    await platform.unpublish("pvc-1", first)
+    assert await platform.published_elsewhere(stage.staging_path, second) == []
+
+
+async def test_usage_of_a_path_without_a_volume_is_not_found(
+    platform: WindowsPlatform, node: FakeWindows
+) -> None:
+    # CSI NodeGetVolumeStats: NOT_FOUND when the volume is not at volume_path.
+    target = platform.check_path(target_of("pod-1", "pv-1"), what="t")
+    with pytest.raises(NotFound, match="does not exist"):
+        await platform.usage("pvc-1", target)
+    await node.make_dirs(target)
+    with pytest.raises(NotFound, match="not a link"):
+        await platform.usage("pvc-1", target)
+
+
 async def test_usage_when_the_mapping_is_gone(platform: WindowsPlatform, node: FakeWindows) -> None:
     stage = stage_request(platform, node)
     await platform.stage(stage)
