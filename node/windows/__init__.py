@@ -7,9 +7,13 @@ host), so it does the work itself, without csi-proxy:
   ``New-SmbGlobalMapping`` (one mapping per share, whatever the number of
   volumes on it: mapping subdirectories separately fails with Windows error
   1219), then replaces kubelet's pre-created staging directory by a directory
-  symlink to ``\\server\share\subdir``.  A mapping whose Status is not ``OK``
-  or whose share does not answer ``Test-Path`` is removed and re-created; a
-  dangling or wrong staging link is replaced.
+  symlink to ``\\server\share\subdir``.  The probe is of the volume's own
+  directory, never of the share root (the account may see only its folders).
+  A mapping is removed and re-created only when ``Get-SmbGlobalMapping``
+  says ``Disconnected`` or ``Unavailable``; in any other state it is kept,
+  since pods of other volumes run on it, and a volume directory that does
+  not answer fails that stage alone.  A dangling or wrong staging link is
+  replaced.
 * **Publish** replaces the pre-created target directory by a symlink to the
   staging path.
 * **Unpublish / unstage** remove links, never anything through a link (no
@@ -32,9 +36,9 @@ Decisions an operator should know about:
   has read-only rights on the share and request read-write access.  Where that
   is known and accepted, ``WindowsSettings.read_only="warn"`` accepts such
   requests with a warning in the log.
-* **Stats** cost no PowerShell while the share answers and its mapping was
-  seen OK within ``status_ttl``; a volume whose share does not answer (or
-  whose link dangles) is abnormal, with the mapping's status in the message.
+* **Stats** cost no PowerShell while the volume's directory answers: that
+  is its health.  A volume whose directory does not answer (or whose link
+  dangles) is abnormal, with the mapping's status in the message.
 * **Encryption**: ``-RequirePrivacy`` is ``$true`` unless the StorageClass
   mount options say ``requirePrivacy=false`` (``seal`` turns it on where the
   settings default is off).  A mapping that already exists is reused as it

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import os
+import stat
 import sys
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -45,6 +46,11 @@ class WindowsHost(Protocol):
     async def read_link(self, path: str) -> str: ...
 
     async def is_dir(self, path: str) -> bool: ...
+
+    async def check_dir(self, path: str) -> None:
+        """Succeed when ``path`` (through links) is a directory; raise the
+        OSError that says why not (missing, access denied, network down)."""
+        ...
 
     async def list_dir(self, path: str) -> list[str]: ...
 
@@ -133,6 +139,13 @@ class RealWindowsHost:
 
     async def is_dir(self, path: str) -> bool:
         return await self._network(lambda: os.path.isdir(path))
+
+    async def check_dir(self, path: str) -> None:
+        def check() -> None:
+            if not stat.S_ISDIR(os.stat(path).st_mode):
+                raise NotADirectoryError(errno.ENOTDIR, "not a directory", path)
+
+        await self._network(check)
 
     async def list_dir(self, path: str) -> list[str]:
         return await asyncio.to_thread(os.listdir, path)

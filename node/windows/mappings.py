@@ -5,6 +5,15 @@ on it.  This module asks for a mapping's state, creates and removes
 mappings, and keeps a short-lived status per share for NodeGetVolumeStats so
 that many volumes of one dead share cannot fill the PowerShell slots that
 stage and unstage need.
+
+A mapping serves every volume of its share, and pods of other volumes run on
+it: it is removed and re-created only when Windows itself says it is broken
+(``Get-SmbGlobalMapping`` Status ``Disconnected`` or ``Unavailable``).  A
+path that does not answer says nothing about the mapping: the account may see
+only its own folders (no rights on the share root, access-based enumeration),
+or the network blinked.  Transient states (``Connecting``, ``Reconnecting``)
+and ``Paused`` / ``NetworkError`` are left to the SMB client to resolve; the
+probe of the volume's own directory decides whether a stage can go on.
 """
 
 from __future__ import annotations
@@ -34,16 +43,24 @@ from node.windows.settings import WindowsSettings
 log = get_logger("node.windows")
 
 
+# Statuses (SmbConnectionStatus) after which a mapping is removed and made again.
+STALE_STATUSES = frozenset({"Disconnected", "Unavailable"})
+
+
 @dataclass(frozen=True, slots=True)
 class MappingState:
     exists: bool
     status: str
-    reachable: bool
     privacy: bool | None
 
     @property
-    def healthy(self) -> bool:
-        return self.exists and self.status == "OK" and self.reachable
+    def ok(self) -> bool:
+        return self.exists and self.status == "OK"
+
+    @property
+    def stale(self) -> bool:
+        """Present but broken for good: re-create it (the only reason to)."""
+        return self.exists and self.status in STALE_STATUSES
 
 
 class ShareMappings:
@@ -75,29 +92,30 @@ class ShareMappings:
         return MappingState(
             exists=bool(result.get("exists")),
             status=str(result.get("status") or ""),
-            reachable=bool(result.get("reachable")),
             privacy=privacy if isinstance(privacy, bool) else None,
         )
 
     async def ensure(self, root: str, credentials: Credentials, host: str, privacy: bool) -> None:
-        """Map ``root`` unless a healthy mapping exists; replace an unhealthy one."""
+        """Map ``root`` unless mapped; re-create only a stale mapping."""
         state = await self.state(root, time_limit=self.settings.map_timeout)
-        if state.healthy:
+        if state.exists and not state.stale:
             if privacy and state.privacy is False:
                 log.warning(
                     "the share's existing global mapping does not require privacy (encryption); "
                     "it is re-created without that gap once its last volume is unstaged",
                     share=root,
                 )
-            self._status[path_key(root)] = (self._clock(), None)
+            if not state.ok:
+                log.warning(
+                    "the share's global mapping is not OK; kept for the SMB client to recover "
+                    "(only Disconnected or Unavailable mappings are re-created)",
+                    share=root,
+                    status=state.status,
+                )
+            self._status.pop(path_key(root), None)  # stats look again when they need to
             return
         if state.exists:
-            log.warning(
-                "re-creating an unhealthy SMB global mapping",
-                share=root,
-                status=state.status,
-                reachable=state.reachable,
-            )
+            log.warning("re-creating a stale SMB global mapping", share=root, status=state.status)
             await self.remove(root)
         inputs = {
             ENV_REMOTE_PATH: root,
@@ -111,30 +129,29 @@ class ShareMappings:
             )
         except AlreadyExists:
             # Someone else mapped it in between: fine if it works.
-            if not (await self.state(root, time_limit=self.settings.map_timeout)).healthy:
+            if not (await self.state(root, time_limit=self.settings.map_timeout)).ok:
                 raise
-        self._status[path_key(root)] = (self._clock(), None)
+        self._status.pop(path_key(root), None)
         log.info("mapped share", share=root, user=smb_user(credentials, host), privacy=privacy)
 
     async def remove(self, root: str) -> None:
         await self._run(OP_REMOVE_MAPPING, {ENV_REMOTE_PATH: root}, what="unmap")
         self._status.pop(path_key(root), None)
 
-    async def problem(self, root: str, *, recheck_ok: bool = False) -> str | None:
-        """What is wrong with the share's mapping (None: nothing), for stats.
+    async def problem(self, root: str) -> str | None:
+        """What is wrong with the share's mapping (None: status OK), asked
+        when a volume of the share did not answer.
 
-        Bounded in PowerShell: a result is reused (OK for ``status_ttl``, a
-        problem for ``status_retry``; ``recheck_ok`` distrusts a cached OK),
-        and one lookup per share at a time serves every caller, so many
-        volumes on a dead share cannot fill the PowerShell slots that stage
-        and unstage need.
+        Bounded in PowerShell: a status found is reused for
+        ``status_retry``, and one lookup per share at a time serves every
+        caller, so many volumes on a dead share cannot fill the PowerShell
+        slots that stage and unstage need.
         """
         key = path_key(root)
         cached = self._status.get(key)
         if cached is not None:
             when, problem = cached
-            ttl = self.settings.status_ttl if problem is None else self.settings.status_retry
-            if self._clock() - when < ttl and not (recheck_ok and problem is None):
+            if self._clock() - when < self.settings.status_retry:
                 return problem
         query = self._queries.get(key)
         if query is None:
@@ -153,14 +170,7 @@ class ShareMappings:
         except DriverError as exc:
             problem: str | None = f"status unknown ({exc.message})"
         else:
-            if state.healthy:
-                problem = None
-            elif not state.exists:
-                problem = "no mapping (stage the volume again)"
-            elif state.status != "OK":
-                problem = f"status {state.status}"
-            else:
-                problem = "status OK but the share does not answer"
+            problem = _status_problem(state)
         self._status[path_key(root)] = (self._clock(), problem)
         return problem
 
@@ -176,3 +186,11 @@ class ShareMappings:
         return await self.powershell.run(
             op, SCRIPTS[op], env=inputs, secrets=secrets, time_limit=time_limit, what=what
         )
+
+
+def _status_problem(state: MappingState) -> str | None:
+    if state.ok:
+        return None
+    if not state.exists:
+        return "no mapping (stage the volume again)"
+    return f"status {state.status}"

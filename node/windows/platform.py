@@ -42,6 +42,7 @@ log = get_logger("node.windows")
 T = TypeVar("T")
 
 _HEALTHY = "volume is reachable"
+_MISSING = frozenset({2, 3, 267})  # ERROR_FILE_NOT_FOUND, _PATH_NOT_FOUND, _DIRECTORY
 
 
 class WindowsPlatform:
@@ -100,12 +101,7 @@ class WindowsPlatform:
         async with self.mappings.lock(root):
             try:
                 await self.mappings.ensure(root, request.credentials, host, privacy)
-                if not await self._bounded(
-                    self.host.is_dir(target), self.settings.fs_timeout, what=f"checking {target}"
-                ):
-                    raise NotFound(
-                        f"{target} is not a directory on the share (was the volume deleted?)"
-                    )
+                await self._check_volume_dir(target)
                 await self._ensure_link(staging, target, what="staging_target_path")
             except OSError as exc:
                 raise os_error(exc, what="NodeStageVolume", secrets=secrets) from None
@@ -206,15 +202,12 @@ class WindowsPlatform:
         problem = broken
         if problem is None:
             space, problem = await self._probe(path)
-        if root is not None:
-            if problem is None:
-                status = await self.mappings.problem(root)
-                if status is not None:
-                    problem = f"SMB global mapping {root}: {status}"
-            else:
-                status = await self.mappings.problem(root, recheck_ok=True)
-                if status is not None:
-                    problem += f"; SMB global mapping {root}: {status}"
+        # The volume's own directory answering is health; the mapping's status
+        # only explains a failure (a share root the account cannot see, or a
+        # mapping in a transient state, says nothing about this volume).
+        if root is not None and problem is not None:
+            status = await self.mappings.problem(root)
+            problem += f"; SMB global mapping {root}: {status or 'status OK'}"
         if space is None:
             space = DiskSpace(0, 0, 0)
         return VolumeUsage(
@@ -347,6 +340,25 @@ class WindowsPlatform:
         except OSError as exc:
             return None, f"cannot reach the volume: {os_text(exc)}"
         return space, None
+
+    async def _check_volume_dir(self, target: str) -> None:
+        """Probe the volume's own directory (never the share root: the account
+        may see only its folders).  A failure fails this stage only; the
+        mapping other volumes use stays."""
+        try:
+            await self._bounded(
+                self.host.check_dir(target), self.settings.fs_timeout, what=f"checking {target}"
+            )
+        except OSError as exc:
+            # Python maps network errors (53, 67) to FileNotFoundError as well:
+            # only the Win32 "not found" codes mean the directory is missing.
+            code = getattr(exc, "winerror", None)
+            missing = code in _MISSING if code is not None else isinstance(exc, FileNotFoundError)
+            if missing or isinstance(exc, NotADirectoryError):
+                raise NotFound(
+                    f"{target} is not a directory on the share (was the volume deleted?)"
+                ) from None
+            raise
 
     # ---------------------------------------------------------------- helpers
 

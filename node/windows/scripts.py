@@ -23,14 +23,10 @@ _GET_MAPPING = """
 $found = Get-SmbGlobalMapping -RemotePath $Env:CSI_REMOTE_PATH -ErrorAction SilentlyContinue
 $mapping = $found | Select-Object -First 1
 if ($null -eq $mapping) {
-    $result = @{ exists = $false; status = ''; reachable = $false; privacy = $null }
+    $result = @{ exists = $false; status = ''; privacy = $null }
 } else {
-    $result = @{
-        exists = $true
-        status = [string]$mapping.Status
-        reachable = [bool](Test-Path -LiteralPath $Env:CSI_REMOTE_PATH)
-        privacy = $mapping.RequirePrivacy
-    }
+    $status = [string]$mapping.Status
+    $result = @{ exists = $true; status = $status; privacy = $mapping.RequirePrivacy }
 }
 """
 

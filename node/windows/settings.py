@@ -17,9 +17,8 @@ class WindowsSettings:
     map_timeout: float = 110.0  # New-/Remove-SmbGlobalMapping, Test-Path of a share
     fs_timeout: float = 30.0  # is_dir of a directory on the share
     stats_timeout: float = 10.0  # GetDiskFreeSpaceExW for NodeGetVolumeStats
-    status_timeout: float = 20.0  # mapping status looked up for NodeGetVolumeStats
-    status_ttl: float = 60.0  # an OK mapping status is trusted this long by stats
-    status_retry: float = 15.0  # a bad one is looked up again after this long
+    status_timeout: float = 20.0  # mapping status, looked up when a volume does not answer
+    status_retry: float = 15.0  # a bad mapping status is looked up again after this long
 
     @classmethod
     def from_config(cls, config: Config) -> WindowsSettings:

@@ -39,13 +39,11 @@ ALLOWED_CMDLETS = {
     "Remove-Item",
     "Remove-SmbGlobalMapping",
     "Select-Object",
-    "Test-Path",
 }
 # What each operation's script must call, with exactly these parameters.
 EXPECTED_CALLS: dict[str, dict[str, set[str]]] = {
     OP_GET_MAPPING: {
         "Get-SmbGlobalMapping": {"-RemotePath", "-ErrorAction"},
-        "Test-Path": {"-LiteralPath"},
     },
     OP_NEW_MAPPING: {
         "ConvertTo-SecureString": {"-String", "-AsPlainText", "-Force"},

@@ -118,6 +118,11 @@ class FakeWindows:
 
     server_dirs: set[str] = field(default_factory=set)  # keys of directories on shares
     servers_down: set[str] = field(default_factory=set)
+    # Server directories the mapping's account may not open (e.g. the share
+    # root when it has rights on its own folders only), and ones a network
+    # blip makes unreachable for now.
+    denied: set[str] = field(default_factory=set)
+    unreachable: set[str] = field(default_factory=set)
     accounts: dict[str, str] = field(default_factory=dict)  # user key → password
     mappings: dict[str, FakeMapping] = field(default_factory=dict)
     dirs: set[str] = field(default_factory=lambda: {"c:"})
@@ -200,13 +205,8 @@ class FakeWindows:
         mapping = self.mappings.get(rk)
         if op == OP_GET_MAPPING:
             if mapping is None:
-                return {"exists": False, "status": "", "reachable": False, "privacy": None}
-            return {
-                "exists": True,
-                "status": mapping.status,
-                "reachable": self._share_ok(rk),
-                "privacy": mapping.privacy,
-            }
+                return {"exists": False, "status": "", "privacy": None}
+            return {"exists": True, "status": mapping.status, "privacy": mapping.privacy}
         if op == OP_REMOVE_MAPPING:
             return {"removed": self.mappings.pop(rk, None) is not None}
         assert op == OP_NEW_MAPPING, op
@@ -245,6 +245,8 @@ class FakeWindows:
             and mapping.status == "OK"
             and parts[0] not in self.servers_down
             and path_key in self.server_dirs
+            and path_key not in self.denied
+            and path_key not in self.unreachable
         )
 
     def _resolve(self, path_key: str) -> str:
@@ -285,6 +287,23 @@ class FakeWindows:
 
     async def is_dir(self, path: str) -> bool:
         return self._dir_exists(self._resolve(key(path)))
+
+    async def check_dir(self, path: str) -> None:
+        k = self._resolve(key(path))
+        if not k.startswith("\\\\"):
+            if k not in self.dirs:
+                raise win_error(FileNotFoundError, 3, "The path is not found", path)
+            return
+        parts = k[2:].split("\\")
+        mapping = self.mappings.get("\\\\" + "\\".join(parts[:2]))
+        if mapping is None:
+            raise win_error(PermissionError, 1244, "The user has not been authenticated", path)
+        if parts[0] in self.servers_down or mapping.status != "OK" or k in self.unreachable:
+            raise win_error(OSError, 64, "The specified network name is no longer available", path)
+        if k in self.denied:
+            raise win_error(PermissionError, 5, "Access is denied", path)
+        if k not in self.server_dirs:
+            raise win_error(FileNotFoundError, 2, "The system cannot find the file specified", path)
 
     async def list_dir(self, path: str) -> list[str]:
         k = key(path)
@@ -329,6 +348,13 @@ class FakeWindows:
         if not self._dir_exists(self._resolve(key(path))):
             raise OSError(errno.EIO, "The specified network name is no longer available", path)
         return self.space
+
+
+def win_error(kind: type[OSError], code: int, message: str, path: str) -> OSError:
+    """An OSError as Python raises it on Windows: with the Win32 code in ``winerror``."""
+    exc = kind(errno.EIO, message, path)
+    exc.winerror = code  # type: ignore[attr-defined]
+    return exc
 
 
 class WindowsFailure(Exception):

@@ -14,6 +14,7 @@ from driver.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unavailable,
 )
 from driver.source import Source
 from node.platform import PublishRequest, StageRequest
@@ -89,8 +90,8 @@ async def test_stage_of_the_share_root(platform: WindowsPlatform, node: FakeWind
     assert node.links[key(request.staging_path)] == ROOT
 
 
-@pytest.mark.parametrize("status", ["Disconnected", "Unavailable", "Reconnecting"])
-async def test_an_unhealthy_mapping_is_recreated(
+@pytest.mark.parametrize("status", ["Disconnected", "Unavailable"])
+async def test_a_stale_mapping_is_recreated(
     platform: WindowsPlatform, node: FakeWindows, status: str
 ) -> None:
     await platform.stage(stage_request(platform, node, "pvc-1"))
@@ -107,32 +108,73 @@ async def test_an_unhealthy_mapping_is_recreated(
     assert await node.is_dir(platform.check_path(staging_of("pvc-1"), what="s"))
 
 
-async def test_a_mapping_whose_share_does_not_answer_is_recreated(
+@pytest.mark.parametrize("status", ["Reconnecting", "Connecting", "Paused", "NetworkError"])
+async def test_a_mapping_in_another_state_is_kept_and_only_this_stage_fails(
+    platform: WindowsPlatform, node: FakeWindows, status: str
+) -> None:
+    """Pods of other volumes run on the mapping: a state the SMB client may
+    still recover from never makes the driver pull it away."""
+    await platform.stage(stage_request(platform, node, "pvc-1"))
+    mapping = node.mappings[key(ROOT)]
+    mapping.status = status
+    with pytest.raises(Unavailable, match="64"):
+        await platform.stage(stage_request(platform, node, "pvc-2"))
+    assert OP_REMOVE_MAPPING not in node.ops()
+    assert node.mappings[key(ROOT)] is mapping
+    mapping.status = "OK"  # the SMB client recovered: kubelet's retry succeeds
+    await platform.stage(stage_request(platform, node, "pvc-2"))
+    assert node.mappings[key(ROOT)] is mapping
+
+
+async def test_a_share_root_the_account_cannot_see_keeps_its_mapping(
     platform: WindowsPlatform, node: FakeWindows
 ) -> None:
-    node.mappings[key(ROOT)] = FakeMapping(ROOT, "CORP\\alice", True)
-    node.server_dirs.discard(key(ROOT))  # Test-Path fails ...
-    node.errors[OP_REMOVE_MAPPING] = []
+    """An account with rights on its own folders only (or access-based
+    enumeration) cannot open the share root: that is no reason to remove the
+    mapping under the running pods of other volumes."""
+    first = stage_request(platform, node, "pvc-1")
+    await platform.stage(first)
+    target = platform.check_path(target_of("pod-1", "pv-1"), what="t")
+    await platform.publish(PublishRequest("pvc-1", first.staging_path, target))
+    mapping = node.mappings[key(ROOT)]
+    node.denied.add(key(ROOT))
+    for volume in ("pvc-2", "pvc-3", "pvc-1"):
+        await platform.stage(stage_request(platform, node, volume))
+    assert OP_REMOVE_MAPPING not in node.ops()
+    assert node.ops(OP_NEW_MAPPING) == [OP_NEW_MAPPING]
+    assert node.mappings[key(ROOT)] is mapping
+    assert await node.is_dir(target)  # the running pod still sees its volume
+    usage = await platform.usage("pvc-1", target)
+    assert not usage.health.abnormal, usage.health.message
 
-    async def restore() -> None:  # ... until the mapping is made again
-        node.server_dirs.add(key(ROOT))
 
-    request = stage_request(platform, node)
-    state = await platform.mappings.state(ROOT, time_limit=5)
-    assert state.exists
-    assert state.status == "OK"
-    assert not state.reachable
-    await restore()
-    node.mappings[key(ROOT)].status = "OK"
-    node.servers_down.add("fileserver")
-    state = await platform.mappings.state(ROOT, time_limit=5)
-    assert not state.healthy
-    node.servers_down.clear()
-    node.calls.clear()
-    node.server_dirs.discard(key(ROOT))
-    with pytest.raises(FailedPrecondition, match="67"):  # re-created: the share is really gone
-        await platform.stage(request)
-    assert node.ops() == [OP_GET_MAPPING, OP_REMOVE_MAPPING, OP_NEW_MAPPING]
+async def test_a_blip_on_one_volume_fails_its_stage_and_nothing_else(
+    platform: WindowsPlatform, node: FakeWindows
+) -> None:
+    first = stage_request(platform, node, "pvc-1")
+    await platform.stage(first)
+    mapping = node.mappings[key(ROOT)]
+    node.unreachable.add(key(ROOT + r"\base\pvc-2"))
+    second = stage_request(platform, node, "pvc-2")
+    with pytest.raises(Unavailable, match="64"):
+        await platform.stage(second)
+    assert OP_REMOVE_MAPPING not in node.ops()
+    assert node.mappings[key(ROOT)] is mapping
+    assert not await node.is_link(second.staging_path)  # nothing half-made
+    assert await node.is_dir(first.staging_path)
+    node.unreachable.clear()
+    await platform.stage(second)  # kubelet's retry
+    assert node.mappings[key(ROOT)] is mapping
+
+
+async def test_a_deleted_volume_directory_is_not_found_on_an_ok_mapping(
+    platform: WindowsPlatform, node: FakeWindows
+) -> None:
+    await platform.stage(stage_request(platform, node, "pvc-1"))
+    node.server_dirs.discard(key(ROOT + r"\base\pvc-2"))
+    with pytest.raises(NotFound, match="was the volume deleted"):
+        await platform.stage(stage_request(platform, node, "pvc-2"))
+    assert OP_REMOVE_MAPPING not in node.ops()
 
 
 async def test_a_dangling_staging_link_is_repaired(
