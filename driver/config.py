@@ -174,7 +174,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         "--windows-read-only",
         choices=("refuse", "warn"),
         default="refuse",
-        help="Windows node: read-only requests (a symlink cannot be read-only)",
+        help="Windows node: a reader-only access mode on a volume the pod does not mount "
+        "readOnly (nothing enforces it there): refuse, or accept with a warning",
     )
     parser.add_argument(
         "--kubelet-dir",

@@ -33,8 +33,11 @@ class PublishRequest:
     volume_id: str
     staging_path: str
     target_path: str
-    read_only: bool = False
+    read_only: bool = False  # the readonly flag, or every access mode is *_READER_ONLY
     mount_options: tuple[str, ...] = ()
+    # NodePublishVolumeRequest.readonly itself: kubelet then also asks the
+    # container runtime for a read-only mount (what enforces it on Windows).
+    readonly_flag: bool = False
 
 
 @dataclass(frozen=True, slots=True)

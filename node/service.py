@@ -210,6 +210,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             staging_path=staging,
             target_path=target,
             read_only=request.readonly or cap.access_mode.mode in _READ_ONLY_MODES,
+            readonly_flag=request.readonly,
             mount_options=split_mount_flags(cap.mount.mount_flags),
         )
         with contextlib.ExitStack() as held:

@@ -28,14 +28,15 @@ host), so it does the work itself, without csi-proxy:
 
 Decisions an operator should know about:
 
-* **Read-only** volumes are refused (InvalidArgument) by default.  Windows
-  cannot make a directory symlink read-only, and the global mapping is shared
-  by every volume of the share, so nothing on the node can enforce it; a
-  pod that asked for read-only would silently get write access.  Real
-  read-only access on Windows comes from the server: use an SMB account that
-  has read-only rights on the share and request read-write access.  Where that
-  is known and accepted, ``WindowsSettings.read_only="warn"`` accepts such
-  requests with a warning in the log.
+* **Read-only** is enforced by the container runtime: kubelet passes the pod
+  volume's ``readOnly`` (or the PV's ``csi.readOnly``) to containerd, and
+  hcsshim mounts the link read-only in the container; such publishes are
+  accepted.  A reader-only access mode on a volume the pod does not mount
+  ``readOnly`` reaches this driver only, and a directory symlink cannot be
+  read-only, so it is refused (InvalidArgument, saying to set ``readOnly:
+  true``) unless ``WindowsSettings.read_only="warn"`` (``--windows-read-only
+  warn``), which accepts it writable with a warning.  Staging is never
+  refused for read-only: the staging link is not what a pod sees.
 * **Stats** cost no PowerShell while the volume's directory answers: that
   is its health.  A volume whose directory does not answer (or whose link
   dangles) is abnormal, with the mapping's status in the message.

@@ -90,7 +90,6 @@ class WindowsPlatform:
                 "that use them on Linux nodes (nodeSelector kubernetes.io/os: linux) or use SMB"
             )
         privacy = require_privacy(source, request.mount_options, self.settings.require_privacy)
-        self._check_read_only(request.read_only, request.volume_id, what="NodeStageVolume")
         if request.credentials is None:
             raise InvalidArgument("node-stage secret: SMB needs username and password")
         host = unc_host(source.server)
@@ -137,7 +136,7 @@ class WindowsPlatform:
         log.info("unstaged", volume_id=volume_id, staging=staging_path)
 
     async def publish(self, request: PublishRequest) -> None:
-        self._check_read_only(request.read_only, request.volume_id, what="NodePublishVolume")
+        self._check_read_only(request)
         try:
             if not await self.host.lexists(request.staging_path):
                 raise FailedPrecondition(
@@ -229,20 +228,30 @@ class WindowsPlatform:
 
     # ---------------------------------------------------------------- stage parts
 
-    def _check_read_only(self, read_only: bool, volume_id: str, *, what: str) -> None:
-        if not read_only:
+    def _check_read_only(self, request: PublishRequest) -> None:
+        """Read-only is enforced by the container runtime, when kubelet asks it.
+
+        kubelet passes the pod's ``readOnly`` (PVC or PV ``csi.readOnly``) to
+        the runtime as well as to NodePublish (containerd → hcsshim ``ro``), so
+        such publishes are read-only in the container.  A reader-only access
+        mode alone (``readonly`` false) reaches only this driver, and a
+        directory symlink cannot be read-only: nothing would enforce it.
+        """
+        if not request.read_only or request.readonly_flag:
             return
         if self.settings.read_only == "warn":
             log.warning(
-                "read-only requested but not enforceable on Windows; the volume is writable "
-                "unless the SMB account is read-only on the server",
-                volume_id=volume_id,
+                "reader-only access mode without readOnly on the pod's volume: not enforceable "
+                "on Windows; the volume is writable unless the SMB account is read-only",
+                volume_id=request.volume_id,
             )
             return
         raise InvalidArgument(
-            f"{what}: read-only access cannot be enforced on Windows nodes (a directory symlink "
-            "cannot be read-only and the SMB mapping is shared by all volumes of the share); use "
-            "an SMB account with read-only rights on the share and request read-write access"
+            "NodePublishVolume: the access mode is read-only but the volume is not published "
+            "read-only (readonly=false); on Windows only the container runtime enforces "
+            "read-only, and kubelet asks it to only for readOnly volumes: set readOnly: true "
+            "on the pod's persistentVolumeClaim volume (or csi.readOnly on the PV), or run the "
+            "driver with --windows-read-only=warn to accept such volumes writable"
         )
 
     async def _ensure_link(self, link: str, target: str, *, what: str) -> None:

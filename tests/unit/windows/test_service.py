@@ -90,17 +90,35 @@ async def test_node_service_end_to_end(platform: WindowsPlatform, node: FakeWind
     ]
     assert not stats.volume_condition.abnormal
 
-    with pytest.raises(InvalidArgument, match="read-only"):
+    # A readOnly pod volume: kubelet has the runtime enforce it, so it is published.
+    read_only_target = target_of("ro-pod", "pv-1")
+    await service.NodePublishVolume(
+        csi_pb2.NodePublishVolumeRequest(
+            volume_id=volume,
+            staging_target_path=staging,
+            target_path=read_only_target,
+            volume_capability=node_capability(),
+            readonly=True,
+        ),
+        ctx,
+    )
+    assert node.links[key(read_only_target)] == "C:" + staging
+    # A reader-only access mode alone is not enforced by anything: refused.
+    reader_only = node_capability()
+    reader_only.access_mode.mode = csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_READER_ONLY
+    with pytest.raises(InvalidArgument, match="readOnly: true"):
         await service.NodePublishVolume(
             csi_pb2.NodePublishVolumeRequest(
                 volume_id=volume,
                 staging_target_path=staging,
-                target_path=target_of("ro-pod", "pv-1"),
-                volume_capability=node_capability(),
-                readonly=True,
+                target_path=target_of("rox-pod", "pv-1"),
+                volume_capability=reader_only,
             ),
             ctx,
         )
+    await service.NodeUnpublishVolume(
+        csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume, target_path=read_only_target), ctx
+    )
     with pytest.raises(InvalidArgument, match=r"'\.\.'"):
         await service.NodeUnpublishVolume(
             csi_pb2.NodeUnpublishVolumeRequest(volume_id=volume, target_path=target + r"\..\.."),

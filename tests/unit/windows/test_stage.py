@@ -408,27 +408,50 @@ async def test_user_name_sent_to_windows(
     assert node.mappings[key(ROOT)].user == user
 
 
-async def test_read_only_is_refused_by_default(
+async def test_read_only_publishes_are_accepted(
     platform: WindowsPlatform, node: FakeWindows
 ) -> None:
-    with pytest.raises(InvalidArgument, match="read-only access cannot be enforced"):
-        await platform.stage(stage_request(platform, node, read_only=True))
-    staging = platform.check_path(staging_of("pvc-1"), what="s")
-    await platform.stage(stage_request(platform, node))
+    """kubelet passes readonly to the container runtime too (containerd ->
+    hcsshim ``ro``): a readOnly pod volume is enforced, so it is published."""
+    stage = stage_request(platform, node, read_only=True)  # a ReadOnlyMany volume
+    await platform.stage(stage)
+    targets = [platform.check_path(target_of(pod, "pv-1"), what="t") for pod in ("a", "b")]
+    await platform.publish(
+        PublishRequest("pvc-1", stage.staging_path, targets[0], read_only=True, readonly_flag=True)
+    )
+    # A read-write volume published read-only (pod readOnly: true) alike.
+    await platform.publish(
+        PublishRequest("pvc-1", stage.staging_path, targets[1], read_only=True, readonly_flag=True)
+    )
+    for target in targets:
+        assert node.links[key(target)] == stage.staging_path
+
+
+async def test_a_reader_only_mode_without_the_readonly_flag_is_refused_by_default(
+    platform: WindowsPlatform, node: FakeWindows
+) -> None:
+    """Nothing would enforce it: the runtime is not told, a symlink cannot be read-only."""
+    stage = stage_request(platform, node, read_only=True)
+    await platform.stage(stage)
     target = platform.check_path(target_of("pod-1", "pv-1"), what="t")
     node.mkdir_p(target)
-    with pytest.raises(InvalidArgument, match="read-only"):
-        await platform.publish(PublishRequest("pvc-1", staging, target, read_only=True))
+    with pytest.raises(InvalidArgument, match="set readOnly: true"):
+        await platform.publish(PublishRequest("pvc-1", stage.staging_path, target, read_only=True))
     assert key(target) in node.dirs
     assert key(target) not in node.links
 
 
-async def test_read_only_warn_mode_accepts(node: FakeWindows) -> None:
+async def test_a_reader_only_mode_is_accepted_with_a_warning_in_warn_mode(
+    node: FakeWindows,
+) -> None:
     platform = make_platform(node, read_only="warn")
+    stage = stage_request(platform, node, read_only=True)
+    await platform.stage(stage)
+    target = platform.check_path(target_of("pod-1", "pv-1"), what="t")
     with structlog.testing.capture_logs() as logs:
-        await platform.stage(stage_request(platform, node, read_only=True))
+        await platform.publish(PublishRequest("pvc-1", stage.staging_path, target, read_only=True))
     assert any("not enforceable" in entry["event"] for entry in logs)
-    assert len(node.links) == 1
+    assert node.links[key(target)] == stage.staging_path
 
 
 async def test_privacy_gap_of_an_existing_mapping_is_logged(
