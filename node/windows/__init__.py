@@ -54,6 +54,9 @@ Decisions an operator should know about:
   user name fails with "A specified logon session does not exist".
 * **Ports**: the mapping always uses port 445; a source or ``port=`` mount
   option with another port is a FailedPrecondition.
+* **DNS**: the HostProcess container uses the host's resolver, not cluster
+  DNS, so a Service name (``*.svc``, ``*.cluster.local``) cannot resolve
+  (error 53): such a source is a FailedPrecondition naming the cause.
 * **NFS** volumes are a FailedPrecondition on Windows nodes.
 """
 

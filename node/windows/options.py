@@ -1,4 +1,4 @@
-"""What a Windows node makes of a volume's source port and mount options."""
+"""What a Windows node makes of a volume's source (server name, port) and mount options."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from node.windows.paths import parse_bool
 log = get_logger("node.windows")
 
 SMB_PORT = 445
+# Names only cluster DNS answers: <service>.<namespace>.svc[.cluster.local].
+_CLUSTER_SUFFIXES = (".svc", ".cluster.local")
 
 
 def port_message(port: int) -> str:
@@ -41,3 +43,25 @@ def require_privacy(source: Source, options: Iterable[str], default: bool) -> bo
         else:
             log.debug("mount option has no meaning on Windows; ignored", option=key)
     return privacy
+
+
+def is_cluster_dns_name(server: str) -> bool:
+    """A Kubernetes Service name (``*.svc``, ``*.cluster.local``)."""
+    name = server.rstrip(".").lower()
+    return name.endswith(_CLUSTER_SUFFIXES)
+
+
+def check_server_name(source: Source) -> None:
+    """Refuse a server name the Windows host cannot resolve.
+
+    A HostProcess pod uses the host's DNS, not the cluster's (ClusterFirst
+    does not apply there), so a Service name that works on the controller and
+    on Linux nodes fails on Windows with error 53 "network path not found".
+    """
+    if is_cluster_dns_name(source.server):
+        raise FailedPrecondition(
+            f"SMB server {source.server!r} is a cluster Service name: Windows nodes run the "
+            "driver as a HostProcess container with the host's DNS, which cannot resolve "
+            "cluster names (Windows error 53); use a name or address the Windows host "
+            "resolves (an external DNS record, a LoadBalancer or node address)"
+        )

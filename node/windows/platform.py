@@ -26,7 +26,7 @@ from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsag
 from node.powershell import PowerShell, ProcessSpawner
 from node.windows.host import DiskSpace, RealWindowsHost, WindowsHost, os_error, os_text
 from node.windows.mappings import ShareMappings
-from node.windows.options import require_privacy
+from node.windows.options import check_server_name, require_privacy
 from node.windows.paths import (
     is_within,
     normalize_link_target,
@@ -89,6 +89,7 @@ class WindowsPlatform:
                 f"{source.protocol.upper()} volumes are not supported on Windows nodes: run pods "
                 "that use them on Linux nodes (nodeSelector kubernetes.io/os: linux) or use SMB"
             )
+        check_server_name(source)
         privacy = require_privacy(source, request.mount_options, self.settings.require_privacy)
         if request.credentials is None:
             raise InvalidArgument("node-stage secret: SMB needs username and password")

@@ -340,6 +340,41 @@ async def test_nfs_is_a_failed_precondition(platform: WindowsPlatform, node: Fak
 
 
 @pytest.mark.parametrize(
+    "server",
+    [
+        "smb-server.storage.svc.cluster.local",
+        "smb-server.storage.svc",
+        "smb-server.storage.svc.cluster.local.",
+        "SMB.Storage.SVC.Cluster.Local",
+        "smb.cluster.local",
+    ],
+)
+async def test_a_cluster_service_name_is_a_failed_precondition(
+    platform: WindowsPlatform, node: FakeWindows, server: str
+) -> None:
+    """A HostProcess pod resolves with the host's DNS: cluster names fail there (error 53)."""
+    node.add_share(f"\\\\{server}\\share", "base/pvc-1")
+    request = stage_request(platform, node, source=Source("smb", server, None, "share"))
+    with pytest.raises(FailedPrecondition, match="cluster Service name") as info:
+        await platform.stage(request)
+    assert "host's DNS" in info.value.message
+    assert node.calls == []
+    assert node.fs_actions == []
+
+
+@pytest.mark.parametrize("server", ["fileserver.corp.local", "svc.example.com", "10.0.0.5"])
+async def test_other_server_names_are_staged(
+    platform: WindowsPlatform, node: FakeWindows, server: str
+) -> None:
+    node.add_share(f"\\\\{server}\\share", "base/pvc-1")
+    node.accounts[f"{server}\\bob".casefold()] = "pw"
+    creds = Credentials(username="bob", password="pw")
+    source = Source("smb", server, None, "share")
+    await platform.stage(stage_request(platform, node, source=source, credentials=creds))
+    assert node.ops(OP_NEW_MAPPING) == [OP_NEW_MAPPING]
+
+
+@pytest.mark.parametrize(
     ("source", "options"),
     [
         (Source("smb", "fileserver", 4450, "share"), ()),
