@@ -9,12 +9,14 @@ import signal
 import socket
 import stat
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
 
+from driver import console
 from driver.config import Config, Endpoint, check_serve_endpoint
 from driver.csi import csi_pb2_grpc
 from driver.identity import IdentityService
@@ -146,8 +148,14 @@ def _install_fallback_signal_handlers(loop: asyncio.AbstractEventLoop, stop: asy
             signal.signal(sig, handler)
 
 
-async def serve(config: Config, plugins: Sequence[ServicePlugin] | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then stop gracefully."""
+async def serve(
+    config: Config,
+    plugins: Sequence[ServicePlugin] | None = None,
+    *,
+    console_registrar: console.Registrar | None = console.default_registrar,
+) -> None:
+    """Run until SIGTERM/SIGINT (on Windows also a console control event:
+    Ctrl+C, Ctrl+Break, close, shutdown), then stop gracefully."""
     driver = DriverServer(config, plugins)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -157,13 +165,28 @@ async def serve(config: Config, plugins: Sequence[ServicePlugin] | None = None) 
         except NotImplementedError:  # Windows: no signal handlers on the loop
             _install_fallback_signal_handlers(loop, stop)
             break
+    stopped = threading.Event()
+    remove_console_handler: Callable[[], None] | None = None
+    if console_registrar is not None:
+
+        def request_stop() -> None:  # on a thread Windows made for the event
+            loop.call_soon_threadsafe(stop.set)
+
+        # Held for the drain plus plugin shutdown; hcsshim ends the job 5 s in anyway.
+        handler = console.ConsoleStop(request_stop, stopped, config.grace_period + 1)
+        remove_console_handler = console_registrar(handler)
     try:
-        await driver.start()
-    except BaseException:
-        await driver.server.stop(None)  # release grpc's resources before the loop closes
-        raise
-    try:
-        await stop.wait()
-        log.info("signal received, stopping", grace_seconds=config.grace_period)
+        try:
+            await driver.start()
+        except BaseException:
+            await driver.server.stop(None)  # release grpc's resources before the loop closes
+            raise
+        try:
+            await stop.wait()
+            log.info("stop requested, stopping", grace_seconds=config.grace_period)
+        finally:
+            await driver.stop()
     finally:
-        await driver.stop()
+        stopped.set()  # lets a held console event return: Windows ends the process then
+        if remove_console_handler is not None:
+            remove_console_handler()

@@ -272,6 +272,11 @@ def test_windows_node_is_hostprocess(scenario: str) -> None:
         assert _seconds(flag(registrar["args"], "--timeout") or "0s") >= 30
         driver = container(node, "driver")
         assert driver["command"] == values["windows"]["command"]
+        # hcsshim ends the job 5 s after CTRL_SHUTDOWN_EVENT: the drain fits in that.
+        grace = values["windows"]["gracePeriod"]
+        assert grace <= 4
+        assert f"--grace-period={grace}" in driver["args"]  # extraArgs may still override
+        assert spec["terminationGracePeriodSeconds"] == grace + 1 <= 5
         assert config.kubelet_dir == kubelet
         assert _is_relative_exe(driver["command"][0])
 

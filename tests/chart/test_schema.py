@@ -36,6 +36,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
         "storageClasses": [{"name": "smb", "parameters": {"source": {"server": "s"}}}]
     },
     "bad registrar timeout": {"linux": {"registrarTimeout": "30"}},
+    "windows grace beyond hcsshim's 5 s": {"windows": {"gracePeriod": 5}},
     "bad driver name": {"driver": {"name": "-smb_nfs"}},
     "bad log format": {"log": {"format": "xml"}},
     "log level out of range": {"log": {"level": 11}},

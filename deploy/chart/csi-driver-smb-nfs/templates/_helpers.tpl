@@ -97,7 +97,6 @@ is given, else "repo:tag". Call with (list $image $defaultTag $messageIfNoReposi
 - --driver-name={{ .Values.driver.name }}
 - --log-format={{ .Values.log.format }}
 - --v={{ .Values.log.level }}
-- --grace-period={{ .Values.driver.gracePeriod }}
 {{- end -}}
 
 {{/* Host paths of the kubelet plugin on Linux nodes. */}}
