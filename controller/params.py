@@ -11,7 +11,9 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from controller.dual import DUAL_KEYS, check_dual_mount_flags, parse_dual, scoped_mount_options
 from driver import paths
+from driver.dual import DualSources
 from driver.errors import InvalidArgument
 from driver.modes import parse_octal_mode
 from driver.source import Source, parse_source
@@ -22,7 +24,17 @@ PVC_NAMESPACE = "csi.storage.k8s.io/pvc/namespace"
 PV_NAME = "csi.storage.k8s.io/pv/name"
 RESERVED_PREFIX = "csi.storage.k8s.io/"
 
-_KNOWN = {"source", "protocol", "subdir", "ondelete", "mountpermissions"}
+_KNOWN = {
+    "source",
+    "protocol",
+    "subdir",
+    "ondelete",
+    "mountpermissions",
+    "smbsource",
+    "nfssource",
+    "provisionvia",
+    "linuxprotocol",
+}
 _TEMPLATE = re.compile(r"\$\{([^}]*)\}")
 _TEMPLATE_KEYS = {
     "pvc.metadata.name": PVC_NAME,
@@ -44,6 +56,7 @@ class VolumeParams:
     on_delete: OnDelete
     mount_permissions: int | None
     nfs_version: str | None  # from mount options; None = backend default
+    dual: DualSources | None = None  # dual-protocol: source is its provisionVia side
 
     @property
     def dir(self) -> str:
@@ -117,7 +130,7 @@ def parse_params(
         if low not in _KNOWN:
             raise InvalidArgument(
                 f"unknown parameter {key!r} (known: source, protocol, subDir, onDelete, "
-                "mountPermissions)"
+                "mountPermissions, smbSource, nfsSource, provisionVia, linuxProtocol)"
             )
         if low in lowered:
             raise InvalidArgument(f"parameter {key!r} given twice (keys are case-insensitive)")
@@ -125,18 +138,15 @@ def parse_params(
     metadata = {
         k.lower(): v for k, v in parameters.items() if k.lower().startswith(RESERVED_PREFIX)
     }
-    if not lowered.get("source", "").strip():
-        raise InvalidArgument("parameter 'source' is required (//server/share or server:/export)")
-    source = parse_source(lowered["source"], lowered.get("protocol") or None)
-
-    options = options_from_mount_flags(mount_flags)
-    if "port" in options:
-        if not options["port"].isdigit() or not 0 < int(options["port"]) < 65536:
-            raise InvalidArgument(f"mount options: port {options['port']!r} is not valid")
-        port = int(options["port"])
-        if source.port is not None and source.port != port:
-            raise InvalidArgument("mount option port= contradicts the port in source")
-        source = Source(source.protocol, source.server, port, source.share, source.base)
+    dual: DualSources | None = None
+    if DUAL_KEYS & lowered.keys():
+        check_dual_mount_flags(mount_flags)
+        scoped = scoped_mount_options(mount_flags)
+        dual = parse_dual(lowered, {p: options_from_mount_flags(f) for p, f in scoped.items()})
+        source = dual.tree(dual.provision_via)
+        options = options_from_mount_flags(scoped["nfs"])
+    else:
+        source, options = _single_source(lowered, mount_flags)
 
     template = lowered.get("subdir", "").strip() or name
     subdir = render_template(template, metadata).strip("/")
@@ -157,8 +167,27 @@ def parse_params(
     mode = None
     if lowered.get("mountpermissions", "").strip():
         mode = parse_mount_permissions(lowered["mountpermissions"])
-    nfs_version = nfs_version_from(options) if source.protocol == "nfs" else None
-    return VolumeParams(source, subdir, on_delete, mode, nfs_version)
+    nfs_version = nfs_version_from(options) if source.protocol == "nfs" or dual else None
+    return VolumeParams(source, subdir, on_delete, mode, nfs_version, dual)
+
+
+def _single_source(
+    lowered: Mapping[str, str], mount_flags: Sequence[str]
+) -> tuple[Source, dict[str, str]]:
+    """``source`` (and ``protocol``), with a ``port=`` mount option applied."""
+    if not lowered.get("source", "").strip():
+        raise InvalidArgument("parameter 'source' is required (//server/share or server:/export)")
+    source = parse_source(lowered["source"], lowered.get("protocol") or None)
+
+    options = options_from_mount_flags(mount_flags)
+    if "port" in options:
+        if not options["port"].isdigit() or not 0 < int(options["port"]) < 65536:
+            raise InvalidArgument(f"mount options: port {options['port']!r} is not valid")
+        port = int(options["port"])
+        if source.port is not None and source.port != port:
+            raise InvalidArgument("mount option port= contradicts the port in source")
+        source = Source(source.protocol, source.server, port, source.share, source.base)
+    return source, options
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,9 +26,9 @@ from typing import Final
 
 import grpc
 
-from controller import archive
+from controller import archive, dual
 from controller.backend import FileInfo, FileShareBackend
-from controller.common import Ctx, cleanup, lock_key, same_share
+from controller.common import Ctx, cleanup, lock_key
 from controller.factory import BackendFactory
 from controller.jobs import Jobs
 from controller.params import (
@@ -44,6 +44,7 @@ from driver import paths, rpc
 from driver.config import Config
 from driver.credentials import Credentials, smb_credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
+from driver.dual import scoped_options
 from driver.errors import (
     Aborted,
     AlreadyExists,
@@ -88,6 +89,7 @@ ARCHIVE_WORKERS: Final = 4
 CTX_PROTOCOL = "protocol"
 CTX_SOURCE = "source"
 CTX_SUBDIR = "subDir"
+_DUAL_PROVISIONER = "provisioner secret (provisionVia: smb)"
 
 
 def check_capabilities(caps: Iterable[csi_pb2.VolumeCapability]) -> list[str]:
@@ -224,20 +226,21 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         origin: SnapshotId | VolumeId | None = None
         if request.HasField("volume_content_source"):
             content = request.volume_content_source
-            origin = self._content_source(content, root, params.dir)
-        vid = VolumeId(root, params.dir, params.on_delete, options).format()
+            origin = self._content_source(content, root, params)
+        vid = VolumeId(root, params.dir, params.on_delete, options, params.dual).format()
         fingerprint = _fingerprint(request)
         seen = self._recent.get(request.name)
         if seen is not None and seen != (fingerprint, vid):
             raise AlreadyExists(
                 f"volume {request.name!r} already exists with different parameters or capacity"
             )
+        via_flags = flags if params.dual is None else scoped_options(flags, root.protocol)
         backend = self._backend(
             params.source,
             request.secrets,
             nfs_version=params.nfs_version,
-            which="provisioner secret",
-            mount_options=options_from_mount_flags(flags),
+            which="provisioner secret" if params.dual is None else _DUAL_PROVISIONER,
+            mount_options=options_from_mount_flags(via_flags),
         )
         key = lock_key(root, params.dir)
         if origin is None:
@@ -252,6 +255,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             CTX_SOURCE: str(root),
             CTX_SUBDIR: params.dir,
         }
+        if params.dual is not None:
+            context_map = dual.volume_context(params.dual, params.subdir)
         if params.mount_permissions is not None:
             context_map["mountPermissions"] = f"{params.mount_permissions:04o}"
         volume = csi_pb2.Volume(volume_id=vid, capacity_bytes=capacity, volume_context=context_map)
@@ -261,7 +266,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
 
     @staticmethod
     def _content_source(
-        content: csi_pb2.VolumeContentSource, root: Source, target: str
+        content: csi_pb2.VolumeContentSource, root: Source, params: VolumeParams
     ) -> SnapshotId | VolumeId:
         """The snapshot or volume a new volume starts from, validated.
 
@@ -269,6 +274,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         share is INVALID_ARGUMENT (the CSI spec's "source incompatible"): the
         copy runs on the server through one connection, never across shares.
         """
+        target = params.dir
         kind = content.WhichOneof("type")
         if kind == "snapshot":
             text = content.snapshot.snapshot_id
@@ -278,11 +284,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 sid = parse_snapshot_id(text)
             except InvalidArgument as exc:
                 raise NotFound(f"snapshot {text!r} does not exist ({exc.message})") from exc
-            if not same_share(sid.source, root):
+            seen = dual.align_origin(sid, root, params.dual)
+            if not isinstance(seen, SnapshotId):
                 raise InvalidArgument(
                     f"volume_content_source: snapshot is on {sid.source}, the new volume on "
-                    f"{root}: restores work within one share only"
+                    f"{root}: restores work within one share (or one dual-protocol tree) only"
                 )
+            sid = seen
             if inside(sid.archive, target):
                 raise InvalidArgument("volume_content_source: the archive lies in the new volume")
             return sid
@@ -294,11 +302,13 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 source = parse_volume_id(text)
             except InvalidArgument as exc:
                 raise NotFound(f"volume {text!r} does not exist ({exc.message})") from exc
-            if not same_share(source.source, root):
+            aligned = dual.align_origin(source, root, params.dual)
+            if not isinstance(aligned, VolumeId):
                 raise InvalidArgument(
                     f"volume_content_source: volume is on {source.source}, the new volume on "
-                    f"{root}: clones work within one share only"
+                    f"{root}: clones work within one share (or one dual-protocol tree) only"
                 )
+            source = aligned
             if inside(target, source.dir) or inside(source.dir, target):
                 raise InvalidArgument(
                     "volume_content_source: a clone and its source must not contain each other"

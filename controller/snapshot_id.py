@@ -12,6 +12,17 @@ Format (fields separated by ``#``, each percent-encoded like the volume ID)::
 
 Example: ``s1#nfs#10.0.0.5#/export#k8s/.snapshots/snap-1.tar.gz#k8s/pvc-1#delete#vers=4.1``.
 
+Snapshots of dual-protocol volumes (``driver.dual``) keep both sources, with
+the dual tree fields of the v2 volume ID::
+
+    s2#<provisionVia>#<linuxProtocol>#<smb server>#<smb share>#<smb base>
+      #<nfs server>#<nfs export>#<archive>#<source subdir>#<source onDelete>[#<options>]
+
+(one line, wrapped here)
+
+``archive`` is relative to the provisionVia side's share root (as in s1),
+``source subdir`` relative to the tree (as in v2).
+
 Everything DeleteSnapshot, ListSnapshots and a restore need is in the ID, so
 the controller keeps no state.  Parsing is strict: only the canonical
 encoding of a valid ID is accepted, and both paths must be clean relative
@@ -23,11 +34,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from driver import paths
+from driver.dual import DualSources
 from driver.errors import InvalidArgument
 from driver.source import Source
-from driver.volume_id import ON_DELETE, OnDelete, VolumeId, decode_id, encode_id
+from driver.volume_id import (
+    ON_DELETE,
+    OnDelete,
+    VolumeId,
+    decode_dual_id,
+    decode_id,
+    encode_dual_id,
+    encode_id,
+)
 
 VERSION = "s1"
+DUAL_VERSION = "s2"
 ARCHIVE_SUFFIX = ".tar.gz"
 
 
@@ -43,9 +64,10 @@ class SnapshotId:
     source_dir: str
     source_on_delete: OnDelete = "delete"
     options: tuple[tuple[str, str], ...] = field(default=())
+    dual: DualSources | None = None  # the source volume's dual tree, if it has one
 
     def __post_init__(self) -> None:
-        # The source volume ID validates server, share, dir and options.
+        # The source volume ID validates server, share, dir, options and the tree.
         self.source_volume()
         paths.safe_relpath(self.archive, what="snapshot archive")
         leaf = self.archive.rpartition("/")[2]
@@ -68,9 +90,14 @@ class SnapshotId:
         return dict(self.options).get(key)
 
     def source_volume(self) -> VolumeId:
-        return VolumeId(self.source, self.source_dir, self.source_on_delete, self.options)
+        return VolumeId(
+            self.source, self.source_dir, self.source_on_delete, self.options, self.dual
+        )
 
     def format(self) -> str:
+        if self.dual is not None:
+            middle = (self.archive, self.source_volume().subdir, self.source_on_delete)
+            return encode_dual_id(DUAL_VERSION, self.dual, middle, self.options)
         middle = (self.archive, self.source_dir, self.source_on_delete)
         return encode_id(VERSION, self.source, middle, self.options)
 
@@ -79,12 +106,23 @@ class SnapshotId:
 
 
 def parse_snapshot_id(text: str) -> SnapshotId:
-    """Parse a snapshot ID; InvalidArgument for anything malformed."""
-    decoded = decode_id(text, version=VERSION, middle=3, what="snapshot ID")
-    archive, source_dir, on_delete = decoded.middle
-    if on_delete not in ON_DELETE:
-        raise InvalidArgument(f"snapshot ID: onDelete {on_delete!r} is not valid")
-    sid = SnapshotId(decoded.source, archive, source_dir, on_delete, decoded.options)
+    """Parse a snapshot ID (s1 or s2); InvalidArgument for anything malformed."""
+    if text.startswith(DUAL_VERSION + "#"):
+        dual = decode_dual_id(text, version=DUAL_VERSION, middle=3, what="snapshot ID")
+        archive, subdir, on_delete = dual.middle
+        if on_delete not in ON_DELETE:
+            raise InvalidArgument(f"snapshot ID: onDelete {on_delete!r} is not valid")
+        paths.safe_relpath(subdir, what="snapshot ID source subdir")
+        tree, via = dual.dual, dual.dual.provision_via
+        sid = SnapshotId(
+            tree.root(via), archive, tree.path(via, subdir), on_delete, dual.options, tree
+        )
+    else:
+        decoded = decode_id(text, version=VERSION, middle=3, what="snapshot ID")
+        archive, source_dir, on_delete = decoded.middle
+        if on_delete not in ON_DELETE:
+            raise InvalidArgument(f"snapshot ID: onDelete {on_delete!r} is not valid")
+        sid = SnapshotId(decoded.source, archive, source_dir, on_delete, decoded.options)
     if sid.format() != text:
         raise InvalidArgument("snapshot ID: not in canonical form")
     return sid

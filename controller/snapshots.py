@@ -129,7 +129,12 @@ class Snapshots:
         if inside(area, vid.dir):
             raise InvalidArgument(f"snapshotDir: {area!r} lies inside the source volume")
         sid = SnapshotId(
-            vid.source, paths.join(area, name + ARCHIVE_SUFFIX), vid.dir, vid.on_delete, vid.options
+            vid.source,
+            paths.join(area, name + ARCHIVE_SUFFIX),
+            vid.dir,
+            vid.on_delete,
+            vid.options,
+            vid.dual,
         )
         source_text = vid.format()
         seen = self._recent_snapshots.get(name)
@@ -349,7 +354,7 @@ class Snapshots:
                 return None
             try:
                 svid = parse_volume_id(source)
-                sid = SnapshotId(root, path, svid.dir, svid.on_delete, svid.options)
+                sid = SnapshotId(root, path, svid.dir, svid.on_delete, svid.options, svid.dual)
             except InvalidArgument:
                 return None
             if not same_share(svid.source, root):

@@ -14,6 +14,23 @@ Format (fields separated by ``#``, each percent-encoded)::
 Examples: ``v1#smb#files.example#data#k8s/pvc-1#delete`` and
 ``v1#nfs#10.0.0.5#/export#pvc-2#archive#vers=3``.
 
+Dual-protocol volumes (``driver.dual``: one tree served over SMB and NFS)
+have version 2::
+
+    v2#<provisionVia>#<linuxProtocol>#<smb server[:port]>#<smb share>#<smb base>
+      #<nfs server[:port]>#<nfs export>#<subdir>#<onDelete>[#<options>]
+
+(one line, wrapped here)
+
+* ``smb base`` -- the tree's directory inside the SMB share (may be empty)
+* ``nfs export`` -- the tree's root as the NFS export path (base folded in)
+* ``subdir`` -- the volume's directory relative to the tree, the same on both sides
+* ``options`` -- as in v1; ``vers`` is the NFS version
+
+Example: ``v2#nfs#nfs#files.example#data#k8s#files.example#/srv/data/k8s#pvc-3#delete``.
+A v2 ID's ``source`` and ``dir`` are the ``provisionVia`` side, so code that
+only provisions treats both versions alike.
+
 The ID carries everything DeleteVolume needs, so the controller keeps no
 state.  Parsing is strict: only the canonical encoding of a valid ID is
 accepted, and ``dir`` must be a clean relative path (see ``driver.paths``).
@@ -28,10 +45,12 @@ from typing import Literal
 from urllib.parse import quote, unquote
 
 from driver import paths
+from driver.dual import DualSources, protocol_value
 from driver.errors import InvalidArgument
 from driver.source import PROTOCOLS, Source, parse_host_port
 
 VERSION = "v1"
+DUAL_VERSION = "v2"
 OnDelete = Literal["delete", "retain", "archive"]
 ON_DELETE: tuple[OnDelete, ...] = ("delete", "retain", "archive")
 # Characters left readable in a field; '#' and '%' are always encoded.
@@ -46,11 +65,15 @@ class VolumeId:
     dir: str
     on_delete: OnDelete = "delete"
     options: tuple[tuple[str, str], ...] = field(default=())
+    # Dual-protocol volumes: both trees; ``source``/``dir`` are its provisionVia side.
+    dual: DualSources | None = None
 
     def __post_init__(self) -> None:
         paths.safe_relpath(self.dir, what="volume directory")
         if self.source.base:
             raise InvalidArgument("volume ID: source base must be folded into dir")
+        if self.dual is not None:
+            check_dual_side(self.dual, self.source, self.dir, what="volume ID")
         if self.on_delete not in ON_DELETE:
             raise InvalidArgument(f"volume ID: onDelete {self.on_delete!r} is not valid")
         keys = [k for k, _ in self.options]
@@ -63,11 +86,31 @@ class VolumeId:
     def option(self, key: str) -> str | None:
         return dict(self.options).get(key)
 
+    @property
+    def subdir(self) -> str:
+        """The directory relative to the dual tree (``dir`` for v1 IDs)."""
+        if self.dual is None:
+            return self.dir
+        return self.dual.relative(self.dual.provision_via, self.dir) or ""
+
     def format(self) -> str:
+        if self.dual is not None:
+            return encode_dual_id(
+                DUAL_VERSION, self.dual, (self.subdir, self.on_delete), self.options
+            )
         return encode_id(VERSION, self.source, (self.dir, self.on_delete), self.options)
 
     def __str__(self) -> str:
         return self.format()
+
+
+def check_dual_side(dual: DualSources, source: Source, directory: str, *, what: str) -> None:
+    """``source``/``directory`` must be the provisionVia side of ``dual``, strictly
+    below the tree's root (a volume is never the whole tree)."""
+    if source != dual.root(dual.provision_via):
+        raise InvalidArgument(f"{what}: source is not the provisionVia side of the dual tree")
+    if not dual.relative(dual.provision_via, directory):
+        raise InvalidArgument(f"{what}: directory lies outside the dual tree")
 
 
 # -- the field codec shared by volume and snapshot IDs ---------------------------
@@ -105,34 +148,109 @@ def decode_id(text: str, *, version: str, middle: int, what: str) -> DecodedId:
     """Split and decode an ID written by :func:`encode_id` with ``middle``
     fields between the share and the options.  The caller validates the
     middle fields and checks that the ID is in canonical form."""
-    if len(text) > 4096:
-        raise InvalidArgument(f"{what}: too long")
-    raw = text.split("#")
-    if len(raw) not in (4 + middle, 5 + middle) or raw[0] != version:
-        raise InvalidArgument(f"{what}: not a {version} csi-driver-smb-nfs ID")
-    try:
-        fields = [unquote(f, errors="strict") for f in raw]
-    except UnicodeDecodeError as exc:
-        raise InvalidArgument(f"{what}: invalid percent-encoding") from exc
+    fields = _split(text, version=version, count=4 + middle, what=what)
     protocol, hostport, share = fields[1:4]
     if protocol not in PROTOCOLS:
         raise InvalidArgument(f"{what}: unknown protocol {protocol!r}")
     server, port = parse_host_port(hostport, what=what)
-    options: list[tuple[str, str]] = []
-    if len(fields) == 5 + middle:
-        if not fields[-1]:
-            raise InvalidArgument(f"{what}: empty options field")
-        for item in fields[-1].split(","):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise InvalidArgument(f"{what}: options must be key=value")
-            options.append((key, value))
+    options = _options(fields[-1], what) if len(fields) == 5 + middle else ()
     source = Source(protocol, server, port, _share(protocol, share, what))
-    return DecodedId(source, fields[4 : 4 + middle], tuple(options))
+    return DecodedId(source, fields[4 : 4 + middle], options)
+
+
+# -- version 2: dual-protocol trees -------------------------------------------
+
+
+def encode_dual_id(
+    version: str, dual: DualSources, middle: Sequence[str], options: Sequence[tuple[str, str]]
+) -> str:
+    """``version#via#linux#smb host#smb share#smb base#nfs host#nfs export#<middle...>[#opts]``."""
+    smb, nfs = dual.smb, dual.nfs
+    fields = [
+        version,
+        dual.provision_via,
+        dual.linux_protocol,
+        smb.host_port,
+        smb.share,
+        smb.base,
+        nfs.host_port,
+        nfs.share,
+        *middle,
+    ]
+    if options:
+        fields.append(",".join(f"{k}={v}" for k, v in options))
+    return "#".join(quote(f, safe=_SAFE) for f in fields)
+
+
+@dataclass(frozen=True, slots=True)
+class DecodedDualId:
+    dual: DualSources
+    middle: list[str]
+    options: tuple[tuple[str, str], ...]
+
+
+def _split(text: str, *, version: str, count: int, what: str) -> list[str]:
+    if len(text) > 4096:
+        raise InvalidArgument(f"{what}: too long")
+    raw = text.split("#")
+    if len(raw) not in (count, count + 1) or raw[0] != version:
+        raise InvalidArgument(f"{what}: not a {version} csi-driver-smb-nfs ID")
+    try:
+        return [unquote(f, errors="strict") for f in raw]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument(f"{what}: invalid percent-encoding") from exc
+
+
+def _options(text: str, what: str) -> tuple[tuple[str, str], ...]:
+    if not text:
+        raise InvalidArgument(f"{what}: empty options field")
+    options: list[tuple[str, str]] = []
+    for item in text.split(","):
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise InvalidArgument(f"{what}: options must be key=value")
+        options.append((key, value))
+    return tuple(options)
+
+
+def decode_dual_id(text: str, *, version: str, middle: int, what: str) -> DecodedDualId:
+    """Split and decode an ID written by :func:`encode_dual_id`."""
+    fields = _split(text, version=version, count=8 + middle, what=what)
+    via = protocol_value(fields[1], what=f"{what} provisionVia")
+    linux = protocol_value(fields[2], what=f"{what} linuxProtocol")
+    smb_server, smb_port = parse_host_port(fields[3], what=what)
+    smb_share = _share("smb", fields[4], what)
+    smb_base = paths.safe_relpath(fields[5], what=f"{what} SMB base", allow_empty=True)
+    nfs_server, nfs_port = parse_host_port(fields[6], what=what)
+    nfs_export = _share("nfs", fields[7], what)
+    options = _options(fields[-1], what) if len(fields) == 9 + middle else ()
+    dual = DualSources(
+        Source("smb", smb_server, smb_port, smb_share, smb_base),
+        Source("nfs", nfs_server, nfs_port, nfs_export),
+        via,
+        linux,
+    )
+    return DecodedDualId(dual, fields[8 : 8 + middle], options)
+
+
+def _parse_dual_volume_id(text: str) -> VolumeId:
+    decoded = decode_dual_id(text, version=DUAL_VERSION, middle=2, what="volume ID")
+    subdir, on_delete = decoded.middle
+    if on_delete not in ON_DELETE:
+        raise InvalidArgument(f"volume ID: onDelete {on_delete!r} is not valid")
+    paths.safe_relpath(subdir, what="volume ID subdir")
+    dual = decoded.dual
+    via = dual.provision_via
+    return VolumeId(dual.root(via), dual.path(via, subdir), on_delete, decoded.options, dual)
 
 
 def parse_volume_id(text: str) -> VolumeId:
-    """Parse a volume ID; InvalidArgument for anything malformed."""
+    """Parse a volume ID (v1 or v2); InvalidArgument for anything malformed."""
+    if text.startswith(DUAL_VERSION + "#"):
+        vid = _parse_dual_volume_id(text)
+        if vid.format() != text:
+            raise InvalidArgument("volume ID: not in canonical form")
+        return vid
     decoded = decode_id(text, version=VERSION, middle=2, what="volume ID")
     directory, on_delete = decoded.middle
     if on_delete not in ON_DELETE:

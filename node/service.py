@@ -21,6 +21,7 @@ from driver import paths, rpc
 from driver.config import DEFAULT_KUBELET_DIR, Config
 from driver.credentials import Credentials, smb_credentials
 from driver.csi import csi_pb2, csi_pb2_grpc
+from driver.dual import scoped_options
 from driver.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -33,6 +34,7 @@ from driver.log import get_logger
 from driver.modes import parse_octal_mode
 from driver.source import Source, parse_source
 from driver.volume_id import parse_volume_id
+from node.dual import HelperFinder, find_helper, locate_dual, refuse_single
 from node.kubelet import KubeletPaths
 from node.platform import NodePlatform, PublishRequest, StageRequest
 
@@ -78,12 +80,16 @@ def check_capability(cap: csi_pb2.VolumeCapability, *, required: bool = True) ->
         raise InvalidArgument("volume_capability: access_mode is missing or unknown")
 
 
+def context_mode(context: Mapping[str, str]) -> int | None:
+    """``mountPermissions`` from the volume context, if given."""
+    text = next((v for k, v in context.items() if k.lower() == "mountpermissions"), "")
+    return parse_octal_mode(text) if text else None
+
+
 def locate(volume_id: str, context: Mapping[str, str]) -> tuple[Source, str, int | None]:
     """(share root, directory under it, mountPermissions) for a volume."""
     ctx = {k.lower(): v for k, v in context.items()}
-    mode: int | None = None
-    if ctx.get("mountpermissions"):
-        mode = parse_octal_mode(ctx["mountpermissions"])
+    mode = context_mode(context)
     if ctx.get("source"):
         src = parse_source(ctx["source"], ctx.get("protocol") or None)
         subdir = ctx.get("subdir", "").strip("/")
@@ -107,6 +113,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         platform: NodePlatform | None,
         *,
         kubelet_dir: str = DEFAULT_KUBELET_DIR,
+        helpers: HelperFinder = find_helper,
     ) -> None:
         self._node_id = node_id
         self._platform = platform
@@ -116,6 +123,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         if platform is not None:
             root = platform.check_path(kubelet_dir, what="--kubelet-dir")
             self.kubelet = KubeletPaths(root, windows=platform.name == "windows")
+        self._helpers = helpers  # finds mount helpers (dual volumes pick a protocol by them)
 
     @contextlib.contextmanager
     def _locked(self, key: str, *, what: str = "volume") -> Iterator[None]:
@@ -149,17 +157,29 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.kubelet.check_staging(staging, what="staging_target_path")
         cap = request.volume_capability
         check_capability(cap)
-        source, subdir, mode = locate(request.volume_id, request.volume_context)
+        options = split_mount_flags(cap.mount.mount_flags)
+        which = "node-stage secret"
+        choice = locate_dual(
+            request.volume_id, request.volume_context, platform.name, helpers=self._helpers
+        )
+        if choice is None:
+            source, subdir, mode = locate(request.volume_id, request.volume_context)
+            refuse_single(source.protocol, platform.name)
+        else:
+            source, subdir = choice.root, choice.dir
+            mode = context_mode(request.volume_context)
+            options = scoped_options(options, choice.protocol)
+            which = f"node-stage secret ({platform.name} node, {choice.reason})"
         rpc.set_protocol(source.protocol)
         creds: Credentials | None = None
         if source.protocol == "smb":
-            creds = smb_credentials(request.secrets, which="node-stage secret")
+            creds = smb_credentials(request.secrets, which=which)
         stage = StageRequest(
             volume_id=request.volume_id,
             source=source,
             subdir=subdir,
             staging_path=staging,
-            mount_options=split_mount_flags(cap.mount.mount_flags),
+            mount_options=options,
             credentials=creds,
             mount_group=cap.mount.volume_mount_group,
             read_only=cap.access_mode.mode in _READ_ONLY_MODES,
