@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 import shutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from driver import paths
@@ -107,6 +107,9 @@ def locate_dual(
         if vid.dual is None:  # pragma: no cover - a v2 ID always has a tree
             return None
         tree, subdir = vid.dual, vid.subdir
+        linux = next((v for k, v in context.items() if k.lower() == "linuxprotocol"), "")
+        if linux.strip():  # a static PV may choose for its Linux nodes
+            tree = replace(tree, linux_protocol=protocol_value(linux, what="linuxProtocol"))
     protocol = tree.node_protocol(os_name)
     choice = DualChoice(tree, protocol, tree.root(protocol), tree.path(protocol, subdir))
     mountable = _MOUNTABLE.get(os_name, frozenset({"smb", "nfs"}))

@@ -30,8 +30,9 @@ from tests.chart.support import (
 OLDEST, NEWEST = supported_kube_versions()
 EXAMPLES = sorted(EXAMPLES_DIR.glob("*.yaml"))
 SNAPSHOT_EXAMPLE = EXAMPLES_DIR / "snapshot.yaml"
-# StorageClass + claim + pod; snapshot.yaml builds on smb.yaml's claim.
-VOLUME_EXAMPLES = [p for p in EXAMPLES if p != SNAPSHOT_EXAMPLE]
+# StorageClass + claim + pod; snapshot.yaml builds on smb.yaml's claim;
+# mixed.yaml (two Deployments) is checked by tests/chart/test_mixed_example.py.
+VOLUME_EXAMPLES = [p for p in EXAMPLES if p not in (SNAPSHOT_EXAMPLE, EXAMPLES_DIR / "mixed.yaml")]
 
 
 def _load(path: Path) -> list[Doc]:

@@ -158,9 +158,13 @@ async def test_linux_mounts_cifs_with_linux_protocol_smb(linux: LinuxNode) -> No
 
 async def test_static_pv_with_only_a_v2_id(linux: LinuxNode) -> None:
     await linux.stage_publish("c", {}, {})
-    (mount,) = linux.runner.fs_mounts()
-    assert mount[3] == "fileserver:/export/base/pvc-1"
+    await linux.stage_publish("e", {"linuxProtocol": "smb"}, SECRETS)  # its own choice
+    assert [m[3] for m in linux.runner.fs_mounts()] == [
+        "fileserver:/export/base/pvc-1",
+        "//fileserver/share/base/pvc-1",
+    ]
     await linux.teardown("c")
+    await linux.teardown("e")
 
 
 async def test_missing_mount_helper_is_a_failed_precondition(tmp_path: Path) -> None:
