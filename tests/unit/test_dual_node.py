@@ -15,15 +15,15 @@ from driver.errors import FailedPrecondition, InvalidArgument
 from node.dual import LINUX_HELPERS, locate_dual
 from node.service import NodeService
 from tests.unit.test_node_linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
-from tests.unit.test_node_windows import PASSWORD as WIN_PASSWORD
-from tests.unit.test_node_windows import (
+from tests.unit.windows.fake import PASSWORD as WIN_PASSWORD
+from tests.unit.windows.fake import (
     ROOT,
     FakeWindows,
     key,
     staging_of,
     target_of,
 )
-from tests.unit.test_node_windows import make_platform as make_windows
+from tests.unit.windows.fake import make_platform as make_windows
 
 AM = csi_pb2.VolumeCapability.AccessMode
 CTX: Any = None
@@ -68,10 +68,13 @@ class LinuxNode:
         self.kubelet.mkdir()
         (root / "secrets").mkdir()
         platform = make_platform(self.host, self.runner, root / "secrets")
-        self.service = NodeService("linux-1", platform, helpers=helpers)
+        self.service = NodeService(
+            "linux-1", platform, kubelet_dir=str(self.kubelet), helpers=helpers
+        )
 
     def staging(self, name: str) -> str:
-        return str(self.kubelet / "plugins" / name / "globalmount")
+        csi = self.kubelet / "plugins" / "kubernetes.io" / "csi" / "smb-nfs.csi.io"
+        return str(csi / name / "globalmount")
 
     def target(self, name: str) -> str:
         return str(self.kubelet / "pods" / name / "volumes" / "mount")

@@ -37,6 +37,7 @@ from tests.e2e.inside.common import (
     SMB_PASSWORD,
     SMB_SHARE,
     SMB_USER,
+    STAGING,
     Volume,
     cap,
     mounts_under,
@@ -82,6 +83,7 @@ async def driver(tmp: Path) -> AsyncIterator[Client]:
         node_id="e2e",
         mount_timeout=30,
         backend_timeout=10,
+        kubelet_dir=str(tmp / "kubelet"),
     )
     plugins = [build_controller(cfg), NodePlugin(cfg, LinuxPlatform(cfg))]
     async with running_driver(tmp / "csi.sock", plugins) as (_, client):
@@ -114,7 +116,7 @@ async def create(c: Client, tmp: Path, name: str, staging: str, **extra: str) ->
         dict(vol.volume_context),
         FLAGS,
         node_secrets,
-        tmp / "kubelet" / "plugins" / staging / "globalmount",
+        tmp / "kubelet" / STAGING / staging / "globalmount",
         NFS_DIR / TREE / vol.volume_context["subDir"],
     )
 
