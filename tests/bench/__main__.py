@@ -1,4 +1,4 @@
-"""``make bench``: start-up, provisioning (SMB, NFS v3/v4), snapshots and
+"""``make bench``: start-up, provisioning (SMB, NFS v3/v4, dual-protocol), snapshots and
 clones, and node stage+publish in the user-mode Linux guest."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench import node, provision, snapshots, startup
+from tests.bench import dual, node, provision, snapshots, startup
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_VENV = ROOT / ".cache" / "runtime-venv"
@@ -42,6 +42,7 @@ def runtime_python() -> str:
 def main() -> None:
     startup.main(runtime_python())
     provision.main([])
+    dual.main([])
     snapshots.main([])
     node.main()
 

@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from driver.csi import csi_pb2
 from driver.errors import FailedPrecondition, InvalidArgument
@@ -277,3 +279,25 @@ async def test_windows_still_refuses_nfs_only_volumes() -> None:
     assert "smbSource + nfsSource" in err.value.message
     assert fake.calls == []
     assert fake.mappings == {}
+
+
+_ATTACKS = st.sampled_from(["..", "../..", "a/../..", "\x00", "\\", "//", "CON", "a:b", "", "/"])
+
+
+@given(
+    st.sampled_from(["smbSource", "nfsSource", "subDir"]),
+    _ATTACKS,
+    st.text(max_size=10),
+    st.sampled_from(["linux", "windows"]),
+)
+def test_context_fuzz_never_escapes(key: str, attack: str, noise: str, os_name: str) -> None:
+    context = {**DUAL_CONTEXT, key: DUAL_CONTEXT[key] + "/" + attack + noise}
+    try:
+        choice = locate_dual("vol", context, os_name, helpers=Helpers(*ALL_HELPERS))
+    except InvalidArgument:
+        return
+    assert choice is not None
+    assert choice.protocol == ("smb" if os_name == "windows" else "nfs")
+    for part in choice.dir.split("/"):
+        assert part not in ("", ".", "..")
+    assert ".." not in choice.root.share.split("/")
