@@ -46,13 +46,7 @@ class DualChoice:
     protocol: Protocol  # what this node mounts
     root: Source  # that protocol's share root
     dir: str  # the volume's directory under ``root``
-
-    @property
-    def reason(self) -> str:
-        """Why this protocol (for error texts and logs)."""
-        if self.protocol == "smb" and self.tree.linux_protocol == "nfs":
-            return "Windows nodes mount the SMB side"
-        return f"linuxProtocol: {self.tree.linux_protocol}"
+    reason: str  # why this protocol (for error texts)
 
 
 def is_dual_context(context: Mapping[str, str]) -> bool:
@@ -111,7 +105,12 @@ def locate_dual(
         if linux.strip():  # a static PV may choose for its Linux nodes
             tree = replace(tree, linux_protocol=protocol_value(linux, what="linuxProtocol"))
     protocol = tree.node_protocol(os_name)
-    choice = DualChoice(tree, protocol, tree.root(protocol), tree.path(protocol, subdir))
+    reason = (
+        "Windows nodes mount the SMB side"
+        if os_name == "windows"
+        else f"linuxProtocol: {tree.linux_protocol}"
+    )
+    choice = DualChoice(tree, protocol, tree.root(protocol), tree.path(protocol, subdir), reason)
     mountable = _MOUNTABLE.get(os_name, frozenset({"smb", "nfs"}))
     if protocol not in mountable:
         raise FailedPrecondition(
