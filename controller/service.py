@@ -489,6 +489,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         root = Source(
             params.source.protocol, params.source.server, params.source.port, params.source.share
         )
+        if params.dual is not None and self._backends.cached(root) is None:
+            root = params.dual.root("nfs")  # the same tree, and NFS needs no secret
         backend: FileShareBackend | None
         if root.protocol == "nfs":
             backend = self._backends.get(root, credentials=None, nfs_version=params.nfs_version)

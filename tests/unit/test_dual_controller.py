@@ -225,6 +225,21 @@ def test_align_origin_translates_paths_through_the_tree() -> None:
     assert align_origin(sid, Source("smb", "other", None, "data"), None) is None
 
 
+async def test_capacity_of_a_class_provisioning_over_smb(
+    svc: ControllerService, backends: FakeBackends
+) -> None:
+    """GetCapacity has no secrets: before any SMB session, the NFS side answers."""
+    params = {**DUAL, "provisionVia": "smb"}
+    backends.share(NFS_KEY).available_bytes = 7 << 30
+    resp = await svc.GetCapacity(csi_pb2.GetCapacityRequest(parameters=params), CTX)
+    assert resp.available_capacity == 7 << 30
+    assert backends.requests == [(NFS_KEY, "", None)]
+    await svc.CreateVolume(create_req(provisionVia="smb", secrets=SECRETS), CTX)
+    backends.share(SMB_KEY).available_bytes = 5 << 30
+    resp = await svc.GetCapacity(csi_pb2.GetCapacityRequest(parameters=params), CTX)
+    assert resp.available_capacity == 5 << 30  # the session CreateVolume opened
+
+
 async def test_capacity_and_validate(svc: ControllerService, backends: FakeBackends) -> None:
     vid = (await svc.CreateVolume(create_req(), CTX)).volume.volume_id
     cap_resp = await svc.GetCapacity(csi_pb2.GetCapacityRequest(parameters=DUAL), CTX)
