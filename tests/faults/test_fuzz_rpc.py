@@ -159,6 +159,10 @@ param_keys = st.sampled_from(
         "csi.storage.k8s.io/pvc/name",
         "csi.storage.k8s.io/pvc/namespace",
         "csi.storage.k8s.io/pv/name",
+        "smbSource",
+        "nfsSource",
+        "provisionVia",
+        "linuxProtocol",
         "bogus",
         "",
     ]
@@ -177,7 +181,21 @@ good_params = st.fixed_dictionaries(
         "csi.storage.k8s.io/pvc/namespace": _slug,
     },
 )
-params = st.one_of(good_params, bad_params)
+# Dual-protocol classes: one tree over SMB and NFS (a traversal attempt in
+# either source or subDir must be refused before anything is touched).
+dual_params = st.fixed_dictionaries(
+    {
+        "smbSource": st.one_of(st.just("//srv/share/base"), sources),
+        "nfsSource": st.one_of(st.just("srv:/export/base"), sources),
+    },
+    optional={
+        "provisionVia": st.sampled_from(["nfs", "smb", "NFS", "ftp", ""]),
+        "linuxProtocol": st.sampled_from(["nfs", "smb", "cifs"]),
+        "subDir": st.one_of(st.sampled_from(["x/y", "../..", "${pvc.metadata.name}"]), nasty_text),
+        "source": sources,
+    },
+)
+params = st.one_of(good_params, bad_params, dual_params)
 good_names = st.from_regex(r"pvc-[a-z0-9]{1,12}", fullmatch=True)
 secrets_maps = st.one_of(
     st.just({"username": "u", "password": SECRET}),
@@ -246,6 +264,11 @@ volume_ids = st.one_of(
             "",
             "garbage",
             "v1#smb#srv#share#CON#delete",
+            "v2#nfs#nfs#srv#share#base#srv#/export/base#pvc#delete",
+            "v2#smb#smb#srv#share##srv#/e#a/b#archive#vers=3",
+            "v2#nfs#nfs#srv#share#..#srv#/export#pvc#delete",
+            "v2#nfs#nfs#srv#share#base#srv#/export/../x#pvc#delete",
+            "v2#nfs#nfs#srv#share#base#srv#/export#a%2F..%2F..#delete",
         ]
     ),
     st.text(max_size=60),
@@ -258,11 +281,21 @@ paths = st.one_of(
     st.sampled_from(["/x/../y", "relative", "", "/a\x00b", "/", "/tmp/s", "/var/lib/kubelet/x"]),
     st.text(max_size=30),
 )
-good_context = st.fixed_dictionaries(
-    {
-        "source": st.sampled_from(["//srv/share", "srv:/export", "nfs://srv:2050/e/x"]),
-        "subDir": st.sampled_from(["pvc-1", "a/b", ""]),
-    }
+good_context = st.one_of(
+    st.fixed_dictionaries(
+        {
+            "source": st.sampled_from(["//srv/share", "srv:/export", "nfs://srv:2050/e/x"]),
+            "subDir": st.sampled_from(["pvc-1", "a/b", ""]),
+        }
+    ),
+    st.fixed_dictionaries(
+        {
+            "smbSource": st.sampled_from(["//srv/share/base", "//srv/share", "//srv/s/../x"]),
+            "nfsSource": st.sampled_from(["srv:/export/base", "nfs://srv:2050/e", "srv:/../x"]),
+            "subDir": st.sampled_from(["pvc-1", "a/b", "", "../.."]),
+            "linuxProtocol": st.sampled_from(["nfs", "smb", "x"]),
+        }
+    ),
 )
 
 SETTINGS = settings(
@@ -363,7 +396,9 @@ def test_validate_and_expand(
     context=st.one_of(
         good_context,
         st.dictionaries(
-            st.sampled_from(["source", "subDir", "protocol", "mountPermissions", "x"]),
+            st.sampled_from(
+                ["source", "subDir", "protocol", "mountPermissions", "smbSource", "nfsSource", "x"]
+            ),
             nasty_text,
             max_size=4,
         ),
