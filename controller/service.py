@@ -577,6 +577,9 @@ class ControllerPlugin:
     def register(self, server: grpc.aio.Server) -> None:
         csi_pb2_grpc.add_ControllerServicer_to_server(self.service, server)
 
+    async def start(self) -> None:
+        """Nothing to start: backends connect on demand."""
+
     async def ready(self) -> bool:
         return True
 

@@ -28,6 +28,11 @@ class ServicePlugin(Protocol):
         """Add the gRPC servicer(s) to ``server``."""
         ...
 
+    async def start(self) -> None:
+        """Begin background work once the server listens (must not block:
+        long work runs in a task of its own)."""
+        ...
+
     async def ready(self) -> bool:
         """True when the service can take requests (used by Probe)."""
         ...

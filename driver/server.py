@@ -101,6 +101,8 @@ class DriverServer:
         await self.server.start()
         if ep.scheme == "unix":
             os.chmod(ep.path, 0o660)  # kubelet and sidecars run as root; nobody else needs it
+        for plugin in self.plugins:
+            await plugin.start()
         if self.metrics is not None and self.config.metrics_address is not None:
             host, mport = self.config.metrics_address
             self.metrics_port = self.metrics.serve(host, mport)

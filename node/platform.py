@@ -9,7 +9,7 @@ platform is chosen in one place, :func:`node.service.build`.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from driver.credentials import Credentials
 from driver.source import Source
@@ -101,4 +101,15 @@ class NodePlatform(Protocol):
 
     async def aclose(self) -> None:
         """Stop background work (health checks, pending mounts)."""
+        ...
+
+
+@runtime_checkable
+class Reconciling(Protocol):
+    """A platform with work to do when the driver starts (e.g. after a node
+    reboot: links left over, share mappings gone)."""
+
+    async def reconcile(self) -> None:
+        """Look at what earlier runs left on the node and restore or report
+        it; raises nothing (problems are logged and shown in stats)."""
         ...

@@ -36,7 +36,7 @@ from driver.source import Source, parse_source
 from driver.volume_id import parse_volume_id
 from node.dual import HelperFinder, find_helper, locate_dual, refuse_single
 from node.kubelet import KubeletPaths
-from node.platform import NodePlatform, PublishRequest, StageRequest
+from node.platform import NodePlatform, PublishRequest, Reconciling, StageRequest
 
 log = get_logger("node")
 
@@ -344,14 +344,26 @@ class NodePlugin:
     def __init__(self, config: Config, platform: NodePlatform | None) -> None:
         self.platform = platform
         self.service = NodeService(config.node_id, platform, kubelet_dir=config.kubelet_dir)
+        self.reconciling: asyncio.Task[None] | None = None
 
     def register(self, server: grpc.aio.Server) -> None:
         csi_pb2_grpc.add_NodeServicer_to_server(self.service, server)
+
+    async def start(self) -> None:
+        """The platform's start-up reconcile, beside serving (kubelet's
+        retries must not wait for it; it takes the locks it needs)."""
+        platform: object = self.platform  # a NodePlatform that may also be Reconciling
+        if isinstance(platform, Reconciling):
+            self.reconciling = asyncio.ensure_future(platform.reconcile())
 
     async def ready(self) -> bool:
         return True
 
     async def aclose(self) -> None:
+        if self.reconciling is not None:
+            self.reconciling.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.reconciling
         if self.platform is not None:
             await self.platform.aclose()
 

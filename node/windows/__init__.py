@@ -25,6 +25,10 @@ host), so it does the work itself, without csi-proxy:
   is never pulled away.
 * **Stats** ask ``GetDiskFreeSpaceExW`` through the link, in a thread and
   bounded in time (no PowerShell per call); no inode counts on Windows.
+* **Start** (after a node reboot, say): the share of every staging link of
+  this driver is looked up.  A share no longer mapped cannot be mapped then
+  (credentials come only with NodeStageVolume, which kubelet sends again);
+  its volumes are abnormal in stats, saying so, until that NodeStage.
 
 Decisions an operator should know about:
 

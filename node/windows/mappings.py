@@ -79,10 +79,17 @@ class ShareMappings:
         # Mapping status for stats, per share root key: (when, problem or None).
         self._status: dict[str, tuple[float, str | None]] = {}
         self._queries: dict[str, asyncio.Task[str | None]] = {}
+        # Shares found unmapped at start (a node restart): mapped again only by
+        # a NodeStageVolume, the one call that carries credentials.
+        self._awaiting: set[str] = set()
 
     def lock(self, root: str) -> asyncio.Lock:
         """The lock serialising stage/unstage work on one share."""
         return self._locks.setdefault(path_key(root), asyncio.Lock())
+
+    def await_credentials(self, root: str) -> None:
+        """``root`` was found unmapped at start: say so in stats until it is mapped."""
+        self._awaiting.add(path_key(root))
 
     async def state(self, root: str, *, time_limit: float) -> MappingState:
         result = await self._run(
@@ -112,6 +119,8 @@ class ShareMappings:
                     share=root,
                     status=state.status,
                 )
+            if state.ok:
+                self._awaiting.discard(path_key(root))
             self._status.pop(path_key(root), None)  # stats look again when they need to
             return
         if state.exists:
@@ -132,6 +141,7 @@ class ShareMappings:
             if not (await self.state(root, time_limit=self.settings.map_timeout)).ok:
                 raise
         self._status.pop(path_key(root), None)
+        self._awaiting.discard(path_key(root))
         log.info("mapped share", share=root, user=smb_user(credentials, host), privacy=privacy)
 
     async def remove(self, root: str) -> None:
@@ -171,6 +181,11 @@ class ShareMappings:
             problem: str | None = f"status unknown ({exc.message})"
         else:
             problem = _status_problem(state)
+            if problem is not None and path_key(root) in self._awaiting:
+                problem += (
+                    "; not mapped again since the driver started (node restart?): the next "
+                    "NodeStageVolume of a volume of this share maps it with its credentials"
+                )
         self._status[path_key(root)] = (self._clock(), problem)
         return problem
 

@@ -17,6 +17,7 @@ from typing import TypeVar
 from driver.config import Config
 from driver.errors import (
     DeadlineExceeded,
+    DriverError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -25,10 +26,10 @@ from driver.log import get_logger
 from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsage
 from node.powershell import PowerShell, ProcessSpawner
 from node.windows.host import DiskSpace, RealWindowsHost, WindowsHost, os_error, os_text
+from node.windows.links import KubeletLinks
 from node.windows.mappings import ShareMappings
 from node.windows.options import check_server_name, require_privacy
 from node.windows.paths import (
-    is_within,
     normalize_link_target,
     normalize_path,
     path_key,
@@ -74,6 +75,7 @@ class WindowsPlatform:
             timeout=self.settings.map_timeout,
         )
         self.kubelet_dir = normalize_path(self.settings.kubelet_dir, what="--kubelet-dir")
+        self.links = KubeletLinks(self.host, self.kubelet_dir)
         self.mappings = ShareMappings(self.powershell, self.settings, clock)
         self._probes: dict[str, asyncio.Task[DiskSpace]] = {}  # path key → pending probe
 
@@ -121,7 +123,7 @@ class WindowsPlatform:
                 await self.host.remove_link(staging_path)
                 return
             async with self.mappings.lock(root):
-                users = await self._links_into(root, exclude=staging_path)
+                users = await self.links.into(root, exclude=staging_path)
                 if users:
                     log.info(
                         "share still in use; keeping its mapping", share=root, links=len(users)
@@ -151,27 +153,7 @@ class WindowsPlatform:
     async def published_elsewhere(self, staging_path: str, target_path: str) -> list[str]:
         r"""Pod volume links (kubelet's ``pods\<uid>\volumes\kubernetes.io~csi\<pv>\mount``)
         that point at ``staging_path``, ``target_path`` excepted."""
-        pods = ntpath.join(self.settings.kubelet_dir, "pods")
-        staging, skip = path_key(staging_path), path_key(target_path)
-        found: list[str] = []
-        if not await self.host.lexists(pods):
-            return []
-        for pod in await self.host.list_dir(pods):
-            csi = ntpath.join(pods, pod, "volumes", "kubernetes.io~csi")
-            try:
-                volumes = await self.host.list_dir(csi)
-            except OSError:
-                continue  # no CSI volumes, or the pod went away meanwhile
-            for volume in volumes:
-                link = ntpath.join(csi, volume, "mount")
-                try:
-                    if path_key(link) == skip or not await self.host.is_link(link):
-                        continue
-                    if path_key(await self.host.read_link(link)) == staging:
-                        found.append(link)
-                except OSError:
-                    continue  # unpublished meanwhile
-        return found
+        return await self.links.published_elsewhere(staging_path, target_path)
 
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         try:
@@ -219,6 +201,41 @@ class WindowsPlatform:
             used_inodes=None,
             health=VolumeHealth(abnormal=problem is not None, message=problem or _HEALTHY),
         )
+
+    async def reconcile(self) -> None:
+        """At start (after a node reboot, say): check the share of every
+        staging link of this driver.  A share whose mapping is gone or broken
+        cannot be mapped now (credentials come only with NodeStageVolume,
+        which kubelet sends again for volumes in use); its volumes show as
+        abnormal in stats, saying so, until then."""
+        try:
+            links = await self.links.staging_links()
+        except OSError as exc:
+            log.warning("start-up check: cannot list staging links", error=os_text(exc))
+            return
+        roots: dict[str, tuple[str, list[str]]] = {}
+        for staged in links:
+            root = unc_root(staged.target)
+            if root is not None and staged.driver in (self.config.driver_name, "pv"):
+                roots.setdefault(path_key(root), (root, []))[1].append(staged.link)
+        for root, volumes in roots.values():
+            async with self.mappings.lock(root):
+                try:
+                    state = await self.mappings.state(root, time_limit=self.settings.status_timeout)
+                except DriverError as exc:
+                    log.warning("start-up check of a share failed", share=root, error=exc.message)
+                    continue
+            if state.ok:
+                log.info("start-up check: share mapped", share=root, volumes=len(volumes))
+                continue
+            self.mappings.await_credentials(root)
+            log.warning(
+                "start-up check: share not mapped (node restart?); its volumes are abnormal "
+                "until kubelet stages them again with their credentials",
+                share=root,
+                status=state.status or "no mapping",
+                volumes=len(volumes),
+            )
 
     async def aclose(self) -> None:
         for task in self._probes.values():
@@ -277,46 +294,6 @@ class WindowsPlatform:
             if not await self.host.lexists(parent):
                 await self.host.make_dirs(parent)
         await self.host.symlink_dir(link, target)
-
-    # ---------------------------------------------------------------- unstage parts
-
-    def _scan_roots(self, staging_path: str) -> list[str]:
-        r"""The ``...\plugins\kubernetes.io\csi`` directories to scan."""
-        roots = [ntpath.join(self.kubelet_dir, "plugins", "kubernetes.io", "csi")]
-        # kubelet's layout: <csi dir>\<driver>\<sha256 of the handle>\globalmount
-        csi_dir = ntpath.dirname(ntpath.dirname(ntpath.dirname(staging_path)))
-        if (
-            ntpath.basename(staging_path).lower() == "globalmount"
-            and ntpath.basename(csi_dir).lower() == "csi"
-            and path_key(csi_dir) not in {path_key(r) for r in roots}
-        ):
-            roots.insert(0, csi_dir)
-        return roots
-
-    async def _links_into(self, root: str, *, exclude: str) -> list[str]:
-        """Staging links (of any CSI driver) that point into ``root``."""
-        found: list[str] = []
-        skip = path_key(exclude)
-        for csi_dir in self._scan_roots(exclude):
-            if not await self.host.lexists(csi_dir):
-                continue
-            for driver in await self.host.list_dir(csi_dir):
-                driver_dir = ntpath.join(csi_dir, driver)
-                try:
-                    volumes = await self.host.list_dir(driver_dir)
-                except OSError:
-                    continue  # a file, or gone meanwhile
-                for volume in volumes:
-                    link = ntpath.join(driver_dir, volume, "globalmount")
-                    if path_key(link) == skip or not await self.host.is_link(link):
-                        continue
-                    try:
-                        target = await self.host.read_link(link)
-                    except OSError:
-                        continue
-                    if is_within(target, root):
-                        found.append(link)
-        return found
 
     # ---------------------------------------------------------------- stats parts
 

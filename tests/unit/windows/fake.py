@@ -164,6 +164,17 @@ class FakeWindows:
             self.dirs.add(key(sub))
             self.names.setdefault(key(sub), sub)
 
+    def reboot(self, *, persistent: bool) -> None:
+        """The node restarts: directories and links stay on disk (the links now
+        dangle); SMB global mappings are gone, or, persistent, come back
+        Disconnected with their stored credentials lost; no process survives."""
+        for remote, mapping in list(self.mappings.items()):
+            if persistent:
+                mapping.status = "Disconnected"
+            else:
+                del self.mappings[remote]
+        self.alive = 0
+
     def clock(self) -> float:
         return self.now
 
