@@ -5,8 +5,8 @@ host), so it does the work itself, without csi-proxy:
 
 * **Stage** maps the share ROOT ``\\server\share`` once with
   ``New-SmbGlobalMapping`` (one mapping per share, whatever the number of
-  volumes on it: mapping subdirectories separately fails with Windows error
-  1219), then replaces kubelet's pre-created staging directory by a directory
+  volumes on it, kept while a staging link points into the share), then
+  replaces kubelet's pre-created staging directory by a directory
   symlink to ``\\server\share\subdir``.  The probe is of the volume's own
   directory, never of the share root (the account may see only its folders).
   A mapping is removed and re-created only when ``Get-SmbGlobalMapping``
@@ -48,10 +48,13 @@ Decisions an operator should know about:
   mount options say ``requirePrivacy=false`` (``seal`` turns it on where the
   settings default is off).  A mapping that already exists is reused as it
   is; a warning is logged when it does not require privacy but a volume asks.
-* **One identity per share** (per server, in fact): the mapping is made with
-  the credentials of the first volume staged on the node and serves every
-  later volume of that share; Windows refuses a second user for the same
-  server (error 1219), which is reported as FailedPrecondition.
+* **One identity per server**: Windows holds one set of credentials per SMB
+  server for a logon session (SYSTEM's, for every global mapping), so all
+  shares of one server on a node use the account of the first volume staged
+  there.  A volume with another account for the same server fails with
+  error 1219 ("multiple connections to a server or shared resource by the
+  same user, using more than one user name"), answered FailedPrecondition
+  naming that rule; mapping several folders of one share does not cause it.
 * **User names** need a domain: ``DOMAIN\user`` from the secret's ``domain``
   key (or ``DOMAIN\user`` written in ``username``), a ``user@domain`` UPN as
   it is, else ``server\user`` (a local account of the file server) — a bare

@@ -40,6 +40,7 @@ from tests.unit.windows.fake import (
     PASSWORD,
     ROOT,
     FakeWindows,
+    key,
     make_platform,
     runner,
     stage_request,
@@ -63,10 +64,18 @@ async def test_error_1219_is_a_failed_precondition(
         credentials=bobs,
     )
     await platform.stage(other)
+    mappings, links = dict(node.mappings), dict(node.links)
+    alices = stage_request(platform, node)  # another share of the same server, alice
     with pytest.raises(FailedPrecondition) as info:
-        await platform.stage(stage_request(platform, node))
+        await platform.stage(alices)
     assert "Windows error 1219" in info.value.message
-    assert "same user" in info.value.message
+    assert "every volume of one SMB server on a node must use the same user" in (
+        info.value.message
+    )
+    # Nothing changed: bob's mapping and link stay, alice's staging dir is as kubelet made it.
+    assert node.mappings == mappings
+    assert node.links == links
+    assert key(alices.staging_path) in node.dirs
 
 
 @pytest.mark.parametrize(
