@@ -22,6 +22,9 @@ from dataclasses import dataclass
 from typing import Literal, Protocol
 
 FileKind = Literal["file", "dir", "symlink", "other"]
+#: What one ``remove_empty_dir`` did: ``not_empty`` also covers "not a
+#: directory" and "needs more than one step" (e.g. read-only): the caller walks.
+RemoveResult = Literal["removed", "missing", "not_empty"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +108,13 @@ class ShareBackend(Protocol):
     async def remove_tree(self, path: str) -> bool:
         """Remove ``path`` and everything below it, including read-only
         entries.  True if something was removed, False if it was missing."""
+        ...
+
+    async def remove_empty_dir(self, path: str) -> RemoveResult:
+        """Remove ``path`` if it is an empty directory, in the fewest round
+        trips the protocol allows (one).  Anything it cannot remove in that
+        step is ``not_empty`` and left as it is.  A file may be removed too
+        (NFSv4's REMOVE takes any type; SMB answers ``not_empty``)."""
         ...
 
     async def exists(self, path: str) -> bool:

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from controller import libnfs
-from controller.backend import Capacity, Features, FileInfo, FileKind
+from controller.backend import Capacity, Features, FileInfo, FileKind, RemoveResult
 from driver.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -1015,6 +1015,20 @@ class NfsBackend:
         except NotFound:
             return False
         return True
+
+    async def remove_empty_dir(self, path: str) -> RemoveResult:
+        check_share_path(path)
+
+        async def body(nfs: NfsContext) -> RemoveResult:
+            try:
+                await nfs.rmdir(path)  # one RMDIR: no LOOKUP/READDIR before it
+            except NotFound:
+                return "missing"
+            except FailedPrecondition:  # ENOTEMPTY, ENOTDIR: the caller walks
+                return "not_empty"
+            return "removed"
+
+        return await self._call("rmdir", body)
 
     async def _unlink(self, nfs: NfsContext, path: str) -> bool:
         async with self._remove_slots:

@@ -46,6 +46,8 @@ NFS_VERSIONS = ("3", "4", "4.0", "4.1", "4.2")
 SNAPSHOT_AREA = ".snapshots"
 #: Prefix of the temporary directory a restore or clone fills before the rename.
 TEMP_PREFIX = ".csi-tmp-"
+#: Beside the volumes: deleted trees wait here for the purge (controller.trash).
+TRASH_DIR = ".csi-trash"
 _SNAPSHOT_KNOWN = {"snapshotdir"}
 
 
@@ -155,6 +157,8 @@ def parse_params(
     on_delete = lowered.get("ondelete", "delete").strip().lower() or "delete"
     if on_delete not in ON_DELETE:
         raise InvalidArgument(f"onDelete: {on_delete!r} is not one of delete, retain, archive")
+    if TRASH_DIR in subdir.split("/"):
+        raise InvalidArgument(f"subDir: {TRASH_DIR!r} is kept for deleted volumes being purged")
     leaf = subdir.rpartition("/")[2]
     if leaf.startswith("archived-"):
         raise InvalidArgument("subDir: names starting with 'archived-' are kept for archives")

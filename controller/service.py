@@ -20,7 +20,7 @@ import dataclasses
 import hashlib
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
@@ -39,6 +39,7 @@ from controller.params import (
 )
 from controller.snapshot_id import SnapshotId, inside, parse_snapshot_id
 from controller.snapshots import Snapshots
+from controller.trash import Trash
 from controller.tree import copy_tree
 from driver import paths, rpc
 from driver.config import Config
@@ -154,6 +155,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self._locks = VolumeLocks()
         self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
         self._jobs = Jobs()
+        self.trash = Trash()
         self._executor: ThreadPoolExecutor | None = None
         self._snapshots = Snapshots(
             backends=backends,
@@ -201,6 +203,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     async def aclose(self) -> None:
         """Stop running jobs (their temporary files are removed) and threads."""
         await self._jobs.aclose()
+        await self.trash.aclose()
         executor, self._executor = self._executor, None
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
@@ -243,6 +246,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             mount_options=options_from_mount_flags(via_flags),
         )
         key = lock_key(root, params.dir)
+        self.trash.watch(backend, params.dir)  # resumes an earlier process's purge
         if origin is None:
             with self._locks.acquire(key):
                 created = await backend.mkdir(params.dir, mode=params.mount_permissions)
@@ -419,7 +423,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 else:
                     log.info("volume archived", dir=vid.dir, archive=target)
             else:
-                removed = await backend.remove_tree(vid.dir)
+                # An empty volume goes in one step; anything else is moved
+                # into the trash and purged in the background (never times out).
+                removed = await self.trash.delete(backend, vid.dir)
                 log.info("volume deleted", dir=vid.dir, existed=removed)
         return csi_pb2.DeleteVolumeResponse()
 
@@ -582,6 +588,16 @@ class ControllerPlugin:
 
     async def ready(self) -> bool:
         return True
+
+    def gauges(self) -> dict[str, tuple[str, Callable[[], float]]]:
+        trash = self.service.trash
+        return {
+            "trash_backlog": (
+                "Deleted volumes moved to the trash and not purged yet (this process).",
+                lambda: trash.backlog,
+            ),
+            "trash_purged": ("Trash entries purged since start.", lambda: trash.purged_entries),
+        }
 
     async def aclose(self) -> None:
         await self.service.aclose()

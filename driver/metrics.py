@@ -9,9 +9,10 @@ volume ID, path or anything a caller controls.
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import start_http_server
 from prometheus_client.process_collector import ProcessCollector
 
@@ -42,6 +43,10 @@ class Metrics:
     def observe(self, method: str, code: str, protocol: str, seconds: float) -> None:
         self.duration.labels(method, code, protocol).observe(seconds)
         self.total.labels(method, code, protocol).inc()
+
+    def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
+        """``<prefix>_<name>``, read from ``read()`` at every scrape."""
+        Gauge(f"{PREFIX}_{name}", documentation, registry=self.registry).set_function(read)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -42,6 +42,14 @@ class ServicePlugin(Protocol):
         ...
 
 
+class GaugeSource(Protocol):
+    """A plugin with numbers of its own for /metrics (optional)."""
+
+    def gauges(self) -> dict[str, tuple[str, Callable[[], float]]]:
+        """Metric name (without the prefix) -> (help text, reader)."""
+        ...
+
+
 Builder = Callable[[Config], ServicePlugin]
 
 

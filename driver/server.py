@@ -71,6 +71,11 @@ class DriverServer:
             from driver.metrics import Metrics
 
             self.metrics = Metrics()
+            for plugin in self.plugins:
+                gauges = getattr(plugin, "gauges", None)  # optional: plugin.GaugeSource
+                if gauges is not None:
+                    for name, (documentation, read) in gauges().items():
+                        self.metrics.gauge(name, documentation, read)
         self.server = grpc.aio.server(
             options=[("grpc.max_receive_message_length", 4 * 1024 * 1024)],
         )

@@ -19,7 +19,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.backend import Capacity, Features, FileInfo
+from controller.backend import Capacity, Features, FileInfo, RemoveResult
 from driver.credentials import Credentials
 from driver.errors import (
     AlreadyExists,
@@ -169,6 +169,7 @@ class FakeShare:
         self._maybe_fail()
         if not self._exists(src):
             raise NotFound(f"{src} does not exist")
+        self._parent_must_be_dir(dst)
         if self._under(dst):
             if not replace:
                 raise AlreadyExists(f"{dst} exists")
@@ -197,6 +198,19 @@ class FakeShare:
             self.links.pop(key, None)
             self.attrs.pop(key, None)
         return bool(doomed)
+
+    async def remove_empty_dir(self, path: str) -> RemoveResult:
+        self._check(path)
+        self.actions.append(("remove_empty_dir", path))
+        self._maybe_fail()
+        if not self._exists(path):
+            return "missing"
+        if path not in self.dirs or len(self._under(path)) > 1:
+            return "not_empty"
+        self.dirs.discard(path)
+        self.modes.pop(path, None)
+        self.attrs.pop(path, None)
+        return "removed"
 
     async def exists(self, path: str) -> bool:
         self._check(path)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final, TypeVar
 
-from controller.backend import Capacity, Features, FileInfo
+from controller.backend import Capacity, Features, FileInfo, RemoveResult
 from controller.smb import steps
 from controller.smb.channel import (
     Channel,
@@ -251,6 +251,10 @@ class SmbBackend:
             await self._remove_dir(rel, unc, attributes, walkers)
         finally:
             walkers.release()
+
+    async def remove_empty_dir(self, path: str) -> RemoveResult:
+        target = steps.unc(self._share_unc, check_path(path))
+        return await self._run("rmdir", path, steps.REMOVE_EMPTY, target)
 
     async def exists(self, path: str) -> bool:
         unc = steps.unc(self._share_unc, check_path(path))

@@ -23,9 +23,13 @@ from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeVar
 import smbclient
 import smbclient._os as smbclient_os
 import smbclient.shutil as smbclient_shutil
+from smbclient import _io as smbclient_io
+from smbclient._io import SMBDirectoryIO, SMBFileTransaction
 from smbprotocol.exceptions import SMBOSError
+from smbprotocol.file_info import FileDispositionInformation
+from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
 
-from controller.backend import FileInfo, FileKind
+from controller.backend import FileInfo, FileKind, RemoveResult
 from controller.smb.errors import Status, is_missing, ntstatus
 
 if TYPE_CHECKING:
@@ -159,6 +163,49 @@ def _remove(target: str, directory: bool, **kw: Any) -> bool:
             return False
         raise
     return True
+
+
+#: Answers of the one-step removal that mean "walk it instead".
+_NOT_IN_ONE_STEP: Final = frozenset(
+    {
+        Status.DIRECTORY_NOT_EMPTY,
+        Status.NOT_A_DIRECTORY,  # a file: the walk removes it
+        Status.CANNOT_DELETE,  # read-only: the walk clears the attribute first
+        Status.ACCESS_DENIED,  # the walk reports what exactly is refused
+    }
+)
+
+
+def _remove_empty(target: str, **kw: Any) -> RemoveResult:
+    """An empty directory removed in one round trip: one compound of CREATE
+    (DELETE access) + SET_INFO(FileDispositionInformation) + CLOSE.
+
+    Not the bare delete-on-close CREATE + CLOSE: Samba (4.17, measured)
+    takes FILE_DELETE_ON_CLOSE on a non-empty directory, answers the CLOSE
+    with success and keeps the directory, so the caller could not tell.  The
+    disposition is refused with STATUS_DIRECTORY_NOT_EMPTY instead.  smbclient's
+    own ``rmdir`` sends a fourth request (SET_INFO of the basic attributes).
+    """
+    raw = SMBDirectoryIO(
+        target,
+        mode="r",
+        share_access="rwd",
+        desired_access=FilePipePrinterAccessMask.DELETE,
+        create_options=CreateOptions.FILE_DIRECTORY_FILE | CreateOptions.FILE_OPEN_REPARSE_POINT,
+        **kw,
+    )
+    disposition = FileDispositionInformation()
+    disposition["delete_pending"] = True
+    try:
+        with SMBFileTransaction(raw) as transaction:
+            smbclient_io.set_info(transaction, disposition)
+    except SMBOSError as exc:
+        if is_missing(exc):
+            return "missing"
+        if ntstatus(exc) in _NOT_IN_ONE_STEP:
+            return "not_empty"
+        raise
+    return "removed"
 
 
 def _rename(src: str, dst: str, **kw: Any) -> None:
@@ -303,6 +350,7 @@ ATTRIBUTES: Final = Step("attributes", _attributes)
 LIST: Final = Step("list", _list)
 SET_ATTRIBUTES: Final = Step("set-attributes", _set_attributes)
 REMOVE: Final = Step("remove", _remove)
+REMOVE_EMPTY: Final = Step("remove-empty", _remove_empty)
 RENAME: Final = Step("rename", _rename)
 LSTAT: Final = Step("lstat", _lstat)
 LIST_INFO: Final = Step("list-info", _list_info)
@@ -323,6 +371,7 @@ STEPS: Final[dict[str, Step[Any]]] = {
         LIST,
         SET_ATTRIBUTES,
         REMOVE,
+        REMOVE_EMPTY,
         RENAME,
         LSTAT,
         LIST_INFO,

@@ -1,0 +1,543 @@
+"""10,000 volumes in one burst: CreateVolume, then DeleteVolume, at concurrency 64.
+
+``python -m tests.bench.scale [--volumes N] [--only smb|smb-cs|nfs] [--lan]``
+
+What a cluster does when a namespace with thousands of PVCs comes and goes:
+one csi-provisioner (one gRPC connection, like the Go sidecar) keeps 64 calls
+in flight and retries ABORTED/UNAVAILABLE/DEADLINE_EXCEEDED/RESOURCE_EXHAUSTED
+with its exponential back-off (1 s doubling, as ``--retry-interval-start``).
+All volumes go into ONE directory of the share (a StorageClass's base).
+
+Each protocol's rows, from one run against one server:
+
+* ``raw``: the raw client creates, then removes, the same number of
+  directories in a directory of its own (SMB: smbprotocol's ``mkdir``/``rmdir``
+  from 8 threads on one session, the most one session takes; NFS: the
+  driver's libnfs binding in-process, ``mkdir``/``rmdir``).  This is the floor
+  and it shows the server's own curve: Samba's create slows as the directory
+  fills, whoever the client is.
+* ``driver``: the same through a ``serve --mode controller`` subprocess.
+
+Reported per row: wall time, the rate in each tenth of the burst (by
+completion order: the tenth k is the time between the k*N/10-th and the
+(k+1)*N/10-th completion), retries, errors, and the RSS of the driver with its
+children (SMB worker), sampled every 0.5 s.  Ratios (targets of issue 18):
+creates <= 20 s; each tenth of the driver within 1.2x of the raw tenth (at
+the same directory fill); deletes <= 1.2x the creates.
+
+``smb-cs`` repeats the SMB rows against a share with ``case sensitive = yes``
+(plus ``preserve case``/``short preserve case``): Samba then looks a new
+name up with one stat instead of scanning the directory case-insensitively.
+
+``--tree-files N`` (default 100,000): a volume holding N files in 100
+directories (written straight into the share's directory on disk), deleted
+through the driver: the DeleteVolume latency, then how long the background
+purge takes to empty the trash (files per second).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import psutil
+
+from driver.csi import csi_pb2
+from tests.bench.common import table, write
+from tests.bench.lean_client import LeanChannel, LeanRpcError
+from tests.bench.provision import _driver, _stop
+
+VOLUMES = 10_000
+CONCURRENCY = 64
+TENTHS = 10
+#: What csi-provisioner retries (everything but a final error) and how.
+RETRIED = frozenset(
+    {
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+BACKOFF_START = 1.0
+BACKOFF_MAX = 300.0
+MAX_ATTEMPTS = 8
+AM = csi_pb2.VolumeCapability.AccessMode
+
+
+@dataclass
+class Burst:
+    """One burst of N operations: completion times, retries, errors."""
+
+    n: int
+    started: float = 0.0
+    done: list[float] = field(default_factory=list)
+    retries: int = 0
+    errors: int = 0
+    error_codes: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def wall(self) -> float:
+        return (max(self.done) - self.started) if self.done else float("nan")
+
+    def tenths(self) -> list[float]:
+        """Operations per second in each tenth of the burst, by completion order."""
+        ordered = sorted(self.done)
+        step = len(ordered) / TENTHS
+        rates = []
+        prev = self.started
+        for k in range(1, TENTHS + 1):
+            idx = min(len(ordered) - 1, round(k * step) - 1)
+            if idx < 0:
+                rates.append(float("nan"))
+                continue
+            t = ordered[idx]
+            rates.append(step / (t - prev) if t > prev else float("nan"))
+            prev = t
+        return rates
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "n": len(self.done),
+            "wall_s": self.wall,
+            "per_second": len(self.done) / self.wall if self.done else float("nan"),
+            "tenths_per_second": self.tenths(),
+            "retries": self.retries,
+            "errors": self.errors,
+            "error_codes": self.error_codes,
+        }
+
+
+async def run_burst(n: int, concurrency: int, op: Callable[[int], Awaitable[None]]) -> Burst:
+    """``op(i)`` for i in range(n), ``concurrency`` at a time, retried like csi-provisioner."""
+    burst = Burst(n)
+    sem = asyncio.Semaphore(concurrency)
+
+    async def one(i: int) -> None:
+        delay = BACKOFF_START
+        for attempt in range(MAX_ATTEMPTS):
+            name = ""
+            async with sem:
+                try:
+                    await op(i)
+                except LeanRpcError as exc:
+                    code = exc.code
+                except Exception as exc:  # the raw clients' own failures
+                    code = None
+                    name = type(exc).__name__
+                else:
+                    burst.done.append(time.perf_counter())
+                    return
+            label = code.name if code is not None else name
+            burst.error_codes[label] = burst.error_codes.get(label, 0) + 1
+            if code not in RETRIED or attempt == MAX_ATTEMPTS - 1:
+                burst.errors += 1
+                return
+            burst.retries += 1
+            await asyncio.sleep(delay)  # outside the semaphore, like a requeued work item
+            delay = min(delay * 2, BACKOFF_MAX)
+
+    burst.started = time.perf_counter()
+    await asyncio.gather(*(one(i) for i in range(n)))
+    return burst
+
+
+class RssSampler:
+    """RSS of a process and all its children, every ``period`` seconds."""
+
+    def __init__(self, pid: int, period: float = 0.5) -> None:
+        self._proc = psutil.Process(pid)
+        self._period = period
+        self.samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def rss_mib(self) -> float:
+        total = 0
+        for p in [self._proc, *self._proc.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):
+                total += p.memory_info().rss
+        return total / 2**20
+
+    def _run(self) -> None:
+        while not self._stop.wait(self._period):
+            with contextlib.suppress(psutil.Error):
+                self.samples.append(self.rss_mib())
+
+    def __enter__(self) -> RssSampler:
+        self.samples.append(self.rss_mib())
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        with contextlib.suppress(psutil.Error):
+            self.samples.append(self.rss_mib())
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "rss_start_mib": self.samples[0],
+            "rss_max_mib": max(self.samples),
+            "rss_end_mib": self.samples[-1],
+        }
+
+
+# -- through the driver -----------------------------------------------------------
+
+
+def _create_request(
+    name: str, params: dict[str, str], secrets_: dict[str, str], flags: list[str]
+) -> csi_pb2.CreateVolumeRequest:
+    cap = csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=flags),
+        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
+    )
+    return csi_pb2.CreateVolumeRequest(
+        name=name, volume_capabilities=[cap], parameters=params, secrets=secrets_
+    )
+
+
+async def driver_rows(
+    endpoint: str,
+    pid: int,
+    n: int,
+    params: dict[str, str],
+    secrets_: dict[str, str],
+    flags: list[str],
+    tag: str,
+) -> dict[str, Any]:
+    """Creates then deletes ``n`` volumes through the driver; with the driver's RSS."""
+    ids: dict[int, str] = {}
+    async with LeanChannel(endpoint) as channel:
+
+        async def create(i: int) -> None:
+            response = await channel.unary(
+                "/csi.v1.Controller/CreateVolume",
+                _create_request(f"pvc-{tag}-{i:05d}", params, secrets_, flags),
+                csi_pb2.CreateVolumeResponse,
+            )
+            ids[i] = response.volume.volume_id
+
+        async def delete(i: int) -> None:
+            await channel.unary(
+                "/csi.v1.Controller/DeleteVolume",
+                csi_pb2.DeleteVolumeRequest(volume_id=ids[i], secrets=secrets_),
+                csi_pb2.DeleteVolumeResponse,
+            )
+
+        # Session set-up is not measured (its volume lies beside the burst's).
+        warm = _create_request(f"warm-{tag}", params | {"subDir": f"warm-{tag}"}, secrets_, flags)
+        await channel.unary("/csi.v1.Controller/CreateVolume", warm, csi_pb2.CreateVolumeResponse)
+        with RssSampler(pid) as rss:
+            creates = await run_burst(n, CONCURRENCY, create)
+            created = sorted(ids)
+            deletes = await run_burst(len(created), CONCURRENCY, lambda k: delete(created[k]))
+    return {"create": creates.summary(), "delete": deletes.summary(), **rss.summary()}
+
+
+# -- SMB ----------------------------------------------------------------------------
+
+
+def _smb_raw(host: str, port: int, user: str, password: str, n: int) -> dict[str, Any]:
+    import smbclient
+
+    cache: dict[str, Any] = {}
+    kw = {"username": user, "password": password, "port": port, "connection_cache": cache}
+    base = rf"\\{host}\csi\raw"
+    smbclient.mkdir(base, **kw)  # also opens the session: not measured
+
+    async def bursts() -> tuple[Burst, Burst]:
+        loop = asyncio.get_running_loop()
+        with ThreadPoolExecutor(8) as pool:
+
+            async def mkdir(i: int) -> None:
+                await loop.run_in_executor(pool, lambda: smbclient.mkdir(rf"{base}\{i:05d}", **kw))
+
+            async def rmdir(i: int) -> None:
+                await loop.run_in_executor(pool, lambda: smbclient.rmdir(rf"{base}\{i:05d}", **kw))
+
+            return (
+                await run_burst(n, CONCURRENCY, mkdir),
+                await run_burst(n, CONCURRENCY, rmdir),
+            )
+
+    try:
+        creates, deletes = asyncio.run(bursts())
+    finally:
+        smbclient.reset_connection_cache(connection_cache=cache)
+    return {"create": creates.summary(), "delete": deletes.summary()}
+
+
+@contextlib.contextmanager
+def _samba(case_sensitive: bool, netns: Any = None) -> Iterator[tuple[Any, str, str]]:
+    from tests.servers.samba import SambaServer, Share
+
+    user, password = "csibench", secrets.token_urlsafe(16)
+    options = {}
+    if case_sensitive:
+        # Share defaults in [global]: every share of this instance.
+        options = {"case sensitive": "yes", "preserve case": "yes", "short preserve case": "yes"}
+    if netns is not None:
+        options["interfaces"] = f"127.0.0.1 {netns.server_addr}"
+    root = Path(tempfile.mkdtemp(prefix="bench-scale-samba-"))
+    server = SambaServer(root, 0, {user: password}, [Share("csi")], options=options)
+    try:
+        with netns.server() if netns is not None else contextlib.nullcontext():
+            server.start()
+        yield server, user, password
+    finally:
+        server.stop()
+        server.cleanup()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def bench_smb(n: int, tmp: Path, *, case_sensitive: bool, tree_files: int) -> dict[str, Any]:
+    name = "smb-case-sensitive" if case_sensitive else "smb"
+    with _samba(case_sensitive) as (samba, user, password):
+        raw = _smb_raw(samba.host, samba.port, user, password, n)
+        proc, endpoint = _driver(tmp)
+        try:
+            params = {"source": f"//{samba.host}:{samba.port}/csi/vols"}
+            secrets_ = {"username": user, "password": password}
+            drv = asyncio.run(driver_rows(endpoint, proc.pid, n, params, secrets_, [], name))
+            tree = {}
+            if tree_files:
+                tree = asyncio.run(
+                    tree_delete(
+                        endpoint, samba.share_path("csi"), "vols", params, secrets_, [], tree_files
+                    )
+                )
+        finally:
+            _stop(proc)
+    return report(name, n, raw, drv, tree)
+
+
+# -- NFS ------------------------------------------------------------------------------
+
+
+def bench_nfs(n: int, tmp: Path, *, tree_files: int) -> dict[str, Any]:
+    from controller.nfs import NfsBackend
+    from tests.servers.ganesha import GaneshaServer
+
+    with GaneshaServer(
+        Path(tempfile.mkdtemp(prefix="bench-scale-nfs-")), versions=("4",)
+    ) as server:
+        (server.export_path / "vols").mkdir()
+        (server.export_path / "raw").mkdir()
+        export = f"{server.pseudo_path}"
+
+        async def raw_bursts() -> dict[str, Any]:
+            backend = NfsBackend(server.host, server.port, export, "4", 30.0)
+            try:
+                await backend.mkdir("raw/warm")
+
+                async def mkdir(i: int) -> None:
+                    await backend.mkdir(f"raw/{i:05d}")
+
+                async def rmdir(i: int) -> None:
+                    await backend.remove_empty_dir(f"raw/{i:05d}")  # one RMDIR
+
+                creates = await run_burst(n, CONCURRENCY, mkdir)
+                deletes = await run_burst(n, CONCURRENCY, rmdir)
+            finally:
+                await backend.aclose()
+            return {"create": creates.summary(), "delete": deletes.summary()}
+
+        raw = asyncio.run(raw_bursts())
+        proc, endpoint = _driver(tmp)
+        try:
+            params = {"source": f"nfs://{server.host}:{server.port}{server.pseudo_path}/vols"}
+            drv = asyncio.run(driver_rows(endpoint, proc.pid, n, params, {}, ["nfsvers=4"], "nfs"))
+            tree = {}
+            if tree_files:
+                tree = asyncio.run(
+                    tree_delete(
+                        endpoint, server.export_path, "vols", params, {}, ["nfsvers=4"], tree_files
+                    )
+                )
+        finally:
+            _stop(proc)
+    return report("nfs-v4", n, raw, drv, tree)
+
+
+# -- a large tree -----------------------------------------------------------------------
+
+
+def _fill(root: Path, files: int) -> None:
+    """``files`` empty files in 100 directories, written on the server's disk."""
+    per_dir = max(1, files // 100)
+    made = 0
+    d = 0
+    while made < files:
+        sub = root / f"d{d:03d}"
+        sub.mkdir(parents=True, exist_ok=True)
+        for j in range(min(per_dir, files - made)):
+            (sub / f"f{j:05d}").touch()
+        made += min(per_dir, files - made)
+        d += 1
+    # The share's users (smbd runs as the connecting user) must be able to delete.
+    for dirpath, dirnames, filenames in os.walk(root):
+        os.chmod(dirpath, 0o777)  # noqa: S103 - a benchmark's own scratch tree
+        for f in filenames:
+            os.chmod(os.path.join(dirpath, f), 0o666)  # noqa: S103 - as above
+        del dirnames
+
+
+async def tree_delete(
+    endpoint: str,
+    share_dir: Path,
+    base: str,
+    params: dict[str, str],
+    secrets_: dict[str, str],
+    flags: list[str],
+    files: int,
+) -> dict[str, Any]:
+    """DeleteVolume of a volume holding ``files`` files; then the purge's pace."""
+    async with LeanChannel(endpoint) as channel:
+        request = _create_request("pvc-big-tree", params, secrets_, flags)
+        created = await channel.unary(
+            "/csi.v1.Controller/CreateVolume", request, csi_pb2.CreateVolumeResponse
+        )
+        volume_dir = share_dir / base / "pvc-big-tree"
+        t0 = time.perf_counter()
+        await asyncio.to_thread(_fill, volume_dir, files)
+        fill_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        await channel.unary(
+            "/csi.v1.Controller/DeleteVolume",
+            csi_pb2.DeleteVolumeRequest(volume_id=created.volume.volume_id, secrets=secrets_),
+            csi_pb2.DeleteVolumeResponse,
+        )
+        delete_s = time.perf_counter() - t0
+    # The purge: until nothing of the tree is left anywhere under the base.
+    t0 = time.perf_counter()
+    deadline = t0 + 600
+    left = files
+    while time.perf_counter() < deadline:
+        left = await asyncio.to_thread(_count_files, share_dir / base)
+        if left == 0:
+            break
+        await asyncio.sleep(0.5)
+    purge_s = time.perf_counter() - t0
+    return {
+        "files": files,
+        "fill_s": fill_s,
+        "delete_volume_s": delete_s,
+        "purge_s": purge_s,
+        "purge_files_left": left,
+        "purge_files_per_second": (files - left) / (delete_s + purge_s),
+        "in_name_still_there": volume_dir.exists(),
+    }
+
+
+def _count_files(root: Path) -> int:
+    return sum(len(files) for _dirpath, _dirs, files in os.walk(root))
+
+
+# -- the report --------------------------------------------------------------------------
+
+
+def report(
+    name: str, n: int, raw: dict[str, Any], drv: dict[str, Any], tree: dict[str, Any]
+) -> dict[str, Any]:
+    rows = []
+    for who, data in (("raw", raw), ("driver", drv)):
+        for what in ("create", "delete"):
+            s = data[what]
+            rows.append(
+                {
+                    "row": f"{who} {what}",
+                    "wall_s": s["wall_s"],
+                    "per_s": s["per_second"],
+                    "tenths_per_s": " ".join(f"{r:.0f}" for r in s["tenths_per_second"]),
+                    "retries": s["retries"],
+                    "errors": s["errors"],
+                }
+            )
+    per_tenth = [
+        r / d
+        for r, d in zip(
+            raw["create"]["tenths_per_second"], drv["create"]["tenths_per_second"], strict=True
+        )
+    ]
+    ratios = {
+        "create_wall_s": drv["create"]["wall_s"],
+        "create_wall_over_20s": drv["create"]["wall_s"] / 20.0,
+        "create_raw_tenth_over_driver_tenth_max": max(per_tenth),
+        "create_raw_tenth_over_driver_tenth": per_tenth,
+        "delete_wall_over_create_wall": drv["delete"]["wall_s"] / drv["create"]["wall_s"],
+        "raw_delete_wall_over_raw_create_wall": raw["delete"]["wall_s"] / raw["create"]["wall_s"],
+        "driver_create_over_raw_create_wall": drv["create"]["wall_s"] / raw["create"]["wall_s"],
+        "driver_delete_over_raw_delete_wall": drv["delete"]["wall_s"] / raw["delete"]["wall_s"],
+        "errors_total": sum(d[w]["errors"] for d in (raw, drv) for w in ("create", "delete")),
+    }
+    load = os.getloadavg()
+    print(f"\n{name}: {n} volumes in one directory, concurrency {CONCURRENCY}")
+    print(table(rows, ["row", "wall_s", "per_s", "tenths_per_s", "retries", "errors"]))
+    print(
+        f"  driver RSS with children: {drv['rss_start_mib']:.0f} -> max"
+        f" {drv['rss_max_mib']:.0f} -> {drv['rss_end_mib']:.0f} MiB"
+    )
+    print(
+        f"  creates {ratios['create_wall_s']:.1f} s (target <= 20 s:"
+        f" {ratios['create_wall_over_20s']:.2f}x of it); driver tenth vs raw tenth: worst"
+        f" {ratios['create_raw_tenth_over_driver_tenth_max']:.2f}x slower (target <= 1.2x);"
+        f" deletes {ratios['delete_wall_over_create_wall']:.2f}x the creates (target <= 1.2x;"
+        f" raw client: {ratios['raw_delete_wall_over_raw_create_wall']:.2f}x)"
+    )
+    if tree:
+        print(
+            f"  a {tree['files']}-file volume: DeleteVolume returned in"
+            f" {tree['delete_volume_s']:.3f} s (target < 1 s); everything gone"
+            f" {tree['purge_s']:.1f} s later ({tree['purge_files_per_second']:.0f} files/s,"
+            f" {tree['purge_files_left']} left)"
+        )
+    print(f"  load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
+    result = {
+        "volumes": n,
+        "concurrency": CONCURRENCY,
+        "raw": raw,
+        "driver": drv,
+        "tree": tree,
+        "ratios": ratios,
+        "loadavg": load,
+    }
+    write(f"scale-{name}", result)
+    return result
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tests.bench.scale")
+    parser.add_argument("--volumes", type=int, default=VOLUMES)
+    parser.add_argument("--tree-files", type=int, default=100_000)
+    parser.add_argument("--only", choices=("smb", "smb-cs", "nfs"), action="append")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the scale benchmark needs root (Samba users, ganesha)")
+        return
+    wanted = args.only or ["smb", "smb-cs", "nfs"]
+    with tempfile.TemporaryDirectory() as tmp:
+        if "smb" in wanted:
+            bench_smb(args.volumes, Path(tmp), case_sensitive=False, tree_files=args.tree_files)
+        if "smb-cs" in wanted:
+            bench_smb(args.volumes, Path(tmp), case_sensitive=True, tree_files=0)
+        if "nfs" in wanted:
+            bench_nfs(args.volumes, Path(tmp), tree_files=args.tree_files)
+
+
+if __name__ == "__main__":
+    main()
