@@ -22,11 +22,11 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import grpc
 
-from controller import archive, dual
+from controller import dual
 from controller.backend import FileInfo, FileShareBackend
 from controller.common import Ctx, cleanup, lock_key
 from controller.factory import BackendFactory
@@ -38,9 +38,7 @@ from controller.params import (
     parse_params,
 )
 from controller.snapshot_id import SnapshotId, inside, parse_snapshot_id
-from controller.snapshots import Snapshots
 from controller.trash import Trash
-from controller.tree import copy_tree
 from driver import paths, rpc
 from driver.config import Config
 from driver.credentials import Credentials, smb_credentials
@@ -58,6 +56,9 @@ from driver.locks import VolumeLocks
 from driver.log import get_logger
 from driver.source import Source
 from driver.volume_id import VolumeId, parse_volume_id
+
+if TYPE_CHECKING:
+    from controller.snapshots import Snapshots
 
 log = get_logger("controller")
 
@@ -157,13 +158,21 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self._jobs = Jobs()
         self.trash = Trash()
         self._executor: ThreadPoolExecutor | None = None
-        self._snapshots = Snapshots(
-            backends=backends,
-            backend_for=self._backend,
-            locks=self._locks,
-            jobs=self._jobs,
-            pool=self._pool,
-        )
+        self._snapshot_rpcs: Snapshots | None = None
+
+    @property
+    def _snapshots(self) -> Snapshots:
+        # Loaded on the first snapshot RPC: tarfile/gzip and the archive code
+        # are not needed to provision volumes (start-up, RSS).
+        if self._snapshot_rpcs is None:
+            self._snapshot_rpcs = Snapshots(
+                backends=self._backends,
+                backend_for=self._backend,
+                locks=self._locks,
+                jobs=self._jobs,
+                pool=self._pool,
+            )
+        return self._snapshot_rpcs
 
     # -- helpers -----------------------------------------------------------
 
@@ -368,6 +377,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         await backend.mkdir(tmp, mode=mode)
         try:
             if isinstance(origin, SnapshotId):
+                from controller import archive  # restores only: see _snapshots
+
                 stats, top = await archive.extract_archive(
                     backend, origin.archive, tmp, self._pool()
                 )
@@ -376,6 +387,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                         top = dataclasses.replace(top, mode=mode)
                     await backend.set_attributes(tmp, top)
             else:
+                from controller.tree import copy_tree  # clones only
+
                 stats = await copy_tree(backend, origin.dir, tmp)
                 if mode is not None:
                     await backend.set_attributes(tmp, FileInfo(kind="dir", mode=mode))
