@@ -1,5 +1,6 @@
-"""``make bench``: start-up, provisioning (SMB, NFS v3/v4, dual-protocol), snapshots and
-clones, and node stage+publish in the user-mode Linux guest."""
+"""``make bench``: start-up, provisioning (SMB, NFS v3/v4, dual-protocol), the
+10,000-volume burst, CreateVolume over an emulated LAN, snapshots and clones,
+and node stage+publish in the user-mode Linux guest."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.bench import dual, node, provision, snapshots, startup
+from tests.bench import dual, lan, node, provision, scale, snapshots, startup
 
 ROOT = Path(__file__).resolve().parents[2]
 RUNTIME_VENV = ROOT / ".cache" / "runtime-venv"
@@ -43,6 +44,8 @@ def main() -> None:
     startup.main(runtime_python())
     provision.main([])
     dual.main([])
+    scale.main([])
+    lan.main()
     snapshots.main([])
     node.main()
 
