@@ -165,7 +165,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         # Loaded on the first snapshot RPC: tarfile/gzip and the archive code
         # are not needed to provision volumes (start-up, RSS).
         if self._snapshot_rpcs is None:
-            self._snapshot_rpcs = Snapshots(
+            from controller import snapshots
+
+            self._snapshot_rpcs = snapshots.Snapshots(
                 backends=self._backends,
                 backend_for=self._backend,
                 locks=self._locks,
