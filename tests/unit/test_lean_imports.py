@@ -93,4 +93,6 @@ def test_the_version_is_the_distributions() -> None:
 
     from driver.version import package_version
 
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    assert package_version() == pyproject["project"]["version"]
     assert metadata.version("csi-driver-smb-nfs") == package_version()
