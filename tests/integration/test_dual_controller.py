@@ -19,12 +19,13 @@ from typing import Any
 import grpc
 import pytest
 
+from controller.params import TRASH_DIR
 from controller.service import build
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from driver.volume_id import parse_volume_id
-from tests.harness import Client, running_driver
+from tests.harness import Client, running_driver, wait_until
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.samba import SambaServer, Share
 
@@ -145,7 +146,9 @@ async def test_create_delete_through_each_protocol(
     await c.controller.DeleteVolume(
         csi_pb2.DeleteVolumeRequest(volume_id=vol.volume_id, secrets=secrets)
     )
-    assert tree.entries() == []
+    # The volume held a file: it went into the trash at once, and the purge empties it.
+    assert tree.entries() == [TRASH_DIR]
+    await wait_until(lambda: os.listdir(tree.disk / TRASH_DIR) == [], timeout=60)
     await c.controller.DeleteVolume(
         csi_pb2.DeleteVolumeRequest(volume_id=vol.volume_id, secrets=secrets)
     )
