@@ -28,7 +28,11 @@ def _context(args: argparse.Namespace) -> dict[str, str]:
 
 def _stage_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("volume_id")
-    p.add_argument("--staging-path", required=True, help="staging_target_path (absolute)")
+    p.add_argument(
+        "--staging-path",
+        required=True,
+        help="staging_target_path: under the driver's <kubelet-dir>/plugins/kubernetes.io/csi/",
+    )
     p.add_argument(
         "--context",
         action="append",
@@ -59,7 +63,9 @@ def _stage(args: argparse.Namespace, stubs: Stubs) -> Any:
 def _publish_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("volume_id")
     p.add_argument("--staging-path", required=True, help="where the volume is staged")
-    p.add_argument("--target-path", required=True, help="target_path (absolute)")
+    p.add_argument(
+        "--target-path", required=True, help="target_path: under the driver's <kubelet-dir>/pods/"
+    )
     p.add_argument("--readonly", action="store_true", help="publish read-only")
     p.add_argument("--context", action="append", metavar="KEY=VALUE", help="volume context")
     p.add_argument("--context-file", help="volume context as JSON or key=value lines")
