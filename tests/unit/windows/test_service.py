@@ -242,6 +242,11 @@ async def test_real_host_link_operations(tmp_path: Path) -> None:
         with pytest.raises(OSError):
             await host.remove_empty_dir(str(target))  # never recursive
         assert (await host.disk_usage(link)).total > 0
+        await host.check_dir(link)  # through the link
+        with pytest.raises(FileNotFoundError):
+            await host.check_dir(str(tmp_path / "missing"))
+        with pytest.raises(NotADirectoryError):
+            await host.check_dir(str(target / "data"))
         await host.remove_link(link)
         assert not await host.lexists(link)
         assert (target / "data").read_text() == "keep me"
