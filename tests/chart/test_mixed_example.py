@@ -11,6 +11,7 @@ from driver.dual import scoped_options
 from tests.chart.support import (
     EXAMPLES_DIR,
     default_values,
+    documents,
     of_kind,
     supported_kube_versions,
     validate,
@@ -74,3 +75,37 @@ def test_both_operating_systems_share_the_claim(docs: list[dict[str, object]]) -
         claims = [v["persistentVolumeClaim"]["claimName"] for v in pod["volumes"]]
         assert claims == [claim["metadata"]["name"]]
     assert systems == {"linux", "windows"}
+
+
+def test_the_chart_renders_a_dual_class() -> None:
+    """The Helm values docs/mixed-clusters.md shows give a class the driver accepts."""
+    values = {
+        "storageClasses": [
+            {
+                "name": "mixed",
+                "subDir": "${pvc.metadata.namespace}/${pvc.metadata.name}",
+                "parameters": {
+                    "smbSource": "//fileserver.example.com/data/k8s",
+                    "nfsSource": "fileserver.example.com:/export/data/k8s",
+                    "csi.storage.k8s.io/node-stage-secret-name": "smb-creds",
+                    "csi.storage.k8s.io/node-stage-secret-namespace": "kube-system",
+                },
+                "mountOptions": ["nfs:nfsvers=4.1", "smb:vers=3.1.1"],
+            }
+        ]
+    }
+    (sc,) = [
+        c for c in of_kind(documents(values), "StorageClass") if c["metadata"]["name"] == "mixed"
+    ]
+    params = parse_params(
+        "pvc-1",
+        {
+            **sc["parameters"],
+            "csi.storage.k8s.io/pvc/name": "data",
+            "csi.storage.k8s.io/pvc/namespace": "team",
+        },
+        sc["mountOptions"],
+    )
+    assert params.dual is not None
+    assert params.dual.path("smb", params.subdir) == "k8s/team/data"
+    assert "source" not in sc["parameters"]
