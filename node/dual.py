@@ -23,7 +23,7 @@ from driver.source import Protocol, Source, parse_source
 from driver.volume_id import parse_volume_id
 
 _DUAL_CONTEXT: Final = frozenset({"smbsource", "nfssource"})
-#: What each node OS can mount at all; other OS names (Linux) mount both.
+#: Node OSes that mount only some protocols; other OS names (Linux) mount both.
 _MOUNTABLE: Final[Mapping[str, frozenset[str]]] = {"windows": frozenset({"smb"})}
 #: The mount helper a Linux node needs per protocol, and the package that has it.
 LINUX_HELPERS: Final[Mapping[str, tuple[str, str]]] = {
@@ -90,7 +90,7 @@ def locate_dual(
     """The side of a dual volume this node mounts; None for a one-protocol volume.
 
     FailedPrecondition when this node cannot mount the protocol it would need
-    (the OS cannot, or a Linux node lacks the mount helper).
+    (a Linux node lacks the mount helper).
     """
     if is_dual_context(context):
         tree, subdir = _from_context(context)
@@ -111,12 +111,7 @@ def locate_dual(
         else f"linuxProtocol: {tree.linux_protocol}"
     )
     choice = DualChoice(tree, protocol, tree.root(protocol), tree.path(protocol, subdir), reason)
-    mountable = _MOUNTABLE.get(os_name, frozenset({"smb", "nfs"}))
-    if protocol not in mountable:
-        raise FailedPrecondition(
-            f"this {os_name} node cannot mount {protocol.upper()} ({choice.reason}); it mounts "
-            f"{', '.join(sorted(mountable))} only"
-        )
+    # Windows always gets the SMB side (node_protocol), which it can mount.
     if os_name == "linux":
         program, package = LINUX_HELPERS[protocol]
         if helpers(program) is None:
