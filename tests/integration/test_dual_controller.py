@@ -244,3 +244,32 @@ async def test_provision_via_smb_without_secret(
     assert "provisioner secret" in details
     assert "username" in details
     assert tree.entries() == []
+
+
+async def test_capacity_and_validate_of_a_dual_class(
+    driver: tuple[DriverServer, Client], tree: Tree
+) -> None:
+    """GetCapacity carries no secret: a class that provisions over SMB answers
+    through the NFS side of the same tree; ValidateVolumeCapabilities finds a
+    v2 volume through its provisionVia side."""
+    _, c = driver
+    params = {**tree.params, "provisionVia": "smb"}
+    capacity = await c.controller.GetCapacity(csi_pb2.GetCapacityRequest(parameters=params))
+    free = os.statvfs(tree.disk)
+    assert 0 < capacity.available_capacity <= free.f_blocks * free.f_frsize
+    vol = (await c.controller.CreateVolume(tree.create("pvc-v", via="smb"))).volume
+    ok = await c.controller.ValidateVolumeCapabilities(
+        csi_pb2.ValidateVolumeCapabilitiesRequest(
+            volume_id=vol.volume_id, volume_capabilities=[cap()], secrets=tree.secrets
+        )
+    )
+    assert ok.HasField("confirmed")
+    (tree.disk / "pvc-v").rmdir()
+    await expect_code(
+        c.controller.ValidateVolumeCapabilities(
+            csi_pb2.ValidateVolumeCapabilitiesRequest(
+                volume_id=vol.volume_id, volume_capabilities=[cap()], secrets=tree.secrets
+            )
+        ),
+        grpc.StatusCode.NOT_FOUND,
+    )
