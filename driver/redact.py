@@ -19,7 +19,7 @@ from google.protobuf.message import Message
 from driver.csi import csi_pb2
 
 REDACTED = "***"
-_SECRET_KEY = re.compile(r"pass|secret|token|cred|krb5|ccache|private|apikey|api-key", re.I)
+_SECRET_KEY = re.compile(r"pass|secret|token|cred|krb5|ccache|keytab|private|apikey|api-key", re.I)
 
 
 def is_secret_key(key: str) -> bool:

@@ -11,7 +11,8 @@
 #    the host. It holds `env` (sourced, exported), `cmd.sh` (the command);
 #    this script writes `exitcode` there;
 #  - links the UML modules so modprobe works, brings up lo,
-#  - starts Samba / the kernel NFS server when START_SAMBA=1 / START_NFS=1,
+#  - starts Samba / the kernel NFS server / the Samba AD DC when
+#    START_SAMBA=1 / START_NFS=1 / START_ADDC=1,
 #  - runs `bash cmd.sh` in $E2E_CWD with the console as stdin/out/err,
 #  - writes its exit code, syncs, powers off.
 # Exit code 125 + an "E2E-GUEST: setup failed" line = the guest setup broke
@@ -136,6 +137,10 @@ main() {
     if [ "${START_NFS:-0}" = 1 ]; then
         log "starting nfs (uptime $(uptime_s) s)"
         "$here/start-nfs.sh" & pids+=($!) names+=(nfs)
+    fi
+    if [ "${START_ADDC:-0}" = 1 ]; then
+        log "starting the AD DC (uptime $(uptime_s) s)"
+        "$here/start-addc.sh" & pids+=($!) names+=(addc)
     fi
     for i in "${!pids[@]}"; do
         step "start ${names[$i]}" wait "${pids[$i]}"

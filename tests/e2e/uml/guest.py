@@ -23,7 +23,7 @@ Inside the guest:
     NFS_SERVER NFS_EXPORT_DIR NFS_V3_ROOT NFS_V4_ROOT (override via ``env``);
   * tests/e2e/uml/{start,stop}-{samba,nfs}.sh stop/restart the servers.
 
-CLI: ``python -m tests.e2e.uml.guest [--samba] [--nfs] [--timeout S] -- CMD...``
+CLI: ``python -m tests.e2e.uml.guest [--samba] [--nfs] [--addc] [--timeout S] -- CMD...``
 exits with the guest command's code (124 on timeout, 125 if the guest broke).
 """
 
@@ -50,6 +50,7 @@ HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[2]
 SETUP_SH = HERE / "setup.sh"
 INIT_SH = HERE / "guest-init.sh"
+PROVISION_ADDC_SH = HERE / "provision-addc.sh"
 
 # Exit codes reported when the guest command produced none.
 RC_TIMEOUT = 124
@@ -102,6 +103,20 @@ class GuestResult:
     @property
     def stdout(self) -> str:
         return self.output
+
+
+def ensure_addc() -> Path:
+    """The Samba AD domain for Kerberos tests, provisioned on the host once
+    (provision-addc.sh; ~25 s the first time, then instant)."""
+    cmd = ["bash", str(PROVISION_ADDC_SH)]
+    proc = subprocess.run(
+        cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    found = re.search(r"^ADDC_DIR=(.+)$", proc.stdout, re.M)
+    if proc.returncode != 0 or not found:
+        raise GuestSetupError(
+            f"{shlex.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}"
+        )
+    return Path(found.group(1))
 
 
 # ---------------------------------------------------------------- processes
@@ -294,6 +309,7 @@ def run_in_guest(
     timeout: float = 600,
     samba: bool = False,
     nfs: bool = False,
+    addc: bool = False,
     mem: str = "1G",
     cwd: Path | str = REPO,
     overlays: Sequence[Path | str] = (REPO,),
@@ -308,8 +324,13 @@ def run_in_guest(
     ``overlays``: extra read-only dirs made writable (tmpfs, discarded).
     ``echo``: called with console text as it arrives (e.g. ``sys.stdout.write``);
     default: echo when E2E_GUEST_ECHO=1. ``setup``: run setup.sh if needed.
+    ``addc``: start the Samba AD DC (start-addc.sh; it needs port 445, so
+    not together with ``samba``); ADDC_DIR in the guest is its domain.
     """
     kernel = ensure_setup(run_setup=setup)
+    if addc and samba:
+        raise ValueError("addc and samba both need port 445: boot a guest for each")
+    addc_dir = ensure_addc() if addc else None
     for sh in HERE.glob("*.sh"):
         if not os.access(sh, os.X_OK):  # the guest kernel execs init directly
             raise GuestSetupError(f"{sh} is not executable (chmod +x; git mode 100755)")
@@ -341,7 +362,10 @@ def run_in_guest(
         E2E_CWD=str(cwd),
         START_SAMBA="1" if samba else "0",
         START_NFS="1" if nfs else "0",
+        START_ADDC="1" if addc else "0",
     )
+    if addc_dir is not None:
+        full_env.setdefault("ADDC_DIR", str(addc_dir))
     env_path = workdir / "env"
     fd = os.open(env_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w") as f:
@@ -419,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--samba", action="store_true", help="start Samba in the guest")
     ap.add_argument("--nfs", action="store_true", help="start the kernel NFS server")
+    ap.add_argument("--addc", action="store_true", help="start the Samba AD DC (Kerberos)")
     ap.add_argument("--timeout", type=float, default=600)
     ap.add_argument("--mem", default="1G")
     ap.add_argument("--workdir", type=Path, help="default: a fresh temp dir, removed after")
@@ -442,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
             timeout=a.timeout,
             samba=a.samba,
             nfs=a.nfs,
+            addc=a.addc,
             mem=a.mem,
             echo=echo,
         )
