@@ -54,7 +54,8 @@ class CCache:
         """The ticket-granting ticket of the principal's own realm (else any)."""
         tgts = [t for t in self.tickets if t.is_tgt]
         own = [t for t in tgts if t.server.components[1] == self.principal.realm]
-        return (own or tgts or [None])[0]
+        best = own or tgts
+        return best[0] if best else None
 
 
 class _Reader:

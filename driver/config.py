@@ -110,6 +110,8 @@ class Config:
     mount_timeout: float = 110.0
     # Node: bound on one health/stats probe of a mounted volume.
     health_timeout: float = 5.0
+    # Linux node: the non-root user cifs.upcall reads Kerberos tickets as (cruid).
+    krb5_uid: int = 10002
     # Windows node: SMB encryption for global mappings; read-only requests.
     windows_require_privacy: bool = True
     windows_read_only: Literal["refuse", "warn"] = "refuse"
@@ -185,6 +187,13 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {DEFAULT_KUBELET_DIR})",
     )
     parser.add_argument(
+        "--krb5-uid",
+        type=int,
+        default=10002,
+        help="Linux node: uid (with a passwd entry in the image) that owns the per-volume "
+        "Kerberos credential caches; cifs mounts use it as cruid",
+    )
+    parser.add_argument(
         "--mount-timeout",
         type=float,
         default=110.0,
@@ -220,6 +229,8 @@ def config_from_args(args: argparse.Namespace) -> Config:
     ):
         if not 0 < value <= 3600:
             raise InvalidArgument(f"{flag}: must be in (0, 3600] seconds")
+    if not 0 < args.krb5_uid < 2**31 - 1:
+        raise InvalidArgument("--krb5-uid: must be a non-root uid")
     if not 1 <= args.backend_workers <= 64:
         raise InvalidArgument("--backend-workers: must be between 1 and 64")
     return Config(
@@ -235,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> Config:
         backend_workers=args.backend_workers,
         mount_timeout=args.mount_timeout,
         health_timeout=args.health_timeout,
+        krb5_uid=args.krb5_uid,
         windows_require_privacy=args.windows_require_privacy == "true",
         windows_read_only=args.windows_read_only,
         kubelet_dir=kubelet_dir,

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from driver.credentials import Credentials
+from driver.credentials import Credentials, KerberosCredentials
 from driver.source import Source
 
 
@@ -23,6 +23,7 @@ class StageRequest:
     staging_path: str  # absolute, as kubelet gave it
     mount_options: tuple[str, ...] = ()  # StorageClass mountOptions, split on ','
     credentials: Credentials | None = field(default=None, repr=False)  # SMB only
+    kerberos: KerberosCredentials | None = field(default=None, repr=False)  # SMB, instead
     mount_group: str = ""  # VolumeCapability.mount.volume_mount_group (fsGroup)
     read_only: bool = False  # every access mode is *_READER_ONLY
     mount_permissions: int | None = None  # chmod the volume root after mounting (NFS)

@@ -19,7 +19,7 @@ import grpc
 
 from driver import paths, rpc
 from driver.config import DEFAULT_KUBELET_DIR, Config
-from driver.credentials import Credentials, smb_credentials
+from driver.credentials import Credentials, KerberosCredentials, smb_auth
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.dual import scoped_options
 from driver.errors import (
@@ -172,8 +172,13 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             which = f"node-stage secret ({platform.name} node, {choice.reason})"
         rpc.set_protocol(source.protocol)
         creds: Credentials | None = None
+        kerberos: KerberosCredentials | None = None
         if source.protocol == "smb":
-            creds = smb_credentials(request.secrets, which=which)
+            auth = smb_auth(request.secrets, which=which)
+            if isinstance(auth, KerberosCredentials):
+                kerberos = auth
+            else:
+                creds = auth
         stage = StageRequest(
             volume_id=request.volume_id,
             source=source,
@@ -181,6 +186,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             staging_path=staging,
             mount_options=options,
             credentials=creds,
+            kerberos=kerberos,
             mount_group=cap.mount.volume_mount_group,
             read_only=cap.access_mode.mode in _READ_ONLY_MODES,
             mount_permissions=mode,

@@ -10,11 +10,13 @@ from driver.errors import (
     Internal,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 
 MOUNT_ERROR = re.compile(r"mount error\((\d+)\)")
 _EKEYREJECTED = 129  # Linux errno (not in every platform's errno module)
+_ENOKEY = 126  # cifs.upcall found no usable Kerberos ticket
 
 
 def errno_name(code: int | None) -> str:
@@ -22,6 +24,11 @@ def errno_name(code: int | None) -> str:
 
 
 def cifs_error(errnum: int, message: str) -> DriverError:
+    if errnum == _ENOKEY:
+        return Unauthenticated(
+            message + " (no usable Kerberos ticket: check the secret's keytab or cache, and "
+            "that the node has keyutils and cifs-utils' request-key setup for cifs.upcall)"
+        )
     if errnum in (errno.EACCES, errno.EPERM, _EKEYREJECTED):
         return PermissionDenied(message + " (check the node-stage secret)")
     if errnum == errno.ENOENT:

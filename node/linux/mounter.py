@@ -15,7 +15,7 @@ import os
 import posixpath
 import secrets
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from driver.credentials import Credentials
 from driver.errors import Internal, InvalidArgument
@@ -138,9 +138,10 @@ class KernelMounter:
         argv: list[str],
         *,
         timeout: float,  # noqa: ASYNC109 - passed to the runner, which kills the command
+        env: Mapping[str, str] | None = None,
     ) -> CommandResult:
         log.debug("running", argv=argv)
-        return await self._runner.run(argv, timeout=timeout)
+        return await self._runner.run(argv, timeout=timeout, env=env)
 
     async def unmount(self, path: str, *, what: str, broken: bool = False) -> None:
         """Unmount everything stacked on ``path``; never hangs for long.
@@ -208,7 +209,15 @@ class KernelMounter:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(path)
 
-    async def mount(self, spec: MountSpec, staging: str, creds: Credentials | None) -> None:
+    async def mount(
+        self,
+        spec: MountSpec,
+        staging: str,
+        creds: Credentials | None,
+        *,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        """``env``: for the mount process only (``KRB5CCNAME`` for cifs.upcall)."""
         options = list(spec.options)
         argv_base = ["mount", "-t", spec.fstype, spec.device, staging]
         secret = creds.password if creds is not None else None
@@ -217,7 +226,7 @@ class KernelMounter:
                 options.append(f"credentials={stack.enter_context(self._credentials_file(creds))}")
             argv = argv_base + (["-o", ",".join(options)] if options else [])
             log.info("mounting", device=spec.device, path=staging, options=options)
-            result = await self.run(argv, timeout=self._mount_timeout)
+            result = await self.run(argv, timeout=self._mount_timeout, env=env)
         if result.ok:
             return
         message = (

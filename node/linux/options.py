@@ -72,6 +72,22 @@ def mount_group_id(group: str) -> int:
     return int(group)
 
 
+def kerberos_options(options: list[str], keys: dict[str, str | None]) -> None:
+    """``sec=krb5`` unless the user chose ``krb5i``; the driver owns ``cruid``
+    (the uid its per-volume credential cache belongs to)."""
+    sec = (keys.get("sec") or "").strip().lower()
+    if "sec" in keys and sec not in ("krb5", "krb5i"):
+        raise InvalidArgument(
+            f"mount option sec={keys['sec']} contradicts the Kerberos secret (use krb5 or krb5i)"
+        )
+    if "cruid" in keys:
+        raise InvalidArgument(
+            "mount option 'cruid' is not allowed: the driver sets it (--krb5-uid)"
+        )
+    if "sec" not in keys:
+        options.append("sec=krb5")
+
+
 def smb_options(request: StageRequest) -> list[str]:
     """cifs mount options for a stage request, without the credentials file."""
     options = check_options(request.mount_options)
@@ -83,6 +99,8 @@ def smb_options(request: StageRequest) -> list[str]:
                 "node-stage secret (keys username, password, domain)"
             )
     keys = option_keys(options)
+    if request.kerberos is not None:
+        kerberos_options(options, keys)
     port_option(options, request.source)
     # Each volume gets its own TCP connection and SMB session: a session that
     # died with its server (or got stuck) cannot take other volumes down with

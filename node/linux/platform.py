@@ -6,6 +6,7 @@ docstring); each method looks before it acts, so every call is idempotent.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import posixpath
 
@@ -22,6 +23,7 @@ from driver.log import get_logger
 from node.linux import mountinfo
 from node.linux.errors import errno_name
 from node.linux.host import HostView, ProcHost, share_with_group
+from node.linux.kerberos import KRB5_DIR, TicketKeeper, volume_key
 from node.linux.mounter import KernelMounter
 from node.linux.options import credentials_text, mount_group_id, mount_spec
 from node.linux.probes import Prober, ProbeTimeout
@@ -64,10 +66,21 @@ class LinuxPlatform:
         secrets_dir: str = SECRETS_DIR,
         probe_timeout: float | None = None,
         unmount_timeout: float | None = None,
+        krb5_dir: str = KRB5_DIR,
+        ticket_lifetime: str | None = None,
     ) -> None:
+        """``ticket_lifetime``: ``kinit -l`` for keytab volumes (default: the KDC's)."""
         self._host: HostView = host if host is not None else ProcHost()
+        runner = runner if runner is not None else AsyncioRunner()
+        # Per-volume Kerberos credential caches (sec=krb5), renewed while staged.
+        self._tickets = TicketKeeper(
+            runner,
+            krb5_dir,
+            uid=config.krb5_uid,
+            lifetime=ticket_lifetime,
+        )
         self._mounts = KernelMounter(
-            runner=runner if runner is not None else AsyncioRunner(),
+            runner=runner,
             host=self._host,
             prober=prober if prober is not None else Prober(),
             secrets_dir=secrets_dir,
@@ -101,10 +114,16 @@ class LinuxPlatform:
             raise InvalidArgument(f"{what}: longer than 4095 bytes")
         return norm
 
+    @property
+    def tickets(self) -> TicketKeeper:
+        return self._tickets
+
     async def stage(self, request: StageRequest) -> None:
         spec = mount_spec(request)  # validates options before any side effect
         if spec.protocol == "smb" and request.credentials is not None:
             credentials_text(request.credentials)  # same: refuse unusable secrets early
+        if spec.protocol == "smb" and request.kerberos is not None:
+            spec = dataclasses.replace(spec, options=(*spec.options, f"cruid={self._tickets.uid}"))
         staging = self._mounts.real(request.staging_path)
         current = mountinfo.top(self._host.mounts(), staging)
         if current is not None:
@@ -122,14 +141,37 @@ class LinuxPlatform:
                         "which is incompatible with the requested access mode"
                     )
                 log.info("already staged", path=staging, device=spec.device)
+                await self._keep_tickets(request, staging)
                 return
             log.warning("staged mount is broken; mounting again", path=staging, problem=problem)
             await self._mounts.unmount(staging, what="staging_target_path", broken=True)
         self._mounts.prepare_dir(staging, what="staging_target_path")
-        await self._mounts.mount(spec, staging, request.credentials)
+        if spec.protocol == "smb" and request.kerberos is not None:
+            key = volume_key(staging)
+            env = await self._tickets.acquire(key, request.kerberos, request.source.server)
+            try:
+                await self._mounts.mount(spec, staging, None, env=env)
+            except BaseException:
+                await self._tickets.release(key)
+                raise
+        else:
+            await self._mounts.mount(spec, staging, request.credentials)
         if spec.protocol == "nfs":
             await self._after_nfs_mount(request, staging)
         log.info("staged", path=staging, device=spec.device)
+
+    async def _keep_tickets(self, request: StageRequest, staging: str) -> None:
+        """A re-stage of a healthy Kerberos volume (kubelet retry, driver
+        restart) refreshes its cache from the secret and keeps renewing; a
+        KDC that does not answer right now does not fail the healthy mount."""
+        if request.source.protocol != "smb" or request.kerberos is None:
+            return
+        try:
+            await self._tickets.acquire(
+                volume_key(staging), request.kerberos, request.source.server
+            )
+        except Unavailable as exc:
+            log.warning("staged, but the tickets could not be refreshed", error=exc.message)
 
     async def _after_nfs_mount(self, request: StageRequest, staging: str) -> None:
         if request.mount_permissions is not None and not request.read_only:
@@ -159,6 +201,7 @@ class LinuxPlatform:
     async def unstage(self, volume_id: str, staging_path: str) -> None:
         staging = self._mounts.real(staging_path)
         await self._mounts.unmount(staging, what="staging_target_path")
+        await self._tickets.release(volume_key(staging))
         self._mounts.remove_dir(staging, what="staging_target_path")
         log.info("unstaged", path=staging)
 
@@ -216,6 +259,8 @@ class LinuxPlatform:
         log.info("unpublished", path=target)
 
     async def usage(self, volume_id: str, path: str) -> VolumeUsage:
+        # kubelet polls stats: a restarted driver resumes renewing here too.
+        await self._tickets.resume()
         path = self._mounts.real(path)
         entry = mountinfo.top(self._host.mounts(), path)
         if entry is None:
@@ -250,7 +295,7 @@ class LinuxPlatform:
     async def aclose(self) -> None:
         # Stuck probe threads are daemons and killed mounts are reaped by the
         # runner; neither may delay shutdown.
-        return None
+        await self._tickets.aclose()
 
 
 def _unknown(message: str) -> VolumeUsage:

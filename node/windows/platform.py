@@ -93,6 +93,14 @@ class WindowsPlatform:
             )
         check_server_name(source)
         privacy = require_privacy(source, request.mount_options, self.settings.require_privacy)
+        if request.kerberos is not None:
+            # PowerShell's SMB cmdlets take a password credential only; a
+            # domain-joined node negotiates Kerberos with it by itself.
+            raise InvalidArgument(
+                "node-stage secret: Windows nodes cannot use a keytab or credential cache; give "
+                "username (DOMAIN\\user) and password of a domain account: a domain-joined "
+                "node then logs on with Kerberos (docs/kerberos.md)"
+            )
         if request.credentials is None:
             raise InvalidArgument("node-stage secret: SMB needs username and password")
         host = unc_host(source.server)

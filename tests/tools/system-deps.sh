@@ -10,6 +10,8 @@ PACKAGES=(
   libnfs13                   # the controller's user-space NFS client
   util-linux mount iproute2 procps psmisc   # mount/unshare/nsenter, ip, ps, fuser
   cifs-utils nfs-kernel-server nfs-common kmod   # guest side of e2e (runs host userland)
+  samba-ad-dc samba-ad-provision samba-dsdb-modules winbind   # Kerberos e2e: an AD DC in the guest
+  krb5-user keyutils         # kinit/kvno for the node's tickets; request-key for cifs.upcall
 )
 
 missing=()

@@ -21,8 +21,12 @@ UML_DIR=${UML_DIR:-$repo/.cache/uml}
 # (samba), mount.cifs (cifs-utils), rpcbind, rpc.nfsd/mountd/exportfs
 # (nfs-kernel-server), mount.nfs/rpc.statd (nfs-common), useradd (passwd).
 # smbclient is handy for debugging/tests.
+# Kerberos (tests/e2e/test_kerberos_e2e.py): a Samba AD DC (samba-ad-dc;
+# samba-ad-provision is not pulled in by it), kinit/kvno (krb5-user) and
+# request-key for cifs.upcall (keyutils).
 PACKAGES="samba smbclient cifs-utils nfs-kernel-server nfs-common rpcbind kmod
-iproute2 procps util-linux mount passwd"
+iproute2 procps util-linux mount passwd
+samba-ad-dc samba-ad-provision samba-dsdb-modules winbind krb5-user keyutils"
 
 missing_packages() {
     local p st

@@ -7,7 +7,8 @@ reads the credential cache named by ``KRB5CCNAME`` in that process's
 environment (it ignores ``KRB5CCNAME`` for uid 0).  So each staged volume
 gets:
 
-* its own credential cache ``<dir>/cc/<key>``, owned by the dedicated
+* its own credential cache ``<dir>/cc/<key>`` (``<dir>`` is 0711 root:
+  cruid may pass through, nobody may list it), owned by the dedicated
   non-root ``cruid`` (``cc/`` is 0700 and belongs to that uid); only the
   ``mount`` process gets ``KRB5CCNAME`` pointing at it;
 * tickets the driver obtains itself: ``kinit -k`` from the secret's keytab
@@ -58,6 +59,9 @@ log = get_logger("node.kerberos")
 
 # The cruid: a dedicated non-root user with a passwd entry in the node image.
 DEFAULT_UID = 10002
+# Not below the credentials-file dir (/run/csi-smb-nfs is 0700 root): the
+# cruid must be able to reach cc/.  On tmpfs: tickets never touch a disk.
+KRB5_DIR = "/run/csi-smb-nfs-krb5"
 # Bound of one kinit/kvno (a KDC that does not answer).
 KDC_TIMEOUT = 30.0
 # Retry delay after a failed refresh (KDC down), and the shortest wait.
@@ -78,6 +82,7 @@ _AUTH_FAILURES = (
     "decrypt integrity check failed",
 )
 _UNREACHABLE = ("cannot find kdc", "cannot contact any kdc", "unable to reach any kdc")
+_NO_SERVICE = ("server not found in kerberos database",)
 
 
 if sys.platform == "win32":  # type-checked only: this module runs on Linux
@@ -87,6 +92,9 @@ if sys.platform == "win32":  # type-checked only: this module runs on Linux
 
     def _chown(path: str, uid: int) -> None:
         raise Internal("chown is Linux only")
+
+    def _euid() -> int:
+        return 0
 
 else:
     import pwd
@@ -100,6 +108,15 @@ else:
 
     def _chown(path: str, uid: int) -> None:
         os.chown(path, uid, -1)
+
+    def _euid() -> int:
+        return os.geteuid()
+
+
+def _read(path: str) -> bytes:
+    """Small files on a tmpfs: reading them does not block the loop."""
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def volume_key(staging_path: str) -> str:
@@ -124,6 +141,11 @@ def kdc_error(tool: str, result: CommandResult, principal: str) -> DriverError:
     message = f"Kerberos: {tool} for {principal} failed: {text or f'exit {result.returncode}'}"
     if any(s in low for s in _AUTH_FAILURES):
         return Unauthenticated(message + " (check the keytab or credential cache in the secret)")
+    if any(s in low for s in _NO_SERVICE):
+        return FailedPrecondition(
+            message + " (the file server has no cifs/<name> service principal under the name "
+            "in source: use the name it is registered with in the directory)"
+        )
     if any(s in low for s in _UNREACHABLE):
         return Unavailable(message + " (set the secret's kdc key or the chart's krb5 values)")
     return Internal(message)
@@ -193,20 +215,13 @@ class TicketKeeper:
         await self.resume()
         entry = _Entry(key, creds.principal, server, from_keytab=creds.keytab is not None)
         async with self._lock(key):
-            self._prepare_dirs()
-            self._write_private(self._file(key, ".conf"), krb5_conf(creds).encode())
-            if creds.keytab is not None:
-                self._write_private(self._file(key, ".keytab"), creds.keytab)
-                cache = await self._build(entry, initial=None)
-            else:
-                assert creds.ccache is not None  # noqa: S101 - KerberosCredentials has one of both
-                cache = await self._build(entry, initial=creds.ccache)
-            self._write_private(
-                self._file(key, ".json"),
-                json.dumps(
-                    {"principal": entry.principal, "server": server, "keytab": entry.from_keytab}
-                ).encode(),
-            )
+            try:
+                cache = await self._first_tickets(entry, creds)
+            except BaseException:
+                # Nothing of a volume that could not get tickets stays behind.
+                self._entries.pop(key, None)
+                self._remove_files(key)
+                raise
             self._schedule(entry, cache)
         log.info(
             "kerberos tickets ready",
@@ -221,14 +236,7 @@ class TicketKeeper:
         """Forget the volume's tickets and remove its files."""
         async with self._lock(key):
             self._entries.pop(key, None)
-            for path in (
-                self.cache_path(key),
-                self._file(key, ".keytab"),
-                self._file(key, ".conf"),
-                self._file(key, ".json"),
-            ):
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(path)
+            self._remove_files(key)
         self._locks.pop(key, None)
 
     async def refresh_due(self) -> None:
@@ -254,9 +262,10 @@ class TicketKeeper:
                 continue
             key = name[: -len(".json")]
             try:
-                with open(self._file(key, ".json"), encoding="utf-8") as f:
-                    meta = json.load(f)
-                entry = _Entry(key, str(meta["principal"]), str(meta["server"]), bool(meta["keytab"]))
+                meta = json.loads(_read(self._file(key, ".json")))
+                entry = _Entry(
+                    key, str(meta["principal"]), str(meta["server"]), bool(meta["keytab"])
+                )
             except (OSError, ValueError, KeyError, TypeError):
                 continue
             if key not in self._entries:
@@ -273,6 +282,30 @@ class TicketKeeper:
 
     # -- internals ---------------------------------------------------------
 
+    async def _first_tickets(self, entry: _Entry, creds: KerberosCredentials) -> CCache:
+        key = entry.key
+        self._prepare_dirs()
+        self._write_private(self._file(key, ".conf"), krb5_conf(creds).encode())
+        if creds.keytab is not None:
+            self._write_private(self._file(key, ".keytab"), creds.keytab)
+            cache = await self._build(entry, initial=None)
+        else:
+            assert creds.ccache is not None  # noqa: S101 - KerberosCredentials has one of both
+            cache = await self._build(entry, initial=creds.ccache)
+        meta = {"principal": entry.principal, "server": entry.server, "keytab": entry.from_keytab}
+        self._write_private(self._file(key, ".json"), json.dumps(meta).encode())
+        return cache
+
+    def _remove_files(self, key: str) -> None:
+        for path in (
+            self.cache_path(key),
+            self._file(key, ".keytab"),
+            self._file(key, ".conf"),
+            self._file(key, ".json"),
+        ):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
@@ -287,6 +320,11 @@ class TicketKeeper:
     def _prepare_dirs(self) -> None:
         try:
             os.makedirs(self._dir, mode=0o711, exist_ok=True)
+            st = os.lstat(self._dir)
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != _euid():
+                raise Internal(f"{self._dir} is not a directory owned by the driver")
+            if stat.S_IMODE(st.st_mode) != 0o711:
+                os.chmod(self._dir, 0o711)  # noqa: S103 - traversable, not listable: cc/ is 0700
             for path, owner in ((self._kt_dir, 0), (self._cc_dir, self._uid)):
                 os.makedirs(path, mode=0o700, exist_ok=True)
                 st = os.lstat(path)
@@ -347,18 +385,19 @@ class TicketKeeper:
                     argv += ["-l", self._lifetime]
                 await self._kdc("kinit", [*argv, entry.principal], entry)
             else:
-                with open(live, "rb") as f:
-                    self._write_private(tmp, f.read())
+                self._write_private(tmp, _read(live))
                 await self._kdc("kinit -R", ["kinit", "-R", "-c", cc], entry)
             try:
-                await self._kdc("kvno", ["kvno", "-c", cc, "-S", "cifs", entry.server], entry)
+                # The name cifs.upcall asks for: cifs/<host as mounted>, realm
+                # left to the KDC (no reverse-DNS canonicalisation).
+                await self._kdc("kvno", ["kvno", "-c", cc, f"cifs/{entry.server}@"], entry)
             except DriverError as exc:
                 if entry.from_keytab:
                     raise
                 # cifs.upcall may still reach a KDC through the node's krb5.conf.
                 log.warning("could not prefetch the cifs service ticket", error=exc.message)
-            with open(tmp, "rb") as f:
-                cache = parse_ccache(f.read())
+            cache = parse_ccache(_read(tmp))
+            os.chmod(tmp, 0o600)  # whatever kinit's umask made it
             _chown(tmp, self._uid)
             os.replace(tmp, live)
         except OSError as exc:

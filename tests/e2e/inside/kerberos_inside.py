@@ -1,0 +1,335 @@
+"""Runs INSIDE the UML guest (tests/e2e/test_kerberos_e2e.py boots it with the
+Samba AD DC): Kerberos SMB volumes with the kernel's cifs client.
+
+The domain E2E.TEST is served by ``samba`` on 127.0.0.1 (KDC :88, SMB :445)
+as dc1.e2e.test; there is no DNS and no /etc/krb5.conf, so the driver's
+tickets come only from what the secret carries (keytab or credential cache,
+realm, kdc).  The node plugin (real runner, real mount table) runs behind a
+real gRPC server; volumes are directories on the DC's share.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import stat
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from driver.ccache import parse_ccache
+from driver.config import Config, parse_endpoint
+from driver.csi import csi_pb2
+from node.linux import LinuxPlatform, mountinfo
+from node.linux.kerberos import volume_key
+from node.service import NodePlugin
+from tests.harness import Client, running_driver
+from tests.secret_scan import register_secret
+
+if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):
+    pytest.fail("runs only inside the UML guest: run tests/e2e/test_kerberos_e2e.py", pytrace=False)
+
+pytestmark = pytest.mark.e2e
+
+ADDC = Path(os.environ["ADDC_DIR"])
+SHARE_DIR = Path(os.environ.get("ADDC_SHARE_DIR", "/srv/addc-share"))
+SERVER = "dc1.e2e.test"
+REALM = "E2E.TEST"
+KRB5_UID = 10002
+KEYTAB = register_secret(base64.b64encode((ADDC / "krbuser.keytab").read_bytes()).decode())
+STALE_KEYTAB = register_secret(base64.b64encode((ADDC / "stale.keytab").read_bytes()).decode())
+AM = csi_pb2.VolumeCapability.AccessMode
+
+
+@pytest.fixture(scope="module", autouse=True)
+def guest_setup() -> None:
+    # The lab case: no krb5.conf on the node, no DNS; the secret says it all.
+    Path("/etc/krb5.conf").unlink(missing_ok=True)
+    if subprocess.run(["id", "-u", str(KRB5_UID)], capture_output=True, check=False).returncode:
+        subprocess.run(
+            ["useradd", "-M", "-u", str(KRB5_UID), "-s", "/usr/sbin/nologin", "csi-krb5"],
+            check=True,
+        )
+
+
+@pytest.fixture
+def ktmp(tmp_path: Path) -> Iterator[Path]:
+    (tmp_path / "kubelet").mkdir()
+    try:
+        yield tmp_path
+    finally:
+        prefix = str(tmp_path) + "/"
+        for e in reversed(mountinfo.read()):
+            if (e.mount_point + "/").startswith(prefix):
+                subprocess.run(["umount", "-l", e.mount_point], check=False)
+
+
+def keytab_secret(keytab: str = KEYTAB, user: str = "krbuser") -> dict[str, str]:
+    return {"username": user, "realm": REALM, "kdc": "127.0.0.1:88", "keytab": keytab}
+
+
+@asynccontextmanager
+async def node(tmp: Path, *, lifetime: str | None = None) -> AsyncIterator[tuple[Client, Path]]:
+    cfg = Config(
+        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
+        node_id="e2e",
+        mount_timeout=60,
+        krb5_uid=KRB5_UID,
+    )
+    # Under /run like in the node pod: every parent must let the cruid pass.
+    krb5_dir = Path("/run") / f"krb5-{tmp.name}"
+    platform = LinuxPlatform(
+        cfg,
+        secrets_dir=str(tmp / "secrets"),
+        krb5_dir=str(krb5_dir),
+        probe_timeout=5.0,
+        ticket_lifetime=lifetime,
+    )
+    async with running_driver(tmp / "csi.sock", [NodePlugin(cfg, platform)]) as (_, client):
+        yield client, krb5_dir
+
+
+def cap(*flags: str) -> Any:
+    return csi_pb2.VolumeCapability(
+        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
+        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
+    )
+
+
+@dataclass
+class KrbVolume:
+    name: str
+    tmp: Path
+    secrets: dict[str, str]
+    flags: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        # Made on the server as root: open it to the domain user (the SMB
+        # user maps to an idmap uid there).
+        (SHARE_DIR / self.name).mkdir(exist_ok=True)
+        (SHARE_DIR / self.name).chmod(0o777)
+
+    @property
+    def staging(self) -> Path:
+        return self.tmp / "kubelet" / "plugins" / self.name / "globalmount"
+
+    @property
+    def server_dir(self) -> Path:
+        return SHARE_DIR / self.name
+
+    def stage(self) -> Any:
+        return csi_pb2.NodeStageVolumeRequest(
+            volume_id=self.name,
+            staging_target_path=str(self.staging),
+            volume_capability=cap(*self.flags),
+            volume_context={"source": f"//{SERVER}/share", "subDir": self.name},
+            secrets=self.secrets,
+        )
+
+    def unstage(self) -> Any:
+        return csi_pb2.NodeUnstageVolumeRequest(
+            volume_id=self.name, staging_target_path=str(self.staging)
+        )
+
+    def publish(self, target: Path) -> Any:
+        return csi_pb2.NodePublishVolumeRequest(
+            volume_id=self.name,
+            staging_target_path=str(self.staging),
+            target_path=str(target),
+            volume_capability=cap(*self.flags),
+            volume_context={"source": f"//{SERVER}/share", "subDir": self.name},
+        )
+
+    def unpublish(self, target: Path) -> Any:
+        return csi_pb2.NodeUnpublishVolumeRequest(volume_id=self.name, target_path=str(target))
+
+
+@dataclass
+class EnvScan:
+    """Watches every process while a mount runs: the secret never in any
+    argv or environment; ``KRB5CCNAME`` only in mount processes' environment."""
+
+    secret: bytes
+    leaks: list[str] = field(default_factory=list)
+    ccname_in: set[str] = field(default_factory=set)
+    passes: int = 0
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def _pass(self) -> None:
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
+                with open(f"/proc/{pid}/environ", "rb") as f:
+                    environ = f.read()
+            except OSError:
+                continue
+            argv0 = os.path.basename(cmdline.split(b"\0", 1)[0].decode(errors="replace"))
+            if self.secret in cmdline or self.secret in environ:
+                self.leaks.append(f"{argv0} (pid {pid})")
+            if b"KRB5CCNAME=" in environ:
+                self.ccname_in.add(argv0)
+        self.passes += 1
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self._pass()
+
+    @asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            thread.join(10)
+
+
+def tgt_end(cache: Path) -> int:
+    tgt = parse_ccache(cache.read_bytes()).tgt()
+    assert tgt is not None, f"{cache} holds no TGT"
+    return tgt.end
+
+
+def write_through(target: Path, name: str, text: str) -> None:
+    with (target / name).open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def assert_private(krb5_dir: Path, key: str) -> None:
+    cc_dir, kt_dir = krb5_dir / "cc", krb5_dir / "kt"
+    for d, owner in ((cc_dir, KRB5_UID), (kt_dir, 0)):
+        st = d.stat()
+        assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (owner, 0o700), (d, st)
+    st = (cc_dir / key).stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (KRB5_UID, 0o600), st
+
+
+def assert_forgotten(krb5_dir: Path) -> None:
+    dirs = [krb5_dir / d for d in ("cc", "kt") if (krb5_dir / d).is_dir()]
+    left = [p.name for d in dirs for p in d.iterdir()]
+    assert left == [], f"Kerberos files left after unstage: {left}"
+
+
+async def test_keytab_volume_stage_publish_unstage(ktmp: Path) -> None:
+    async with node(ktmp) as (c, krb5_dir):
+        vol = KrbVolume("pvc-keytab", ktmp, keytab_secret())
+        scan = EnvScan(KEYTAB.encode())
+        async with scan.watching():
+            await c.node.NodeStageVolume(vol.stage())
+        assert scan.passes > 0
+        assert scan.leaks == [], scan.leaks
+        assert scan.ccname_in <= {"mount", "mount.cifs"}, scan.ccname_in
+        assert "KRB5CCNAME" not in os.environ
+        (entry,) = mountinfo.at(mountinfo.read(), str(vol.staging))
+        assert entry.fstype == "cifs"
+        assert entry.super_option("sec") == "krb5", entry.super_options
+        assert entry.super_option("cruid") == str(KRB5_UID), entry.super_options
+        key = volume_key(str(vol.staging))
+        assert_private(krb5_dir, key)
+        cache = parse_ccache((krb5_dir / "cc" / key).read_bytes())
+        servers = {str(t.server) for t in cache.tickets}
+        assert f"krbtgt/{REALM}@{REALM}" in servers, servers
+
+        await c.node.NodeStageVolume(vol.stage())  # idempotent
+        assert len(mountinfo.at(mountinfo.read(), str(vol.staging))) == 1
+
+        target = ktmp / "kubelet" / "pods" / "p1" / "mount"
+        await c.node.NodePublishVolume(vol.publish(target))
+        write_through(target, "hello.txt", "written over Kerberos")
+        assert (vol.server_dir / "hello.txt").read_text() == "written over Kerberos"
+
+        await c.node.NodeUnpublishVolume(vol.unpublish(target))
+        await c.node.NodeUnstageVolume(vol.unstage())
+        assert not vol.staging.exists()
+        assert_forgotten(krb5_dir)
+        assert (vol.server_dir / "hello.txt").exists()
+
+
+def kinit_cache(path: Path) -> bytes:
+    """A credential cache made the way an operator would (kinit)."""
+    conf = path.with_suffix(".conf")
+    conf.write_text(
+        f"[libdefaults]\n default_realm = {REALM}\n dns_lookup_kdc = false\n"
+        f"[realms]\n {REALM} = {{\n  kdc = {SERVER}\n }}\n"
+    )
+    subprocess.run(
+        ["kinit", "-k", "-t", str(ADDC / "krbuser.keytab"), "-c", f"FILE:{path}",
+         f"krbuser@{REALM}"],
+        check=True, env={**os.environ, "KRB5_CONFIG": str(conf)},
+    )  # fmt: skip
+    return path.read_bytes()
+
+
+async def test_credential_cache_volume_with_the_upstream_key(ktmp: Path) -> None:
+    cache = register_secret(base64.b64encode(kinit_cache(ktmp / "op.cc")).decode())
+    async with node(ktmp) as (c, krb5_dir):
+        # csi-driver-smb's key name; the user and realm come from the cache.
+        vol = KrbVolume("pvc-ccache", ktmp, {"krb5cc_1000": cache, "kdc": "127.0.0.1"})
+        await c.node.NodeStageVolume(vol.stage())
+        (entry,) = mountinfo.at(mountinfo.read(), str(vol.staging))
+        assert entry.super_option("sec") == "krb5"
+        target = ktmp / "kubelet" / "pods" / "p2" / "mount"
+        await c.node.NodePublishVolume(vol.publish(target))
+        write_through(target, "cc.txt", "from a credential cache")
+        assert (vol.server_dir / "cc.txt").read_text() == "from a credential cache"
+        await c.node.NodeUnpublishVolume(vol.unpublish(target))
+        await c.node.NodeUnstageVolume(vol.unstage())
+        assert_forgotten(krb5_dir)
+
+
+async def test_rotated_keytab_is_unauthenticated_with_the_kdc_reason(ktmp: Path) -> None:
+    async with node(ktmp) as (c, krb5_dir):
+        vol = KrbVolume("pvc-stale", ktmp, keytab_secret(STALE_KEYTAB, "stale"))
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.node.NodeStageVolume(vol.stage())
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED, info.value.details()
+        assert "Preauthentication failed" in (info.value.details() or "")
+        assert STALE_KEYTAB not in (info.value.details() or "")
+        assert mountinfo.at(mountinfo.read(), str(vol.staging)) == []
+        assert_forgotten(krb5_dir)
+
+
+async def test_tickets_are_renewed_while_staged(ktmp: Path) -> None:
+    """200 s tickets (Samba's KDC refuses service tickets for a TGT with less
+    than ~3 min left, so no shorter): the keeper replaces the cache halfway,
+    and cifs.upcall gets a new session from the replaced cache (a second
+    mount with it, as a reconnect or a self-healing remount would)."""
+    async with node(ktmp, lifetime="200s") as (c, krb5_dir):
+        vol = KrbVolume("pvc-renew", ktmp, keytab_secret())
+        await c.node.NodeStageVolume(vol.stage())
+        cache = krb5_dir / "cc" / volume_key(str(vol.staging))
+        first = tgt_end(cache)
+        deadline = time.time() + 200
+        while time.time() < deadline and tgt_end(cache) <= first:
+            await asyncio.sleep(1)
+        assert tgt_end(cache) > first, "the ticket was not renewed"
+        assert_private(krb5_dir, volume_key(str(vol.staging)))
+        write_through(vol.staging, "still.txt", "the staged mount still works")
+        again = ktmp / "again"
+        again.mkdir()
+        mounted = subprocess.run(
+            ["mount", "-t", "cifs", f"//{SERVER}/share/{vol.name}", str(again),
+             "-o", f"sec=krb5,cruid={KRB5_UID},nosharesock"],
+            env={**os.environ, "KRB5CCNAME": f"FILE:{cache}"}, capture_output=True, text=True,
+            check=False,
+        )  # fmt: skip
+        assert mounted.returncode == 0, mounted.stderr
+        assert (again / "still.txt").read_text() == "the staged mount still works"
+        subprocess.run(["umount", str(again)], check=True)
+        await c.node.NodeUnstageVolume(vol.unstage())
+        assert_forgotten(krb5_dir)
