@@ -48,6 +48,7 @@ KRB5_UID = 10002
 KEYTAB = register_secret(base64.b64encode((ADDC / "krbuser.keytab").read_bytes()).decode())
 STALE_KEYTAB = register_secret(base64.b64encode((ADDC / "stale.keytab").read_bytes()).decode())
 AM = csi_pb2.VolumeCapability.AccessMode
+STAGING = "plugins/kubernetes.io/csi/smb-nfs.csi.io"  # below the driver's --kubelet-dir
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -84,6 +85,7 @@ async def node(tmp: Path, *, lifetime: str | None = None) -> AsyncIterator[tuple
         node_id="e2e",
         mount_timeout=60,
         krb5_uid=KRB5_UID,
+        kubelet_dir=str(tmp / "kubelet"),
     )
     # Under /run like in the node pod: every parent must let the cruid pass.
     krb5_dir = Path("/run") / f"krb5-{tmp.name}"
@@ -120,7 +122,9 @@ class KrbVolume:
 
     @property
     def staging(self) -> Path:
-        return self.tmp / "kubelet" / "plugins" / self.name / "globalmount"
+        return (
+            self.tmp / "kubelet" / "plugins" / "kubernetes.io" / "csi" / self.name / "globalmount"
+        )
 
     @property
     def server_dir(self) -> Path:
