@@ -19,9 +19,11 @@ GENERATED := driver/csi/csi_pb2.py driver/csi/csi_pb2.pyi driver/csi/csi_pb2_grp
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@# the kerberos extra (gssapi, krb5) compiles against libkrb5
+	@command -v krb5-config >/dev/null && command -v gcc >/dev/null || bash tests/tools/system-deps.sh
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -e '.[dev]'
+	$(PIP) install -q -e '.[dev,kerberos]'
 	touch $(STAMP)
 
 deps:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 
 from controller.backend import FileShareBackend
 from driver.config import Config
-from driver.credentials import Credentials
+from driver.credentials import SmbAuth
 from driver.errors import InvalidArgument
 from driver.source import Source
 
@@ -51,7 +51,7 @@ class ShareBackends:
         return self._nfs
 
     def get(
-        self, source: Source, *, credentials: Credentials | None, nfs_version: str | None
+        self, source: Source, *, credentials: SmbAuth | None, nfs_version: str | None
     ) -> FileShareBackend:
         if source.protocol == "smb":
             if credentials is None:

@@ -5,13 +5,13 @@ from __future__ import annotations
 from typing import Protocol
 
 from controller.backend import FileShareBackend
-from driver.credentials import Credentials
+from driver.credentials import SmbAuth
 from driver.source import Source
 
 
 class BackendFactory(Protocol):
     def get(
-        self, source: Source, *, credentials: Credentials | None, nfs_version: str | None
+        self, source: Source, *, credentials: SmbAuth | None, nfs_version: str | None
     ) -> FileShareBackend:
         """A backend for the share root of ``source`` (cheap when cached)."""
         ...

@@ -41,7 +41,7 @@ from controller.snapshot_id import SnapshotId, inside, parse_snapshot_id
 from controller.trash import Trash
 from driver import paths, rpc
 from driver.config import Config
-from driver.credentials import Credentials, smb_credentials
+from driver.credentials import SmbAuth, smb_auth
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.dual import scoped_options
 from driver.errors import (
@@ -188,9 +188,9 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         mount_options: Mapping[str, str] | None = None,
     ) -> FileShareBackend:
         root = Source(source.protocol, source.server, source.port, source.share)
-        creds: Credentials | None = None
+        creds: SmbAuth | None = None
         if source.protocol == "smb":
-            creds = smb_credentials(secrets, which=which)
+            creds = smb_auth(secrets, which=which)
         elif mount_options and mount_options.get("sec", "sys") not in ("sys", "none", ""):
             raise InvalidArgument(
                 f"mount option sec={mount_options['sec']} is not supported by the controller "

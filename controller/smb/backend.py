@@ -40,8 +40,9 @@ from controller.smb.channel import (
     ThreadChannels,
     password_digest,
 )
+from controller.smb.kerberos import KerberosLogon
 from controller.smb.steps import ATTR_DIRECTORY, ATTR_READONLY, IO_CHUNK, Entry, MkdirResult
-from driver.credentials import Credentials
+from driver.credentials import Credentials, KerberosCredentials, SmbAuth
 from driver.errors import AlreadyExists, DriverError, FailedPrecondition, InvalidArgument, NotFound
 from driver.log import get_logger
 
@@ -397,12 +398,22 @@ class SmbWriter:
                 log.debug("closing a file failed", path=self._path, exc_info=True)
 
 
-def _credential_key(server: str, port: int, creds: Credentials) -> CredentialKey:
+def _credential_key(server: str, port: int, creds: SmbAuth) -> CredentialKey:
     _check_name("server", server)
-    _check_name("user name", creds.username)
     if not 0 < port < 65536:
         msg = f"invalid SMB port {port}"
         raise InvalidArgument(msg)
+    if isinstance(creds, KerberosCredentials):
+        # A new keytab or cache is a new key (like a changed password).
+        material = creds.keytab if creds.keytab is not None else creds.ccache or b""
+        return CredentialKey(
+            server=server.lower(),
+            port=port,
+            domain=None,
+            username=creds.principal,
+            password_digest="krb5:" + password_digest(material.hex()),
+        )
+    _check_name("user name", creds.username)
     if not creds.password:
         msg = "an SMB password is required"
         raise InvalidArgument(msg)
@@ -425,9 +436,15 @@ class SmbBackendPool:
     """
 
     def __init__(
-        self, settings: SmbSettings | None = None, *, channels: ChannelMaker | None = None
+        self,
+        settings: SmbSettings | None = None,
+        *,
+        channels: ChannelMaker | None = None,
+        ticket_lifetime: str | None = None,
     ) -> None:
+        """``ticket_lifetime``: of the Kerberos tickets the pool asks for (tests)."""
         self._settings = settings or SmbSettings()
+        self._ticket_lifetime = ticket_lifetime
         # Where the steps run: this process's threads unless told (the
         # controller passes controller.smb.worker.SmbWorker).
         self._maker = channels or ThreadChannels()
@@ -444,8 +461,8 @@ class SmbBackendPool:
     def keys(self) -> list[CredentialKey]:
         return list(self._channels)
 
-    def get(self, server: str, port: int, share: str, creds: Credentials) -> SmbBackend:
-        """The backend for ``share`` as ``creds`` (``driver.credentials.Credentials``)."""
+    def get(self, server: str, port: int, share: str, creds: SmbAuth) -> SmbBackend:
+        """The backend for ``share`` as ``creds`` (a password or Kerberos)."""
         key = _credential_key(server, port, creds)
         share = _check_name("share", share)
         backend = self._backends.get((key, share.lower()))
@@ -453,7 +470,11 @@ class SmbBackendPool:
             return backend
         channel = self._channels.get(key)
         if channel is None:
-            channel = self._maker.channel(key, creds.password, self._settings)
+            if isinstance(creds, KerberosCredentials):
+                logon = KerberosLogon.from_credentials(creds, lifetime=self._ticket_lifetime)
+                channel = self._maker.channel(key, "", self._settings, logon)
+            else:
+                channel = self._maker.channel(key, creds.password, self._settings)
             self._channels[key] = channel
         backend = SmbBackend.on_channel(channel, share)
         self._backends[(key, share.lower())] = backend

@@ -47,9 +47,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 
 import smbclient
-from smbprotocol.exceptions import SMBConnectionClosed
+from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 
-from controller.smb.errors import detach
+from controller.smb.errors import Status, detach
+from controller.smb.kerberos import KerberosLogon
 from driver.errors import DeadlineExceeded, DriverError
 from driver.log import get_logger
 
@@ -169,7 +170,15 @@ class Channel(Protocol):
 class ChannelMaker(Protocol):
     """Makes the channel of each credential key (one per key and pool)."""
 
-    def channel(self, key: CredentialKey, password: str, settings: SmbSettings) -> Channel: ...
+    def channel(
+        self,
+        key: CredentialKey,
+        password: str,
+        settings: SmbSettings,
+        kerberos: KerberosLogon | None = None,
+    ) -> Channel:
+        """``kerberos``: log on with it instead of the (then empty) password."""
+        ...
 
     async def aclose(self) -> None: ...
 
@@ -180,11 +189,20 @@ class ChannelMaker(Protocol):
 class Connection:
     """Private connection cache, warm-up lock and threads of one credential key."""
 
-    def __init__(self, key: CredentialKey, password: str, settings: SmbSettings) -> None:
+    def __init__(
+        self,
+        key: CredentialKey,
+        password: str,
+        settings: SmbSettings,
+        kerberos: KerberosLogon | None = None,
+    ) -> None:
         self.key = key
         self.settings = settings
         self._password = Secret(password)
-        self._user = f"{key.domain}\\{key.username}" if key.domain else key.username
+        self._kerberos = kerberos
+        # With Kerberos: pyspnego's credential object (made in an SMB thread).
+        self._name = f"{key.domain}\\{key.username}" if key.domain else key.username
+        self._user: Any = self._name
         self._conn_key = f"{key.server.lower()}:{key.port}"
         self._cache: dict[str, Any] = {}
         self._warm_lock = threading.Lock()
@@ -196,13 +214,14 @@ class Connection:
 
     def _kwargs(self) -> dict[str, Any]:
         """smbclient keyword arguments; built in the worker thread, never stored."""
+        kerberos = self._kerberos is not None
         return {
             "username": self._user,
-            "password": self._password.reveal(),
+            "password": None if kerberos else self._password.reveal(),
             "port": self.key.port,
             "connection_cache": self._cache,
             "connection_timeout": self.settings.connect_timeout,
-            "auth_protocol": self.settings.auth_protocol,
+            "auth_protocol": "kerberos" if kerberos else self.settings.auth_protocol,
             "encrypt": self.settings.encrypt,
             "require_signing": self.settings.require_signing,
         }
@@ -229,6 +248,14 @@ class Connection:
             except Exception:
                 log.debug("closing a dead SMB connection failed", exc_info=True)
 
+    def _drop_connection(self) -> None:
+        conn = self._cache.pop(self._conn_key, None)
+        if conn is not None:
+            try:
+                conn.disconnect(close=True)
+            except Exception:
+                log.debug("closing an expired SMB connection failed", exc_info=True)
+
     def _warm_up(self, share_unc: str) -> None:
         """Connection, session and tree connect, opened by one thread at a time."""
         if self._ready(share_unc):
@@ -240,6 +267,8 @@ class Connection:
             if self._ready(share_unc):
                 return
             self._drop_dead()
+            if self._kerberos is not None and isinstance(self._user, str):
+                self._user = self._kerberos.credential()
             kw = self._kwargs()
             smbclient.register_session(
                 self.key.server,
@@ -249,7 +278,7 @@ class Connection:
                 encrypt=self.settings.encrypt,
                 connection_timeout=self.settings.connect_timeout,
                 connection_cache=self._cache,
-                auth_protocol=self.settings.auth_protocol,
+                auth_protocol=kw["auth_protocol"],
                 require_signing=self.settings.require_signing,
             )
             # The tree connect; it also tells a missing share apart early.
@@ -275,6 +304,16 @@ class Connection:
             # unless the connection is being closed or the step is not idempotent.
             if not retry or generation != self._generation:
                 raise
+        except SMBResponseException as exc:
+            # A Kerberos session ends when its ticket does (the server refuses
+            # the request before acting on it, so even a rename may repeat):
+            # log on again, which gets fresh tickets.
+            if exc.status != Status.NETWORK_SESSION_EXPIRED or generation != self._generation:
+                raise
+            log.info("SMB session expired; logging on again", server=self.key.server)
+            self._drop_connection()
+            self._warm_up(share_unc)
+            return step.fn(*args, **self._kwargs())
         log.info(
             "SMB connection was closed; reconnecting", server=self.key.server, port=self.key.port
         )
@@ -294,7 +333,7 @@ class Connection:
 
     def scrub(self, exc: BaseException, op: str, path: str) -> DriverError:
         """``exc`` as a domain error that holds no trace of the password."""
-        return detach(exc, op, path, self._password.reveal())
+        return detach(exc, op, path, self._password.reveal() or _kerberos_text(self._kerberos))
 
     def close(self) -> None:
         """Log off within ``close_timeout``, then cut the sockets (blocking).
@@ -330,6 +369,13 @@ class Connection:
                     threading.Thread(target=_cut, args=(conn,), name="smb-cut", daemon=True).start()
         if executor is not None:
             executor.shutdown(wait=False, cancel_futures=True)
+        if self._kerberos is not None:
+            self._kerberos.forget()
+            self._user = self._name  # a later warm-up makes the credential again
+
+
+def _kerberos_text(logon: KerberosLogon | None) -> str:
+    return logon.secret_texts()[0] if logon is not None else ""
 
 
 def _cut(conn: Any) -> None:
@@ -392,8 +438,14 @@ class Gate:
 class ThreadChannel:
     """A :class:`Channel` whose steps run in this process's threads."""
 
-    def __init__(self, key: CredentialKey, password: str, settings: SmbSettings) -> None:
-        self._connection = Connection(key, password, settings)
+    def __init__(
+        self,
+        key: CredentialKey,
+        password: str,
+        settings: SmbSettings,
+        kerberos: KerberosLogon | None = None,
+    ) -> None:
+        self._connection = Connection(key, password, settings, kerberos)
         self._gate = Gate(settings, self._connection.scrub)
 
     def __repr__(self) -> str:
@@ -424,8 +476,14 @@ class ThreadChannel:
 class ThreadChannels:
     """The :class:`ChannelMaker` of steps that run in this process."""
 
-    def channel(self, key: CredentialKey, password: str, settings: SmbSettings) -> Channel:
-        return ThreadChannel(key, password, settings)
+    def channel(
+        self,
+        key: CredentialKey,
+        password: str,
+        settings: SmbSettings,
+        kerberos: KerberosLogon | None = None,
+    ) -> Channel:
+        return ThreadChannel(key, password, settings, kerberos)
 
     async def aclose(self) -> None:
         """Nothing beyond the channels, which their pool closes."""

@@ -36,6 +36,7 @@ from driver.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -60,6 +61,7 @@ class Status:
     MEDIA_WRITE_PROTECTED: Final = 0xC00000A2
     CANNOT_DELETE: Final = 0xC0000121
     USER_SESSION_DELETED: Final = 0xC0000203
+    NETWORK_SESSION_EXPIRED: Final = 0xC000035C
     NETWORK_NAME_DELETED: Final = 0xC00000C9
     BAD_NETWORK_NAME: Final = 0xC00000CC
     NOT_FOUND: Final = 0xC0000225
@@ -216,6 +218,12 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
         return _map_status(status, where)
     if isinstance(exc, SMBConnectionClosed):
         return Unavailable(f"{where}: the SMB connection was closed")
+    kerberos = _kerberos_reason(exc)
+    if kerberos:
+        # The KDC's or GSSAPI's reason (no key material is ever in it).
+        if any(s in kerberos.lower() for s in ("contact any kdc", "cannot find kdc")):
+            return Unavailable(f"{where}: Kerberos: no KDC answers: {kerberos}")
+        return Unauthenticated(f"{where}: Kerberos authentication failed: {kerberos}")
     if isinstance(exc, SMBAuthenticationError):
         return PermissionDenied(f"{where}: authentication failed")
     if _is_connect_failure(exc):
@@ -228,6 +236,24 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
     if isinstance(exc, OSError):
         return Unavailable(f"{where}: network error ({type(exc).__name__})")
     return Internal(f"{where} failed ({type(exc).__name__})")
+
+
+_KERBEROS_HINTS = ("kerberos", "krb5", "gss", "kdc", "preauthentication", "keytab", "ticket")
+
+
+def _kerberos_reason(exc: BaseException) -> str:
+    """The text of a Kerberos logon failure (the Kerberos/GSSAPI libraries'
+    own errors, or smbprotocol's logon error that quotes one); '' otherwise."""
+    chain = _exception_chain(exc)
+    from_library = type(exc).__module__.split(".")[0] in ("krb5", "gssapi", "spnego")
+    texts = [str(e) for e in chain]
+    if not from_library and not (
+        isinstance(exc, SMBAuthenticationError)
+        and any(h in t.lower() for t in texts for h in _KERBEROS_HINTS)
+    ):
+        return ""
+    text = " ".join(texts[0].removeprefix("Failed to authenticate with server: ").split())
+    return text[-400:] or type(exc).__name__
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 from controller.smb.channel import Connection, CredentialKey, Gate, Secret, SmbSettings
 from controller.smb.errors import detach
+from controller.smb.kerberos import KerberosLogon
 from controller.smb.steps import STEPS, Step
 from driver import log as driver_log
 from driver.errors import DriverError, Internal, Unavailable
@@ -85,8 +86,14 @@ class SmbWorker:
         self._start = asyncio.Lock()
         self._reading: asyncio.Task[None] | None = None
 
-    def channel(self, key: CredentialKey, password: str, settings: SmbSettings) -> Channel:
-        return ProcessChannel(self, next(self._ids), key, password, settings)
+    def channel(
+        self,
+        key: CredentialKey,
+        password: str,
+        settings: SmbSettings,
+        kerberos: KerberosLogon | None = None,
+    ) -> Channel:
+        return ProcessChannel(self, next(self._ids), key, password, settings, kerberos=kerberos)
 
     @property
     def pid(self) -> int | None:
@@ -197,12 +204,15 @@ class ProcessChannel:
         key: CredentialKey,
         password: str,
         settings: SmbSettings,
+        *,
+        kerberos: KerberosLogon | None = None,
     ) -> None:
         self._worker = worker
         self.number = number
         self._key = key
         self._settings = settings
         self._password = Secret(password)
+        self._kerberos = kerberos
         self._gate = Gate(settings, self._scrub)
 
     def __repr__(self) -> str:
@@ -217,7 +227,10 @@ class ProcessChannel:
         return self._settings
 
     def _scrub(self, exc: BaseException, op: str, path: str) -> DriverError:
-        return detach(exc, op, path, self._password.reveal())
+        secret = self._password.reveal()
+        if self._kerberos is not None:
+            secret = self._kerberos.secret_texts()[0]
+        return detach(exc, op, path, secret)
 
     async def run(
         self, op: str, path: str, share_unc: str, step: Step[T], *args: Any, retry: bool = True
@@ -226,7 +239,7 @@ class ProcessChannel:
             return await self._worker.submit(
                 self,
                 (op, path, share_unc, step.name, args, retry),
-                open_args=(self._key, self._password.reveal(), self._settings),
+                open_args=(self._key, self._password.reveal(), self._settings, self._kerberos),
             )
 
         return await self._gate.run(op, path, start)
@@ -262,8 +275,10 @@ class _Child:
                 message = pickle.loads(stream.read(size))  # noqa: S301 - our parent
                 kind, number, channel_number, *rest = message
                 if kind == "open":
-                    key, password, settings = rest
-                    self._connections[channel_number] = Connection(key, password, settings)
+                    key, password, settings, kerberos = rest
+                    self._connections[channel_number] = Connection(
+                        key, password, settings, kerberos
+                    )
                 elif kind == "call":
                     self._call(number, self._connections[channel_number], *rest)
                 elif kind == "close":

@@ -26,6 +26,9 @@ EXPECTED = {
     "test_credential_cache_volume_with_the_upstream_key",
     "test_rotated_keytab_is_unauthenticated_with_the_kdc_reason",
     "test_tickets_are_renewed_while_staged",
+    "test_controller_provisions_with_a_keytab_end_to_end",
+    "test_controller_with_a_credential_cache",
+    "test_controller_rotated_keytab_fails_clearly",
 }
 
 

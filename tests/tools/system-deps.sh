@@ -12,6 +12,7 @@ PACKAGES=(
   cifs-utils nfs-kernel-server nfs-common kmod   # guest side of e2e (runs host userland)
   samba-ad-dc samba-ad-provision samba-dsdb-modules winbind   # Kerberos e2e: an AD DC in the guest
   krb5-user keyutils         # kinit/kvno for the node's tickets; request-key for cifs.upcall
+  gcc libkrb5-dev            # builds the controller's Kerberos extra (gssapi, krb5: no wheels)
 )
 
 missing=()

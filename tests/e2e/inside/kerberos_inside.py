@@ -26,6 +26,7 @@ from typing import Any
 import grpc
 import pytest
 
+from controller.service import build as build_controller
 from driver.ccache import parse_ccache
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
@@ -337,3 +338,112 @@ async def test_tickets_are_renewed_while_staged(ktmp: Path) -> None:
         subprocess.run(["umount", str(again)], check=True)
         await c.node.NodeUnstageVolume(vol.unstage())
         assert_forgotten(krb5_dir)
+
+
+# ---------------------------------------------------------------- controller
+
+
+@asynccontextmanager
+async def controller_and_node(tmp: Path) -> AsyncIterator[tuple[Client, Path]]:
+    """The real controller (its SMB worker process included) and node."""
+    cfg = Config(
+        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
+        node_id="e2e",
+        mount_timeout=60,
+        backend_timeout=30,
+        krb5_uid=KRB5_UID,
+        kubelet_dir=str(tmp / "kubelet"),
+    )
+    krb5_dir = Path("/run") / f"krb5-{tmp.name}"
+    platform = LinuxPlatform(
+        cfg, secrets_dir=str(tmp / "secrets"), krb5_dir=str(krb5_dir), probe_timeout=5.0
+    )
+    plugins = [build_controller(cfg), NodePlugin(cfg, platform)]
+    async with running_driver(tmp / "csi.sock", plugins) as (_, client):
+        yield client, krb5_dir
+
+
+def create_request(name: str, secrets: dict[str, str]) -> Any:
+    return csi_pb2.CreateVolumeRequest(
+        name=name,
+        parameters={"source": f"//{SERVER}/share"},
+        volume_capabilities=[cap()],
+        secrets=secrets,
+    )
+
+
+async def test_controller_provisions_with_a_keytab_end_to_end(ktmp: Path) -> None:
+    """No password anywhere: the controller makes and deletes the directory
+    with a keytab, the node mounts it with the same secret."""
+    async with controller_and_node(ktmp) as (c, krb5_dir):
+        scan = EnvScan(KEYTAB.encode())
+        async with scan.watching():
+            vol = (
+                await c.controller.CreateVolume(create_request("pvc-ctl", keytab_secret()))
+            ).volume
+        assert scan.leaks == [], scan.leaks
+        assert "KRB5CCNAME" not in os.environ
+        assert (SHARE_DIR / "pvc-ctl").is_dir()
+        staging = ktmp / "kubelet" / STAGING / "pvc-ctl" / "globalmount"
+        target = ktmp / "kubelet" / "pods" / "p3" / "mount"
+        await c.node.NodeStageVolume(
+            csi_pb2.NodeStageVolumeRequest(
+                volume_id=vol.volume_id,
+                staging_target_path=str(staging),
+                volume_capability=cap(),
+                volume_context=vol.volume_context,
+                secrets=keytab_secret(),
+            )
+        )
+        await c.node.NodePublishVolume(
+            csi_pb2.NodePublishVolumeRequest(
+                volume_id=vol.volume_id,
+                staging_target_path=str(staging),
+                target_path=str(target),
+                volume_capability=cap(),
+                volume_context=vol.volume_context,
+            )
+        )
+        write_through(target, "pod.txt", "provisioned and mounted with a keytab")
+        assert (SHARE_DIR / "pvc-ctl" / "pod.txt").read_text().startswith("provisioned")
+        await c.node.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id=vol.volume_id, target_path=str(target))
+        )
+        await c.node.NodeUnstageVolume(
+            csi_pb2.NodeUnstageVolumeRequest(
+                volume_id=vol.volume_id, staging_target_path=str(staging)
+            )
+        )
+        assert_forgotten(krb5_dir)
+        await c.controller.DeleteVolume(
+            csi_pb2.DeleteVolumeRequest(volume_id=vol.volume_id, secrets=keytab_secret())
+        )
+        assert not (SHARE_DIR / "pvc-ctl").exists()
+
+
+async def test_controller_with_a_credential_cache(ktmp: Path) -> None:
+    cache = register_secret(base64.b64encode(kinit_cache(ktmp / "ctl.cc")).decode())
+    async with controller_and_node(ktmp) as (c, _):
+        secrets = {"krb5ccache": cache, "kdc": "127.0.0.1"}
+        vol = (await c.controller.CreateVolume(create_request("pvc-ctl-cc", secrets))).volume
+        assert (SHARE_DIR / "pvc-ctl-cc").is_dir()
+        await c.controller.DeleteVolume(
+            csi_pb2.DeleteVolumeRequest(volume_id=vol.volume_id, secrets=secrets)
+        )
+        assert not (SHARE_DIR / "pvc-ctl-cc").exists()
+
+
+async def test_controller_rotated_keytab_fails_clearly(ktmp: Path) -> None:
+    async with controller_and_node(ktmp) as (c, _):
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await c.controller.CreateVolume(
+                create_request("pvc-ctl-rotated", keytab_secret(STALE_KEYTAB, "stale"))
+            )
+        code, details = info.value.code(), info.value.details() or ""
+        assert code in (grpc.StatusCode.UNAUTHENTICATED, grpc.StatusCode.PERMISSION_DENIED), (
+            code,
+            details,
+        )
+        assert "Preauthentication failed" in details, details
+        assert STALE_KEYTAB not in details
+        assert not (SHARE_DIR / "pvc-ctl-rotated").exists()
