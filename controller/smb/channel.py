@@ -49,7 +49,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeVar
 import smbclient
 from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 
-from controller.smb.errors import Status, detach
+from controller.smb.errors import Status, detach, ntstatus
 from controller.smb.kerberos import KerberosLogon
 from driver.errors import DeadlineExceeded, DriverError
 from driver.log import get_logger
@@ -248,6 +248,16 @@ class Connection:
             except Exception:
                 log.debug("closing a dead SMB connection failed", exc_info=True)
 
+    def _log_on_again(self, exc: BaseException, generation: int, share_unc: str) -> None:
+        """A Kerberos session ends when its ticket does: a new logon gets fresh
+        tickets.  Anything else is re-raised.  (smbclient raises it as
+        SMBOSError, smbprotocol as SMBResponseException.)"""
+        if ntstatus(exc) != Status.NETWORK_SESSION_EXPIRED or generation != self._generation:
+            raise exc
+        log.info("SMB session expired; logging on again", server=self.key.server)
+        self._drop_connection()
+        self._warm_up(share_unc)
+
     def _drop_connection(self) -> None:
         conn = self._cache.pop(self._conn_key, None)
         if conn is not None:
@@ -296,7 +306,11 @@ class Connection:
     def call(self, share_unc: str, step: Step[T], args: tuple[Any, ...], *, retry: bool) -> T:
         """Run ``step`` in the calling thread (raw library exceptions)."""
         generation = self._generation
-        self._warm_up(share_unc)
+        try:
+            self._warm_up(share_unc)
+        except (SMBResponseException, OSError) as exc:
+            # (a tree connect on a session that has expired meanwhile)
+            self._log_on_again(exc, generation, share_unc)
         try:
             return step.fn(*args, **self._kwargs())
         except SMBConnectionClosed:
@@ -304,15 +318,10 @@ class Connection:
             # unless the connection is being closed or the step is not idempotent.
             if not retry or generation != self._generation:
                 raise
-        except SMBResponseException as exc:
-            # A Kerberos session ends when its ticket does (the server refuses
-            # the request before acting on it, so even a rename may repeat):
-            # log on again, which gets fresh tickets.
-            if exc.status != Status.NETWORK_SESSION_EXPIRED or generation != self._generation:
-                raise
-            log.info("SMB session expired; logging on again", server=self.key.server)
-            self._drop_connection()
-            self._warm_up(share_unc)
+        except (SMBResponseException, OSError) as exc:
+            # The server refused the request before acting on it: even a
+            # rename may repeat.
+            self._log_on_again(exc, generation, share_unc)
             return step.fn(*args, **self._kwargs())
         log.info(
             "SMB connection was closed; reconnecting", server=self.key.server, port=self.key.port

@@ -27,8 +27,11 @@ import grpc
 import pytest
 
 from controller.service import build as build_controller
+from controller.smb.backend import SmbBackendPool
+from controller.smb.channel import SmbSettings
 from driver.ccache import parse_ccache
 from driver.config import Config, parse_endpoint
+from driver.credentials import smb_auth
 from driver.csi import csi_pb2
 from node.linux import LinuxPlatform, mountinfo
 from node.linux.kerberos import volume_key
@@ -313,7 +316,16 @@ async def test_tickets_are_renewed_while_staged(ktmp: Path) -> None:
     """200 s tickets (Samba's KDC refuses service tickets for a TGT with less
     than ~3 min left, so no shorter): the keeper replaces the cache halfway,
     and cifs.upcall gets a new session from the replaced cache (a second
-    mount with it, as a reconnect or a self-healing remount would)."""
+    mount with it, as a reconnect or a self-healing remount would).  Meanwhile
+    the controller's SMB session, logged on with 200 s tickets, is used again
+    after they have expired (a server that ends the session gets a new logon)."""
+    pool = SmbBackendPool(SmbSettings(op_timeout=30), ticket_lifetime="200s")
+    auth = smb_auth(keytab_secret(), which="test secret")
+    backend = pool.get(SERVER, 445, "share", auth)
+    (SHARE_DIR / "ctl-renew").mkdir(exist_ok=True)
+    (SHARE_DIR / "ctl-renew").chmod(0o777)
+    await backend.mkdir("ctl-renew/before")
+    logged_on = time.time()
     async with node(ktmp, lifetime="200s") as (c, krb5_dir):
         vol = KrbVolume("pvc-renew", ktmp, keytab_secret())
         await c.node.NodeStageVolume(vol.stage())
@@ -338,6 +350,13 @@ async def test_tickets_are_renewed_while_staged(ktmp: Path) -> None:
         subprocess.run(["umount", str(again)], check=True)
         await c.node.NodeUnstageVolume(vol.unstage())
         assert_forgotten(krb5_dir)
+    try:
+        while time.time() < logged_on + 210:
+            await asyncio.sleep(1)
+        await backend.mkdir("ctl-renew/after-expiry")
+        assert (SHARE_DIR / "ctl-renew" / "after-expiry").is_dir()
+    finally:
+        await pool.aclose()
 
 
 # ---------------------------------------------------------------- controller
