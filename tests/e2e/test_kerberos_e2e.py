@@ -29,6 +29,7 @@ EXPECTED = {
     "test_controller_provisions_with_a_keytab_end_to_end",
     "test_controller_with_a_credential_cache",
     "test_controller_rotated_keytab_fails_clearly",
+    "test_nfs_sec_krb5_through_the_node",
 }
 
 

@@ -466,3 +466,97 @@ async def test_controller_rotated_keytab_fails_clearly(ktmp: Path) -> None:
         assert "Preauthentication failed" in details, details
         assert STALE_KEYTAB not in details
         assert not (SHARE_DIR / "pvc-ctl-rotated").exists()
+
+
+# ---------------------------------------------------------------- NFS sec=krb5
+
+
+NFS_SERVER = "nfs1.e2e.test"
+NFS_DIR = Path("/srv/nfs-krb5")
+
+
+def sh(*argv: str, **kw: Any) -> None:
+    subprocess.run(list(argv), check=True, **kw)
+
+
+@pytest.fixture
+def nfs_krb5_server(ktmp: Path) -> Iterator[None]:
+    """The kernel NFS server exporting with sec=krb5:krb5i:krb5p:sys
+    (rpc.svcgssd with the nfs/nfs1.e2e.test key), and the client side's
+    rpc.gssd using root's credential cache (``-n``)."""
+    conf = Path("/etc/krb5.conf")
+    conf.write_text(
+        f"[libdefaults]\n default_realm = {REALM}\n dns_lookup_kdc = false\n rdns = false\n"
+        f"[realms]\n {REALM} = {{\n  kdc = 127.0.0.1\n }}\n"
+    )
+    with open("/etc/hosts", "a", encoding="utf-8") as f:
+        f.write(f"127.0.0.1 {NFS_SERVER}\n")
+    (Path("/etc/krb5.keytab")).write_bytes((ADDC / "nfs-server.keytab").read_bytes())
+    os.chmod("/etc/krb5.keytab", 0o600)
+    for module in ("auth_rpcgss", "rpcsec_gss_krb5", "nfsd", "nfsv4"):
+        sh("modprobe", module)
+    pipefs = Path("/run/rpc_pipefs")
+    pipefs.mkdir(exist_ok=True)
+    sh("mount", "-t", "rpc_pipefs", "rpc_pipefs", str(pipefs))
+    sh("mount", "-t", "nfsd", "nfsd", "/proc/fs/nfsd")
+    NFS_DIR.mkdir(exist_ok=True)
+    sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=777", "nfsk", str(NFS_DIR))
+    Path("/etc/exports").write_text(
+        f"{NFS_DIR} *(rw,sync,no_subtree_check,no_root_squash,insecure,fsid=0,"
+        "sec=krb5:krb5i:krb5p:sys)\n"
+    )
+    sh("rpcbind", "-w")
+    sh("exportfs", "-ra")
+    sh("rpc.svcgssd")
+    sh("rpc.mountd")
+    sh("rpc.nfsd", "4")
+    # root's tickets, where rpc.gssd -n looks for them (FILE:/tmp/krb5cc_0)
+    sh("kinit", "-k", "-t", str(ADDC / "krbuser.keytab"), "-c", "FILE:/tmp/krb5cc_0",
+       f"krbuser@{REALM}")  # fmt: skip
+    sh("rpc.gssd", "-n", "-p", str(pipefs))
+    try:
+        yield
+    finally:
+        conf.unlink(missing_ok=True)
+
+
+async def test_nfs_sec_krb5_through_the_node(ktmp: Path, nfs_krb5_server: None) -> None:
+    """What NFS Kerberos reaches (docs/kerberos.md, NFS): the node stages
+    and publishes a sec=krb5 NFSv4.1 volume through the kernel client and
+    the node's rpc.gssd (here with root's tickets from kinit, not from the
+    driver), and a file written through the target reaches the export."""
+    (NFS_DIR / "vol").mkdir()
+    (NFS_DIR / "vol").chmod(0o777)
+    async with node(ktmp) as (c, _):
+        staging = ktmp / "kubelet" / STAGING / "nfs-krb5" / "globalmount"
+        target = ktmp / "kubelet" / "pods" / "p9" / "mount"
+        flags = ("vers=4.1", "sec=krb5")
+        context = {"source": f"{NFS_SERVER}:/", "subDir": "vol"}
+        await c.node.NodeStageVolume(
+            csi_pb2.NodeStageVolumeRequest(
+                volume_id="nfs-krb5",
+                staging_target_path=str(staging),
+                volume_capability=cap(*flags),
+                volume_context=context,
+            )
+        )
+        (entry,) = mountinfo.at(mountinfo.read(), str(staging))
+        assert entry.fstype == "nfs4"
+        assert entry.super_option("sec") == "krb5", entry.super_options
+        await c.node.NodePublishVolume(
+            csi_pb2.NodePublishVolumeRequest(
+                volume_id="nfs-krb5",
+                staging_target_path=str(staging),
+                target_path=str(target),
+                volume_capability=cap(*flags),
+                volume_context=context,
+            )
+        )
+        write_through(target, "nfs.txt", "over NFS with Kerberos")
+        assert (NFS_DIR / "vol" / "nfs.txt").read_text() == "over NFS with Kerberos"
+        await c.node.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id="nfs-krb5", target_path=str(target))
+        )
+        await c.node.NodeUnstageVolume(
+            csi_pb2.NodeUnstageVolumeRequest(volume_id="nfs-krb5", staging_target_path=str(staging))
+        )

@@ -13,6 +13,8 @@
 #   krbuser   keytab  krbuser.keytab (its password is random and forgotten)
 #   stale     keytab  stale.keytab, exported BEFORE the password was changed
 #             again: a rotated account whose keytab the KDC refuses
+#   nfs1      an account with the SPN nfs/nfs1.e2e.test; its key in
+#             nfs-server.keytab (the kernel NFS server's, for sec=krb5)
 #
 # Idempotent and flock-safe; prints ADDC_DIR=<dir> on its last line.
 set -eu
@@ -30,7 +32,8 @@ for tool in samba-tool samba kinit; do
 done
 version=$(samba --version | tr -cd 'A-Za-z0-9.-')
 base=$repo/.cache/addc
-dir=$base/$version
+# -2: the layout (bump it when this script makes something new)
+dir=$base/$version-2
 mkdir -p "$base"
 exec 9>"$base/.lock"
 flock 9
@@ -70,6 +73,9 @@ samba-tool user create stale "$(password)" -H "$ldb" >>"$log" 2>&1
 samba-tool domain exportkeytab "$dir/krbuser.keytab" --principal="krbuser@$REALM" -s "$conf" >>"$log" 2>&1
 samba-tool domain exportkeytab "$dir/stale.keytab" --principal="stale@$REALM" -s "$conf" >>"$log" 2>&1
 samba-tool user setpassword stale --newpassword="$(password)" -H "$ldb" >>"$log" 2>&1
+samba-tool user create nfs1 "$(password)" -H "$ldb" >>"$log" 2>&1
+samba-tool spn add nfs/nfs1.e2e.test nfs1 -H "$ldb" >>"$log" 2>&1
+samba-tool domain exportkeytab "$dir/nfs-server.keytab" --principal=nfs/nfs1.e2e.test -s "$conf" >>"$log" 2>&1
 echo "$REALM" >"$dir/realm"
 touch "$dir/.ready"
 echo "ADDC_DIR=$dir"
