@@ -37,7 +37,7 @@ from typing import Final, Protocol
 from controller.backend import FileInfo, RemoveResult
 from controller.params import TRASH_DIR
 from driver import paths
-from driver.errors import DriverError, NotFound
+from driver.errors import DeadlineExceeded, DriverError, NotFound, first_error
 from driver.log import get_logger
 
 log = get_logger("controller.trash")
@@ -46,6 +46,8 @@ log = get_logger("controller.trash")
 PURGE_CONCURRENCY: Final = 2
 #: First and longest wait before a failed purge is tried again (seconds).
 RETRY_START: Final = 5.0
+#: Files removed at once when a large tree is purged piece by piece.
+PIECES_IN_FLIGHT: Final = 16
 RETRY_MAX: Final = 300.0
 
 
@@ -186,7 +188,7 @@ class Trash:
                 async with self._slots:
                     started = time.monotonic()
                     try:
-                        await entry.backend.remove_tree(entry.path)
+                        await self._remove(entry.backend, entry.path)
                     except DriverError as exc:
                         log.warning(
                             "purge failed; trying again later",
@@ -206,6 +208,40 @@ class Trash:
                 delay = min(max(delay * 2, self._retry_start), RETRY_MAX)
         finally:
             self._queued.pop(key, None)
+
+    async def _remove(self, backend: TrashBackend, path: str) -> None:
+        """``remove_tree``, split up if the tree is too large for one call.
+
+        A backend may bound a whole ``remove_tree`` by one deadline (NFS
+        does: one connection, one call).  A tree too large for it is then
+        taken apart: subdirectories one by one, files one call each, a few
+        at a time; what the first attempt removed stays removed.
+        """
+        try:
+            await backend.remove_tree(path)
+        except DeadlineExceeded:
+            log.info("purging a large tree piece by piece", trash=path)
+        else:
+            return
+        entries = await backend.list_dir(path)
+        for name, info in entries:
+            if info.kind == "dir":
+                await self._remove(backend, paths.join(path, name))
+        files = [name for name, info in entries if info.kind != "dir"]
+        pieces = asyncio.Semaphore(PIECES_IN_FLIGHT)
+
+        async def one(name: str) -> None:
+            async with pieces:
+                await backend.remove_tree(paths.join(path, name))
+
+        try:
+            for start in range(0, len(files), 4 * PIECES_IN_FLIGHT):
+                async with asyncio.TaskGroup() as group:
+                    for name in files[start : start + 4 * PIECES_IN_FLIGHT]:
+                        group.create_task(one(name))
+        except BaseExceptionGroup as failed:
+            raise first_error(failed) from None
+        await backend.remove_tree(path)
 
     async def drain(self) -> None:
         """Wait until the backlog is empty (tests, and a polite shutdown)."""

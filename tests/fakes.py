@@ -23,6 +23,7 @@ from controller.backend import Capacity, Features, FileInfo, RemoveResult
 from driver.credentials import Credentials
 from driver.errors import (
     AlreadyExists,
+    DeadlineExceeded,
     DriverError,
     FailedPrecondition,
     InvalidArgument,
@@ -105,6 +106,8 @@ class FakeShare:
     # When set, every file write waits for it (a long snapshot or restore).
     hold_io: asyncio.Event | None = None
     in_flight: int = 0
+    # When set, remove_tree of more entries than this runs out of time.
+    remove_tree_limit: int | None = None
     open_handles: set[object] = field(default_factory=set)
 
     def _check(self, path: str) -> str:
@@ -191,6 +194,12 @@ class FakeShare:
         self.actions.append(("remove_tree", path))
         self._maybe_fail()
         doomed = self._under(path)
+        if self.remove_tree_limit is not None and len(doomed) > self.remove_tree_limit:
+            # A deadline for the whole call (NFS): some entries go, deepest first.
+            for p in sorted(doomed, key=lambda p: -p.count("/"))[: self.remove_tree_limit]:
+                self.dirs.discard(p)
+                self.files.discard(p)
+            raise DeadlineExceeded(f"remove_tree {path}: no answer within the deadline")
         self.dirs.difference_update(doomed)
         self.files.difference_update(doomed)
         for key in doomed:

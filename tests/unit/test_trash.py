@@ -225,3 +225,19 @@ async def test_the_backlog_is_a_metric() -> None:
     assert b"csi_smb_nfs_trash_backlog 0.0" in text
     assert b"csi_smb_nfs_trash_purged 1.0" in text
     await plugin.aclose()
+
+
+async def test_a_tree_too_large_for_one_call_is_purged_piece_by_piece() -> None:
+    share, trash = FakeShare(remove_tree_limit=40), Trash()
+    volume(share)
+    for d in range(3):
+        volume(share, f"base/pvc-1/d{d}", files=30)
+    for i in range(70):
+        share.files.add(f"base/pvc-1/f{i}")
+    assert await trash.delete(share, "base/pvc-1") is True
+    assert trash_entries(share) != []
+    await trash.drain()
+    assert trash_entries(share) == []
+    assert not [p for p in share.files | share.dirs if p.startswith(TRASH + "/")]
+    assert trash.purged_entries == 1
+    assert ops(share).count("list") >= 2  # the entry and its subdirectories, taken apart
