@@ -56,6 +56,11 @@ __all__ = ["ProcessChannel", "SmbWorker", "main"]
 T = TypeVar("T")
 log = driver_log.get_logger(__name__)
 _HEADER = struct.Struct(">I")
+# The child says it is ready (imports done) before it serves.  Its start-up is
+# bounded by this, apart from the steps' own timeout: a cold interpreter on a
+# loaded node must not make the first step look like a hung server.
+_READY = "ready"
+_START_TIMEOUT = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +120,34 @@ class SmbWorker:
                     )
                 finally:
                     theirs.close()
-                reader, self._writer = await asyncio.open_connection(sock=ours)
+                reader, writer = await asyncio.open_connection(sock=ours)
+                await self._await_ready(reader, writer)
+                self._writer = writer
                 self._opened = set()
                 self._reading = asyncio.create_task(self._read(reader, self._writer))
             return self._writer
+
+    async def ready(self) -> None:
+        """Start the child if none runs, and wait until it serves."""
+        await self._writer_ready()
+
+    async def _await_ready(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+    ) -> None:
+        try:
+            async with asyncio.timeout(_START_TIMEOUT):
+                (size,) = _HEADER.unpack(await reader.readexactly(_HEADER.size))
+                hello = pickle.loads(await reader.readexactly(size))  # noqa: S301 - our child
+            if hello != (0, True, _READY):
+                msg = f"unexpected first message {hello!r}"
+                raise ValueError(msg)  # noqa: TRY301 - one cleanup path below
+        except (TimeoutError, asyncio.IncompleteReadError, ConnectionError, ValueError) as exc:
+            writer.close()
+            if self._proc is not None and self._proc.returncode is None:
+                self._proc.kill()
+                await self._proc.wait()
+            msg = f"the SMB worker process did not start: {type(exc).__name__}"
+            raise Unavailable(msg) from None
 
     async def submit(
         self, channel: ProcessChannel, request: tuple[Any, ...], *, open_args: tuple[Any, ...]
@@ -235,6 +264,8 @@ class ProcessChannel:
     async def run(
         self, op: str, path: str, share_unc: str, step: Step[T], *args: Any, retry: bool = True
     ) -> T:
+        await self._worker.ready()  # the child's start is not the step's time
+
         async def start() -> asyncio.Future[T]:
             return await self._worker.submit(
                 self,
@@ -269,6 +300,7 @@ class _Child:
 
     def serve(self) -> None:
         stream: BinaryIO = self._sock.makefile("rb")
+        self._send((0, True, _READY))
         try:
             while header := stream.read(_HEADER.size):
                 (size,) = _HEADER.unpack(header)

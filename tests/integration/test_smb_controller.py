@@ -421,3 +421,19 @@ async def test_no_secret_in_metrics(
     assert 'method="CreateVolume",protocol="smb"' in body
     assert "Metrics-Leak-Check-pw" not in body
     assert samba.password(SMB_WRITER) not in body
+
+
+async def test_a_slow_worker_start_is_not_the_first_steps_time(
+    tmp_path: Path, samba: SambaServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A cold interpreter on a loaded node can take seconds to import the SMB
+    # stack.  That must not turn the first step into DEADLINE_EXCEEDED ("the
+    # server may be hung"): the step's bound starts when the worker serves.
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text("import time\ntime.sleep(4)\n")
+    monkeypatch.setenv("PYTHONPATH", str(hook))  # only the worker starts after this
+    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=2)
+    async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as (_, c):
+        await c.controller.CreateVolume(create(samba, "pvc-slow-start"))
+    assert (samba.share_path("csi") / "k8s" / "pvc-slow-start").is_dir()
