@@ -100,9 +100,11 @@ class ShareBackend(Protocol):
         """
         ...
 
-    async def rename(self, src: str, dst: str, *, replace: bool = False) -> None:
-        """Rename ``src`` to ``dst``.  With ``replace`` an existing ``dst``
-        tree is removed first.  Missing ``src`` is NotFound."""
+    async def rename(self, src: str, dst: str, *, replace: bool = False) -> bool:
+        """Rename ``src`` to ``dst``; True if renamed, False if ``src`` was
+        missing (an answer, not an error: a retried rename finds it gone).
+        With ``replace`` an existing ``dst`` tree is removed first, and only
+        when ``src`` exists.  A missing parent of ``dst`` is NotFound."""
         ...
 
     async def remove_tree(self, path: str) -> bool:

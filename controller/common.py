@@ -9,7 +9,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller.backend import FileShareBackend
-from driver.errors import DriverError
+from driver.errors import DriverError, Internal
 from driver.log import get_logger
 from driver.source import Source
 
@@ -42,3 +42,9 @@ async def cleanup(backend: FileShareBackend, path: str) -> None:
         log.warning("could not remove a partial result", path=path, error=exc.message)
     except asyncio.CancelledError:
         log.warning("partial result left behind (cancelled)", path=path)
+
+
+async def move_into_place(backend: FileShareBackend, work: str, final: str) -> None:
+    """Rename a finished temporary ``work`` to ``final``; it must exist."""
+    if not await backend.rename(work, final):
+        raise Internal(f"{work!r} vanished before it could become {final!r}")

@@ -48,14 +48,16 @@ import errno
 import itertools
 import logging
 import os
+import re
 import stat
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Final, Literal, TypeVar
 
 from controller import libnfs
 from controller.backend import Capacity, Features, FileInfo, FileKind, RemoveResult
+from driver import failures, rpc
 from driver.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -65,16 +67,20 @@ from driver.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    ResourceExhausted,
     Unavailable,
     first_error,
 )
+from driver.failures import Failure
 
 log = logging.getLogger(__name__)
 
 Version = Literal["3", "4", "4.0", "4.1", "4.2"]
 _T = TypeVar("_T")
 
+#: Backoff between retries of a BUSY answer (NFSv4 GRACE/DELAY, NFSv3 JUKEBOX):
+#: doubling from the first to the last, within the call's time budget.
+BUSY_FIRST_DELAY: Final = 0.1
+BUSY_MAX_DELAY: Final = 2.0
 #: Mode of directories created without an explicit mode (parents included).
 DEFAULT_DIR_MODE: Final = 0o755
 #: At most this many RPCs of one remove_tree in flight at once.
@@ -101,26 +107,46 @@ NFS4_UNKNOWN_ID: Final = 65534
 _O_NOFOLLOW: Final[int] = getattr(os, "O_NOFOLLOW", 0)
 NFS_FEATURES: Final = Features(symlinks=True, modes=True, owners=True, server_copy=False)
 
-_CONNECTION_ERRNOS: Final = frozenset(
-    {
-        errno.ECONNREFUSED,
-        errno.ECONNRESET,
-        errno.ECONNABORTED,
-        errno.ENOTCONN,
-        errno.EPIPE,
-        errno.ESHUTDOWN,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.EHOSTDOWN,
-        errno.ENETDOWN,
-        errno.ESTALE,
-        errno.EAGAIN,
-        # libnfs reports an RPC that failed (socket error) as EFAULT and one
-        # cancelled (context torn down, its own timeout) as EINTR.
-        errno.EFAULT,
-        errno.EINTR,
-    }
+# What libnfs reports beyond the shared errno table: an RPC that failed
+# with its socket (EFAULT) or was cancelled (EINTR, context torn down).
+_NFS_ERRNO: Final[Mapping[int, Failure]] = {
+    **failures.ERRNO,
+    errno.EFAULT: Failure.UNREACHABLE,
+    errno.EINTR: Failure.UNREACHABLE,
+}
+# At mount (connect, then look up the export) fewer answers make sense: a
+# missing export is a configuration problem (never "volume gone"), and
+# anything unexpected means this server is not usable as configured.
+_MOUNT_ERRNO: Final[Mapping[int, Failure]] = {
+    errno.ENOENT: Failure.SHARE_MISSING,
+    errno.EACCES: Failure.DENIED,
+    errno.EPERM: Failure.DENIED,
+    errno.ETIMEDOUT: Failure.TIMED_OUT,
+}
+# Answers of a one-step RMDIR that mean "walk the tree instead".
+_WALK_INSTEAD: Final = frozenset(
+    {Failure.NOT_EMPTY, Failure.NOT_A_DIRECTORY, Failure.IS_A_DIRECTORY}
 )
+# libnfs 4.0 reports an NFS status it has no errno for as ERANGE and names
+# the status in its error text ("... failed with NFS4ERR_GRACE(-5)"): that
+# name is the only carrier of the status, so it is read from there.
+_NFS_STATUS_NAME: Final = re.compile(r"\b(NFS[34]?ERR_[A-Z_]+)\b")
+NFS_STATUS: Final[Mapping[str, Failure]] = {
+    "NFS4ERR_GRACE": Failure.BUSY,
+    "NFS4ERR_DELAY": Failure.BUSY,
+    "NFS3ERR_JUKEBOX": Failure.BUSY,
+    "NFS4ERR_STALE": Failure.STALE,
+    "NFS4ERR_EXPIRED": Failure.STALE,
+    "NFS4ERR_STALE_CLIENTID": Failure.STALE,
+    "NFS4ERR_STALE_STATEID": Failure.STALE,
+    "NFS4ERR_BADHANDLE": Failure.STALE,
+    "NFS4ERR_WRONGSEC": Failure.DENIED,
+    "NFS4ERR_NAMETOOLONG": Failure.BAD_NAME,
+    "NFS3ERR_NAMETOOLONG": Failure.BAD_NAME,
+    "NFS4ERR_BADNAME": Failure.BAD_NAME,
+    "NFS4ERR_NOTEMPTY": Failure.NOT_EMPTY,
+    "NFS3ERR_NOTEMPTY": Failure.NOT_EMPTY,
+}
 
 # nfsstat4 (RFC 7530) → errno.  Up to 31 they equal Linux errno values; 63
 # and up follow other systems' numbering and must be translated.
@@ -144,9 +170,9 @@ _NFS4ERR_ERRNO: Final = {
     69: errno.EDQUOT,
     70: errno.ESTALE,
     10001: errno.ESTALE,  # NFS4ERR_BADHANDLE
-    10008: errno.EAGAIN,  # NFS4ERR_DELAY
+    10008: errno.EAGAIN,  # NFS4ERR_DELAY (BUSY: retried)
     10011: errno.ESTALE,  # NFS4ERR_EXPIRED
-    10013: errno.EAGAIN,  # NFS4ERR_GRACE
+    10013: errno.EAGAIN,  # NFS4ERR_GRACE (BUSY: retried)
     10022: errno.ESTALE,  # NFS4ERR_STALE_CLIENTID
     10023: errno.ESTALE,  # NFS4ERR_STALE_STATEID
 }
@@ -193,38 +219,19 @@ def errno_to_error(err: int, op: str, path: str, detail: str = "") -> DriverErro
     """Map a libnfs result (``-errno`` or ``errno``) to a domain error.
 
     ``op`` and ``path`` (relative to the export) name what failed; ``detail``
-    is libnfs' message.  EEXIST/ENOENT are usually handled by the caller for
-    idempotency before they get here.
+    is libnfs' message.  The tables above decide (``driver.failures``).
     """
     code = abs(err)
     name = errno.errorcode.get(code, f"errno {code}")
-    text = f"nfs {op} {path!r}: {detail or os.strerror(code)} ({name})"
+    where = f"nfs {op} {path!r}"
+    text = f"{detail or os.strerror(code)}; {name}"
     if op == "mount":
-        if code == errno.ENOENT:
-            return NotFound(text)
-        if code in (errno.EACCES, errno.EPERM):
-            return PermissionDenied(text)
-        if code == errno.ETIMEDOUT:
-            return DeadlineExceeded(text)
-        # Refused, reset, EIO, a server that does not speak the version...
-        return Unavailable(text)
-    if code == errno.ENOENT:
-        return NotFound(text)
-    if code == errno.EEXIST:
-        return AlreadyExists(text)
-    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionDenied(text)
-    if code in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted(text)
-    if code == errno.ETIMEDOUT:
-        return DeadlineExceeded(text)
-    if code in _CONNECTION_ERRNOS:
-        return Unavailable(text)
-    if code in (errno.EINVAL, errno.ENAMETOOLONG):
-        return InvalidArgument(text)
-    if code in (errno.ENOTDIR, errno.EISDIR, errno.ENOTEMPTY):
-        return FailedPrecondition(text)
-    return Internal(text)
+        return failures.error(_MOUNT_ERRNO.get(code, Failure.UNREACHABLE), where, text)
+    found = _NFS_STATUS_NAME.search(detail)
+    failure = NFS_STATUS.get(found.group(1)) if found else None
+    if failure is None:
+        failure = _NFS_ERRNO.get(code, Failure.UNKNOWN)
+    return failures.error(failure, where, text)
 
 
 class ConnectionLost(Unavailable):
@@ -905,24 +912,33 @@ class NfsBackend:
             self._remove_slots = asyncio.Semaphore(REMOVE_CONCURRENCY)
             self._open_lock = asyncio.Lock()
         started = time.monotonic()
+        # "Try again later" answers (grace after a server restart, DELAY,
+        # JUKEBOX) are retried with backoff while the caller's deadline and
+        # our own bound leave time; what is still busy then is UNAVAILABLE.
+        left = rpc.time_left()
+        budget = self.timeout if left is None else min(self.timeout, left)
+        delay = BUSY_FIRST_DELAY
+        tries = 0
         try:
             async with asyncio.timeout(self.timeout):
-                if generation is not None:
-                    nfs = self._nfs
-                    if not nfs.connected or nfs.generation != generation:
-                        raise Unavailable(
-                            f"nfs {op}: the connection to {self.server} was reset; "
-                            "the open file is gone"
-                        )
-                    return await body(nfs)
-                try:
-                    return await body(await self._connected())
-                except ConnectionLost as exc:
-                    # E.g. the server restarted and this call met the dead
-                    # socket first.  Idempotent: once more, on a new one.
-                    log.info("nfs: %s; retrying %s on a new connection", exc.message, op)
-                    self._nfs.close(ConnectionLost(exc.message))
-                    return await body(await self._connected())
+                while True:
+                    try:
+                        return await self._attempt(op, body, generation)
+                    except DriverError as exc:
+                        if exc.failure is not Failure.BUSY:
+                            raise
+                        tries += 1
+                        spent = time.monotonic() - started
+                        # Leave room for one more try after the wait.
+                        wait = min(delay, budget - spent - BUSY_FIRST_DELAY)
+                        if wait <= 0:
+                            raise Unavailable(
+                                f"{exc.message}: still busy after {tries} tries in "
+                                f"{spent:.1f} s; retry later"
+                            ) from None
+                        log.info("nfs: %s; retrying %s in %.2f s", exc.message, op, wait)
+                        await asyncio.sleep(wait)
+                        delay = min(delay * 2, BUSY_MAX_DELAY)
         except TimeoutError:
             nfs = self._nfs
             if nfs.last_reply_at < started and nfs.connected:
@@ -933,6 +949,25 @@ class NfsBackend:
             raise DeadlineExceeded(
                 f"nfs {op}: no answer from {self.server} within {self.timeout:g} s"
             ) from None
+
+    async def _attempt(
+        self, op: str, body: Callable[[NfsContext], Awaitable[_T]], generation: int | None
+    ) -> _T:
+        if generation is not None:
+            nfs = self._nfs
+            if not nfs.connected or nfs.generation != generation:
+                raise Unavailable(
+                    f"nfs {op}: the connection to {self.server} was reset; the open file is gone"
+                )
+            return await body(nfs)
+        try:
+            return await body(await self._connected())
+        except ConnectionLost as exc:
+            # E.g. the server restarted and this call met the dead
+            # socket first.  Idempotent: once more, on a new one.
+            log.info("nfs: %s; retrying %s on a new connection", exc.message, op)
+            self._nfs.close(ConnectionLost(exc.message))
+            return await body(await self._connected())
 
     # -- ShareBackend -------------------------------------------------------
 
@@ -971,20 +1006,18 @@ class NfsBackend:
                 return False
         return True
 
-    async def rename(self, src: str, dst: str, *, replace: bool = False) -> None:
+    async def rename(self, src: str, dst: str, *, replace: bool = False) -> bool:
         check_share_path(src, what="source")
         check_share_path(dst, what="destination")
         if src == dst:
-            if not await self.exists(src):
-                raise NotFound(f"nfs rename {src!r}: source does not exist")
-            return
+            return await self.exists(src)
         if f"{dst}/".startswith(f"{src}/") or f"{src}/".startswith(f"{dst}/"):
             raise InvalidArgument(f"nfs rename {src!r} -> {dst!r}: one path contains the other")
-        await self._call("rename", lambda nfs: self._rename(nfs, src, dst, replace=replace))
+        return await self._call("rename", lambda nfs: self._rename(nfs, src, dst, replace=replace))
 
-    async def _rename(self, nfs: NfsContext, src: str, dst: str, *, replace: bool) -> None:
+    async def _rename(self, nfs: NfsContext, src: str, dst: str, *, replace: bool) -> bool:
         if not await self._exists(nfs, src):
-            raise NotFound(f"nfs rename {src!r}: source does not exist")
+            return False
         if replace:
             await self._remove_tree(nfs, dst)
         elif await self._exists(nfs, dst):
@@ -993,8 +1026,9 @@ class NfsBackend:
             await nfs.rename(src, dst)
         except NotFound:
             if not await self._exists(nfs, src):
-                raise NotFound(f"nfs rename {src!r}: source does not exist") from None
+                return False  # renamed or removed by someone else meanwhile
             raise NotFound(f"nfs rename {src!r} -> {dst!r}: destination parent missing") from None
+        return True
 
     async def remove_tree(self, path: str) -> bool:
         check_share_path(path)
@@ -1024,8 +1058,10 @@ class NfsBackend:
                 await nfs.rmdir(path)  # one RMDIR: no LOOKUP/READDIR before it
             except NotFound:
                 return "missing"
-            except FailedPrecondition:  # ENOTEMPTY, ENOTDIR: the caller walks
-                return "not_empty"
+            except FailedPrecondition as exc:
+                if exc.failure in _WALK_INSTEAD:  # not empty, or a file: the caller walks
+                    return "not_empty"
+                raise
             return "removed"
 
         return await self._call("rmdir", body)

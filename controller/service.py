@@ -28,7 +28,7 @@ import grpc
 
 from controller import dual
 from controller.backend import FileInfo, FileShareBackend
-from controller.common import Ctx, cleanup, lock_key
+from controller.common import Ctx, cleanup, lock_key, move_into_place
 from controller.factory import BackendFactory
 from controller.jobs import Jobs
 from controller.params import (
@@ -394,7 +394,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 stats = await copy_tree(backend, origin.dir, tmp)
                 if mode is not None:
                     await backend.set_attributes(tmp, FileInfo(kind="dir", mode=mode))
-            await backend.rename(tmp, target)
+            await move_into_place(backend, tmp, target)
         except BaseException:
             await cleanup(backend, tmp)
             raise
@@ -431,12 +431,10 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             if vid.on_delete == "archive":
                 parent, leaf = paths.parent_and_leaf(vid.dir)
                 target = paths.join(parent, f"archived-{leaf}")
-                try:
-                    await backend.rename(vid.dir, target, replace=True)
-                except NotFound:
-                    log.info("volume already gone; nothing to archive", dir=vid.dir)
-                else:
+                if await backend.rename(vid.dir, target, replace=True):
                     log.info("volume archived", dir=vid.dir, archive=target)
+                else:
+                    log.info("volume already gone; nothing to archive", dir=vid.dir)
             else:
                 # An empty volume goes in one step; anything else is moved
                 # into the trash and purged in the background (never times out).

@@ -27,6 +27,7 @@ from controller.common import (
     cleanup,
     lock_key,
     log,
+    move_into_place,
     same_share,
     timestamp,
 )
@@ -36,7 +37,13 @@ from controller.params import default_snapshot_area, parse_snapshot_params
 from controller.snapshot_id import ARCHIVE_SUFFIX, SnapshotId, inside, parse_snapshot_id
 from driver import paths, rpc
 from driver.csi import csi_pb2
-from driver.errors import Aborted, AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from driver.errors import (
+    Aborted,
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+)
 from driver.locks import VolumeLocks
 from driver.source import Source
 from driver.volume_id import parse_volume_id
@@ -213,7 +220,7 @@ class Snapshots:
             )
             # The archive's mtime is the snapshot's creation time (for listings).
             await backend.set_attributes(partial, FileInfo(kind="file", mtime_ns=started_ns))
-            await backend.rename(partial, sid.archive)
+            await move_into_place(backend, partial, sid.archive)
         except BaseException:
             await cleanup(backend, partial)
             raise

@@ -56,7 +56,7 @@ class TrashBackend(Protocol):
 
     async def remove_empty_dir(self, path: str) -> RemoveResult: ...
 
-    async def rename(self, src: str, dst: str, *, replace: bool = False) -> None: ...
+    async def rename(self, src: str, dst: str, *, replace: bool = False) -> bool: ...
 
     async def mkdir(self, path: str, *, mode: int | None = None) -> bool: ...
 
@@ -130,17 +130,11 @@ class Trash:
     async def _move(self, backend: TrashBackend, src: str, trash: str, target: str) -> bool:
         """Rename ``src`` to ``target``; False if ``src`` is gone."""
         try:
-            await backend.rename(src, target)
+            return await backend.rename(src, target)
         except NotFound:
-            # The trash directory does not exist yet (or src went away).
+            # The trash directory does not exist yet.
             await backend.mkdir(trash)
-            try:
-                await backend.rename(src, target)
-            except NotFound:
-                if await backend.exists(src):
-                    raise
-                return False
-        return True
+            return await backend.rename(src, target)
 
     def watch(self, backend: TrashBackend, volume_dir: str) -> None:
         """Queue what an earlier process left in the trash beside ``volume_dir``

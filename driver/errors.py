@@ -7,6 +7,11 @@ the caller and logged.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from driver.failures import Failure
+
 
 class DriverError(Exception):
     """Base of every error the driver reports on purpose.
@@ -17,6 +22,8 @@ class DriverError(Exception):
     """
 
     code = "INTERNAL"
+    #: What went wrong in the shared vocabulary (``driver.failures``), when known.
+    failure: Failure | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)

@@ -52,6 +52,15 @@ _CONTEXT_FIELDS = ("volume_id", "name", "snapshot_id", "source_volume_id")
 Behavior = Callable[[Any, grpc.aio.ServicerContext[Any, Any]], Awaitable[Any]]
 
 
+def _time_remaining(context: grpc.aio.ServicerContext[Any, Any]) -> float | None:
+    try:
+        left: float | None = context.time_remaining()
+    except (AttributeError, NotImplementedError):  # a test's stand-in context
+        return None
+    # No deadline reads as None or as a practically infinite time.
+    return left if left is not None and left < 1e9 else None
+
+
 def _short(full_method: str) -> str:
     return full_method.rsplit("/", 1)[-1]
 
@@ -84,7 +93,7 @@ class ErrorBoundary:
 
         async def wrapped(request: Any, context: grpc.aio.ServicerContext[Any, Any]) -> Any:
             start = time.perf_counter()
-            token = rpc.begin(method)
+            token = rpc.begin(method, _time_remaining(context))
             structlog.contextvars.clear_contextvars()
             bound: dict[str, str] = {"method": method}
             for field in _CONTEXT_FIELDS:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextvars
+import time
 from dataclasses import dataclass
 
 import structlog
@@ -13,6 +14,7 @@ class RpcInfo:
     method: str
     protocol: str = ""
     outcome: dict[str, object] | None = None
+    deadline: float | None = None  # time.monotonic() when the caller gives up
 
 
 _current: contextvars.ContextVar[RpcInfo | None] = contextvars.ContextVar("csi_rpc", default=None)
@@ -22,8 +24,17 @@ def current() -> RpcInfo | None:
     return _current.get()
 
 
-def begin(method: str) -> contextvars.Token[RpcInfo | None]:
-    return _current.set(RpcInfo(method))
+def begin(method: str, time_remaining: float | None = None) -> contextvars.Token[RpcInfo | None]:
+    deadline = None if time_remaining is None else time.monotonic() + time_remaining
+    return _current.set(RpcInfo(method, deadline=deadline))
+
+
+def time_left() -> float | None:
+    """Seconds until the caller's deadline (None: no deadline, or no RPC)."""
+    info = _current.get()
+    if info is None or info.deadline is None:
+        return None
+    return info.deadline - time.monotonic()
 
 
 def end(token: contextvars.Token[RpcInfo | None]) -> None:

@@ -165,13 +165,13 @@ class FakeShare:
             self.modes[path] = mode
         return True
 
-    async def rename(self, src: str, dst: str, *, replace: bool = False) -> None:
+    async def rename(self, src: str, dst: str, *, replace: bool = False) -> bool:
         self._check(src)
         self._check(dst)
         self.actions.append(("rename", src, dst, str(replace)))
         self._maybe_fail()
         if not self._exists(src):
-            raise NotFound(f"{src} does not exist")
+            return False
         self._parent_must_be_dir(dst)
         if self._under(dst):
             if not replace:
@@ -188,6 +188,7 @@ class FakeShare:
         for mapping in (self.contents, self.links, self.attrs, self.modes):
             for key in [k for k in mapping if k == src or k.startswith(src + "/")]:
                 mapping[moved(key)] = mapping.pop(key)
+        return True
 
     async def remove_tree(self, path: str) -> bool:
         self._check(path)

@@ -159,22 +159,24 @@ class SmbBackend:
             raise AlreadyExists(msg)
         return result is MkdirResult.CREATED
 
-    async def rename(self, src: str, dst: str, *, replace: bool = False) -> None:
+    async def rename(self, src: str, dst: str, *, replace: bool = False) -> bool:
         src_unc = steps.unc(self._share_unc, check_path(src))
         dst_unc = steps.unc(self._share_unc, check_path(dst))
         if replace:
             # A missing source must not cost the target.
             if await self._run("stat", src, steps.ATTRIBUTES, src_unc) is None:
-                msg = f"SMB rename {src!r} -> {dst!r}: the source does not exist"
-                raise NotFound(msg)
+                return False
             await self.remove_tree(dst)
         try:
             await self._run(
                 "rename", f"{src} -> {dst}", steps.RENAME, src_unc, dst_unc, retry=False
             )
         except NotFound as exc:
-            msg = f"SMB rename {src!r} -> {dst!r}: the source or the target's parent does not exist"
+            if await self._run("stat", src, steps.ATTRIBUTES, src_unc) is None:
+                return False
+            msg = f"SMB rename {src!r} -> {dst!r}: the target's parent does not exist"
             raise NotFound(msg) from exc.__cause__
+        return True
 
     async def remove_tree(self, path: str) -> bool:
         parts = check_path(path)

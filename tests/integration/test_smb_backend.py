@@ -239,16 +239,19 @@ async def test_rename_with_replace_removes_the_target_tree(
     assert (share_dir / d / "fresh").is_dir()
 
 
-async def test_rename_missing_source_is_not_found(
+async def test_rename_missing_source_is_an_answer(
     make: Callable[..., SmbBackend], share_dir: Path
 ) -> None:
     backend = make()
     d = _unique()
     await backend.mkdir(f"{d}/dst/kept")
-    await fails(NotFound, backend.rename(f"{d}/nope", f"{d}/new"))
+    assert await backend.rename(f"{d}/nope", f"{d}/new") is False
     # With replace, a missing source must not cost the target.
-    await fails(NotFound, backend.rename(f"{d}/nope", f"{d}/dst", replace=True))
+    assert await backend.rename(f"{d}/nope", f"{d}/dst", replace=True) is False
     assert (share_dir / d / "dst" / "kept").is_dir()
+    await backend.mkdir(f"{d}/src")
+    await fails(NotFound, backend.rename(f"{d}/src", f"{d}/missing/dst"))
+    assert await backend.rename(f"{d}/src", f"{d}/moved") is True
 
 
 # --- remove_tree / exists ------------------------------------------------------

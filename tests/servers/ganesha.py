@@ -158,7 +158,11 @@ class GaneshaServer:
         versions: Iterable[str] = ("4",),
         *,
         export_name: str = "csi",
+        grace_seconds: int | None = None,
     ) -> None:
+        # None: graceless (ready at once).  A number: a real NFSv4 grace
+        # period of that many seconds after every start, as after a reboot.
+        self.grace_seconds = grace_seconds
         self.versions = tuple(sorted(set(versions)))
         if not set(self.versions) <= {"3", "4"} or not self.versions:
             msg = f"versions must be a non-empty subset of ('3', '4'), not {versions!r}"
@@ -231,7 +235,15 @@ class GaneshaServer:
                 *(f"    {line}" for line in core),
                 "}",
                 "NFSv4 {",
-                "    Graceless = true;",
+                *(
+                    ["    Graceless = true;"]
+                    if self.grace_seconds is None
+                    else [
+                        "    Graceless = false;",
+                        f"    Grace_Period = {self.grace_seconds};",
+                        f"    Lease_Lifetime = {max(1, self.grace_seconds // 2)};",
+                    ]
+                ),
                 "    RecoveryBackend = fs;",
                 f'    RecoveryRoot = "{recovery}";',
                 "}",

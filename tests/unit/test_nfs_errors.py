@@ -33,6 +33,7 @@ from driver.errors import (
     Unavailable,
     first_error,
 )
+from driver.failures import Failure
 
 # -- errno → domain error ---------------------------------------------------------
 
@@ -84,7 +85,9 @@ def test_errno_message_without_detail_uses_strerror() -> None:
 @pytest.mark.parametrize(
     ("code", "expected"),
     [
-        (errno.ENOENT, NotFound),
+        # A missing export is a configuration problem, as a missing SMB share
+        # is: never NOT_FOUND, which DeleteVolume would read as "gone".
+        (errno.ENOENT, FailedPrecondition),
         (errno.EACCES, PermissionDenied),
         (errno.EPERM, PermissionDenied),
         (errno.ETIMEDOUT, DeadlineExceeded),
@@ -97,6 +100,26 @@ def test_errno_message_without_detail_uses_strerror() -> None:
 )
 def test_mount_errno_mapping(code: int, expected: type[DriverError]) -> None:
     assert type(errno_to_error(-code, "mount", "/export")) is expected
+
+
+@pytest.mark.parametrize(
+    ("detail", "expected", "failure"),
+    [
+        # What libnfs 4.0 really says (seen against nfs-ganesha in grace).
+        ("NFS4: (path /d1) failed with NFS4ERR_GRACE(-5)", Unavailable, Failure.BUSY),
+        ("NFS4: (path /) failed with NFS4ERR_DELAY(-11)", Unavailable, Failure.BUSY),
+        ("NFS3: MKDIR of /a failed with NFS3ERR_JUKEBOX(-11)", Unavailable, Failure.BUSY),
+        ("NFS4: (path /) failed with NFS4ERR_WRONGSEC(-1)", PermissionDenied, Failure.DENIED),
+        ("some other text", Internal, Failure.UNKNOWN),
+    ],
+)
+def test_nfs_status_names_in_libnfs_errors(
+    detail: str, expected: type[DriverError], failure: Failure
+) -> None:
+    err = errno_to_error(-errno.ERANGE, "create", "d1/f", detail)
+    assert type(err) is expected
+    assert err.failure is failure
+    assert detail in err.message
 
 
 def test_rpc_failure_marks_connection_loss_but_not_at_mount() -> None:
