@@ -42,8 +42,10 @@ from controller.smb.channel import (
 )
 from controller.smb.kerberos import KerberosLogon
 from controller.smb.steps import ATTR_DIRECTORY, ATTR_READONLY, IO_CHUNK, Entry, MkdirResult
+from driver import failures
 from driver.credentials import Credentials, KerberosCredentials, SmbAuth
 from driver.errors import AlreadyExists, DriverError, FailedPrecondition, InvalidArgument, NotFound
+from driver.failures import Failure
 from driver.log import get_logger
 
 __all__ = [
@@ -155,8 +157,9 @@ class SmbBackend:
         parts = check_path(path)
         result, where = await self._run("mkdir", path, steps.MKDIR, self._share_unc, parts)
         if result is MkdirResult.NOT_A_DIRECTORY:
-            msg = f"SMB mkdir {path!r}: {where!r} exists and is not a directory"
-            raise AlreadyExists(msg)
+            if where == path:  # the volume's own name is taken by a file
+                raise AlreadyExists(f"SMB mkdir {path!r}: exists and is not a directory")
+            raise failures.error(Failure.NOT_A_DIRECTORY, f"SMB mkdir {path!r}", repr(where))
         return result is MkdirResult.CREATED
 
     async def rename(self, src: str, dst: str, *, replace: bool = False) -> bool:

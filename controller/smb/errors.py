@@ -1,9 +1,10 @@
 """SMB failures as domain errors: the NTSTATUS tables, the mapping, the scrubbing.
 
-Errors are mapped once, by :func:`map_smb_error`, to ``driver.errors``.  A
-missing share is ``FailedPrecondition``, not ``NotFound``: it is a
-configuration problem of the StorageClass/secret, and a caller must never read
-it as "the volume is already gone" (DeleteVolume treats NotFound as success).
+Errors are mapped once, by :func:`map_smb_error`, through the :data:`NTSTATUS`
+table into the shared failure vocabulary (``driver.failures``): the same
+situation gives the same domain error as on NFS.  A missing share is
+SHARE_MISSING (FAILED_PRECONDITION), never "not found": a configuration
+problem of the StorageClass/secret must not read as "the volume is gone".
 Messages carry the operation, the share-relative path and the NT status name,
 never the password; :func:`detach` keeps the original exception as
 ``__cause__`` only with its traceback stripped (frames hold the password as a
@@ -13,6 +14,7 @@ local) and only if no text of it contains the password.
 from __future__ import annotations
 
 import errno
+from collections.abc import Mapping
 from typing import Final
 
 # smbprotocol ships no type information (no py.typed): these modules are Any to
@@ -26,19 +28,9 @@ from smbprotocol.exceptions import (
 )
 from smbprotocol.header import NtStatus
 
-from driver.errors import (
-    AlreadyExists,
-    DeadlineExceeded,
-    DriverError,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
-    Unauthenticated,
-    Unavailable,
-)
+from driver import failures
+from driver.errors import DriverError
+from driver.failures import Failure
 
 __all__ = ["Status", "detach", "is_missing", "map_smb_error", "ntstatus"]
 
@@ -89,49 +81,50 @@ class Status:
     NOT_SUPPORTED: Final = int(NtStatus.STATUS_NOT_SUPPORTED)
 
 
-_DENIED: Final = frozenset(
-    {
-        Status.ACCESS_DENIED,
-        Status.PRIVILEGE_NOT_HELD,
-        Status.WRONG_PASSWORD,
-        Status.LOGON_FAILURE,
-        Status.ACCOUNT_RESTRICTION,
-        Status.INVALID_LOGON_HOURS,
-        Status.INVALID_WORKSTATION,
-        Status.PASSWORD_EXPIRED,
-        Status.ACCOUNT_DISABLED,
-        Status.ACCOUNT_LOCKED_OUT,
-        Status.PASSWORD_MUST_CHANGE,
-        Status.NETWORK_ACCESS_DENIED,
-        Status.MEDIA_WRITE_PROTECTED,
-        Status.CANNOT_DELETE,
-    }
-)
-_SHARE_MISSING: Final = frozenset({Status.BAD_NETWORK_NAME, Status.NOT_FOUND})
+#: NT status → failure ([MS-ERREF] 2.3.1); everything else is UNKNOWN.
+NTSTATUS: Final[Mapping[int, Failure]] = {
+    Status.ACCESS_DENIED: Failure.DENIED,
+    Status.PRIVILEGE_NOT_HELD: Failure.DENIED,
+    Status.NETWORK_ACCESS_DENIED: Failure.DENIED,
+    Status.MEDIA_WRITE_PROTECTED: Failure.DENIED,
+    Status.CANNOT_DELETE: Failure.DENIED,
+    Status.WRONG_PASSWORD: Failure.AUTH_FAILED,
+    Status.LOGON_FAILURE: Failure.AUTH_FAILED,
+    Status.ACCOUNT_RESTRICTION: Failure.AUTH_FAILED,
+    Status.INVALID_LOGON_HOURS: Failure.AUTH_FAILED,
+    Status.INVALID_WORKSTATION: Failure.AUTH_FAILED,
+    Status.PASSWORD_EXPIRED: Failure.AUTH_FAILED,
+    Status.ACCOUNT_DISABLED: Failure.AUTH_FAILED,
+    Status.ACCOUNT_LOCKED_OUT: Failure.AUTH_FAILED,
+    Status.PASSWORD_MUST_CHANGE: Failure.AUTH_FAILED,
+    Status.BAD_NETWORK_NAME: Failure.SHARE_MISSING,
+    Status.NOT_FOUND: Failure.SHARE_MISSING,
+    Status.OBJECT_NAME_NOT_FOUND: Failure.PATH_MISSING,
+    Status.OBJECT_PATH_NOT_FOUND: Failure.PATH_MISSING,
+    Status.NO_SUCH_FILE: Failure.PATH_MISSING,
+    Status.OBJECT_NAME_COLLISION: Failure.EXISTS,
+    Status.NOT_A_DIRECTORY: Failure.NOT_A_DIRECTORY,
+    Status.FILE_IS_A_DIRECTORY: Failure.IS_A_DIRECTORY,
+    Status.DIRECTORY_NOT_EMPTY: Failure.NOT_EMPTY,
+    Status.DISK_FULL: Failure.NO_SPACE,
+    Status.QUOTA_EXCEEDED: Failure.NO_SPACE,
+    Status.OBJECT_NAME_INVALID: Failure.BAD_NAME,
+    Status.OBJECT_PATH_INVALID: Failure.BAD_NAME,
+    Status.OBJECT_PATH_SYNTAX_BAD: Failure.BAD_NAME,
+    Status.NAME_TOO_LONG: Failure.BAD_NAME,
+    Status.INVALID_PARAMETER: Failure.BAD_NAME,
+    Status.IO_TIMEOUT: Failure.TIMED_OUT,
+    Status.USER_SESSION_DELETED: Failure.UNREACHABLE,
+    Status.NETWORK_NAME_DELETED: Failure.UNREACHABLE,
+    Status.SERVER_UNAVAILABLE: Failure.UNREACHABLE,
+    Status.INSUFF_SERVER_RESOURCES: Failure.BUSY,
+    Status.INSUFFICIENT_RESOURCES: Failure.BUSY,
+    Status.REQUEST_NOT_ACCEPTED: Failure.BUSY,
+    Status.SHARING_VIOLATION: Failure.BUSY,
+    Status.DELETE_PENDING: Failure.BUSY,
+}
 _PATH_MISSING: Final = frozenset(
-    {Status.OBJECT_NAME_NOT_FOUND, Status.OBJECT_PATH_NOT_FOUND, Status.NO_SUCH_FILE}
-)
-_INVALID: Final = frozenset(
-    {
-        Status.OBJECT_NAME_INVALID,
-        Status.OBJECT_PATH_INVALID,
-        Status.OBJECT_PATH_SYNTAX_BAD,
-        Status.NAME_TOO_LONG,
-        Status.INVALID_PARAMETER,
-    }
-)
-_EXHAUSTED: Final = frozenset({Status.DISK_FULL, Status.QUOTA_EXCEEDED})
-_UNAVAILABLE: Final = frozenset(
-    {
-        Status.USER_SESSION_DELETED,
-        Status.NETWORK_NAME_DELETED,
-        Status.INSUFF_SERVER_RESOURCES,
-        Status.INSUFFICIENT_RESOURCES,
-        Status.SERVER_UNAVAILABLE,
-        Status.REQUEST_NOT_ACCEPTED,
-        Status.SHARING_VIOLATION,
-        Status.DELETE_PENDING,
-    }
+    status for status, failure in NTSTATUS.items() if failure is Failure.PATH_MISSING
 )
 
 _STATUS_NAMES: Final[dict[int, str]] = {
@@ -166,41 +159,14 @@ def _is_connect_failure(exc: BaseException) -> bool:
 
 
 def _map_status(status: int, where: str) -> DriverError:
-    name = _status_name(status)
-    if status in _DENIED:
-        return PermissionDenied(f"{where}: permission denied ({name})")
-    if status in _SHARE_MISSING:
-        return FailedPrecondition(f"{where}: the share does not exist on the server ({name})")
-    if status in _PATH_MISSING:
-        return NotFound(f"{where}: not found ({name})")
-    if status == Status.OBJECT_NAME_COLLISION:
-        return AlreadyExists(f"{where}: already exists ({name})")
-    if status in _EXHAUSTED:
-        return ResourceExhausted(f"{where}: no space left ({name})")
-    if status in _INVALID:
-        return InvalidArgument(f"{where}: the server refused the name ({name})")
-    if status in (Status.NOT_A_DIRECTORY, Status.FILE_IS_A_DIRECTORY):
-        return AlreadyExists(f"{where}: exists with another file type ({name})")
-    if status == Status.DIRECTORY_NOT_EMPTY:
-        return FailedPrecondition(f"{where}: directory not empty ({name})")
-    if status == Status.IO_TIMEOUT:
-        return DeadlineExceeded(f"{where}: the server timed out ({name})")
-    if status in _UNAVAILABLE:
-        return Unavailable(f"{where}: temporarily unavailable ({name})")
-    return Internal(f"{where} failed ({name})")
+    return failures.error(NTSTATUS.get(status, Failure.UNKNOWN), where, _status_name(status))
 
 
 def _map_errno(err_no: int, where: str) -> DriverError:
+    # A socket error, or one smbprotocol's os-like layer raised: errno table,
+    # and what it does not know is a network problem.
     code = errno.errorcode.get(err_no, str(err_no))
-    if err_no in (errno.ENOSPC, errno.EDQUOT):
-        return ResourceExhausted(f"{where}: no space left ({code})")
-    if err_no in (errno.EACCES, errno.EPERM):
-        return PermissionDenied(f"{where}: permission denied ({code})")
-    if err_no == errno.ENOENT:
-        return NotFound(f"{where}: not found ({code})")
-    if err_no == errno.EEXIST:
-        return AlreadyExists(f"{where}: already exists ({code})")
-    return Unavailable(f"{where}: network error ({code})")
+    return failures.error(failures.ERRNO.get(err_no, Failure.UNREACHABLE), where, code)
 
 
 def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
@@ -217,25 +183,25 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
     if status is not None and status != 0:
         return _map_status(status, where)
     if isinstance(exc, SMBConnectionClosed):
-        return Unavailable(f"{where}: the SMB connection was closed")
+        return failures.error(Failure.UNREACHABLE, where, "the SMB connection was closed")
     kerberos = _kerberos_reason(exc)
     if kerberos:
         # The KDC's or GSSAPI's reason (no key material is ever in it).
         if any(s in kerberos.lower() for s in ("contact any kdc", "cannot find kdc")):
-            return Unavailable(f"{where}: Kerberos: no KDC answers: {kerberos}")
-        return Unauthenticated(f"{where}: Kerberos authentication failed: {kerberos}")
+            return failures.error(Failure.UNREACHABLE, where, f"Kerberos: no KDC answers: {kerberos}")
+        return failures.error(Failure.AUTH_FAILED, where, f"Kerberos: {kerberos}")
     if isinstance(exc, SMBAuthenticationError):
-        return PermissionDenied(f"{where}: authentication failed")
+        return failures.error(Failure.AUTH_FAILED, where)
     if _is_connect_failure(exc):
-        return Unavailable(f"{where}: cannot connect to the SMB server ({exc.__cause__})")
+        return failures.error(Failure.UNREACHABLE, where, str(exc.__cause__))
     if isinstance(exc, TimeoutError):
-        return DeadlineExceeded(f"{where}: timed out")
+        return failures.error(Failure.TIMED_OUT, where)
     err_no = exc.errno if isinstance(exc, OSError) else None
     if err_no is not None and not isinstance(exc, SMBException):
         return _map_errno(err_no, where)
     if isinstance(exc, OSError):
-        return Unavailable(f"{where}: network error ({type(exc).__name__})")
-    return Internal(f"{where} failed ({type(exc).__name__})")
+        return failures.error(Failure.UNREACHABLE, where, type(exc).__name__)
+    return failures.error(Failure.UNKNOWN, where, type(exc).__name__)
 
 
 _KERBEROS_HINTS = ("kerberos", "krb5", "gss", "kdc", "preauthentication", "keytab", "ticket")

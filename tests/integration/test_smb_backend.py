@@ -37,6 +37,7 @@ from driver.errors import (
     InvalidArgument,
     NotFound,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from tests.integration.conftest import SMB_READER, SMB_WRITER, SMB_WRITER2
@@ -370,14 +371,14 @@ async def test_capacity_matches_statvfs(make: Callable[..., SmbBackend], share_d
 # --- identities and permissions -------------------------------------------------
 
 
-async def test_wrong_password_is_permission_denied(make: Callable[..., SmbBackend]) -> None:
+async def test_wrong_password_is_unauthenticated(make: Callable[..., SmbBackend]) -> None:
     good = make()
     d = _unique()
     assert await good.mkdir(d) is True
     bad = make(password=WRONG_PASSWORD)
-    err = await fails(PermissionDenied, bad.exists(d))
+    err = await fails(Unauthenticated, bad.exists(d))
     assert "LOGON_FAILURE" in str(err)
-    await fails(PermissionDenied, bad.mkdir(f"{d}/x"))
+    await fails(Unauthenticated, bad.mkdir(f"{d}/x"))
     # The good session is unharmed and still answers.
     assert await good.exists(d) is True
     assert await good.mkdir(f"{d}/y") is True
@@ -390,8 +391,8 @@ async def test_wrong_password_never_reuses_a_good_session(
     d = _unique()
     assert await good.mkdir(d) is True  # a live, authenticated session exists now
     late = make(SMB_WRITER2, password=WRONG_PASSWORD)
-    await fails(PermissionDenied, late.exists(d))
-    await fails(PermissionDenied, late.mkdir(f"{d}/sneaky"))
+    await fails(Unauthenticated, late.exists(d))
+    await fails(Unauthenticated, late.mkdir(f"{d}/sneaky"))
     assert not (server.share_path("csi") / d / "sneaky").exists()
 
     pool = SmbBackendPool(SETTINGS)
@@ -402,7 +403,7 @@ async def test_wrong_password_never_reuses_a_good_session(
         assert await pooled_good.exists(d) is True
         pooled_bad = pool.get(HOST, server.port, "csi", Credentials(SMB_WRITER2, WRONG_PASSWORD))
         assert pooled_bad is not pooled_good
-        await fails(PermissionDenied, pooled_bad.exists(d))
+        await fails(Unauthenticated, pooled_bad.exists(d))
         assert WRONG_PASSWORD not in repr(pool.keys)
     finally:
         await pool.aclose()

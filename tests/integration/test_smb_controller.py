@@ -226,7 +226,7 @@ async def test_wrong_password_and_read_only_user(
     assert good.volume.volume_id
     wrong = create(samba, "pvc-pw2")
     wrong.secrets["password"] = "definitely-Wrong-pw"
-    details = await expect_code(c.controller.CreateVolume(wrong), grpc.StatusCode.PERMISSION_DENIED)
+    details = await expect_code(c.controller.CreateVolume(wrong), grpc.StatusCode.UNAUTHENTICATED)
     assert "definitely-Wrong-pw" not in details
     assert not (samba.share_path("csi") / "k8s" / "pvc-pw2").exists()
     await expect_code(
@@ -410,7 +410,7 @@ async def test_no_secret_in_metrics(
     await c.controller.CreateVolume(create(samba, "pvc-m"))
     wrong = create(samba, "pvc-m2")
     wrong.secrets["password"] = "Metrics-Leak-Check-pw"
-    await expect_code(c.controller.CreateVolume(wrong), grpc.StatusCode.PERMISSION_DENIED)
+    await expect_code(c.controller.CreateVolume(wrong), grpc.StatusCode.UNAUTHENTICATED)
     body = await asyncio.to_thread(
         lambda: (
             urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5)

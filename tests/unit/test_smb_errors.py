@@ -34,6 +34,7 @@ from driver.errors import (
     NotFound,
     PermissionDenied,
     ResourceExhausted,
+    Unauthenticated,
     Unavailable,
 )
 
@@ -62,22 +63,24 @@ def _refused_connect() -> ValueError:
 
 
 STATUS_CASES = [
-    (NtStatus.STATUS_LOGON_FAILURE, PermissionDenied),
-    (NtStatus.STATUS_WRONG_PASSWORD, PermissionDenied),
-    (NtStatus.STATUS_PASSWORD_EXPIRED, PermissionDenied),
+    # CSI: secrets not valid for authentication are UNAUTHENTICATED.
+    (NtStatus.STATUS_LOGON_FAILURE, Unauthenticated),
+    (NtStatus.STATUS_WRONG_PASSWORD, Unauthenticated),
+    (NtStatus.STATUS_PASSWORD_EXPIRED, Unauthenticated),
     (NtStatus.STATUS_ACCESS_DENIED, PermissionDenied),
     (NtStatus.STATUS_PRIVILEGE_NOT_HELD, PermissionDenied),
     (NtStatus.STATUS_CANNOT_DELETE, PermissionDenied),
-    (0xC0000072, PermissionDenied),  # STATUS_ACCOUNT_DISABLED
-    (0xC0000234, PermissionDenied),  # STATUS_ACCOUNT_LOCKED_OUT
+    (0xC0000072, Unauthenticated),  # STATUS_ACCOUNT_DISABLED
+    (0xC0000234, Unauthenticated),  # STATUS_ACCOUNT_LOCKED_OUT
     (NtStatus.STATUS_BAD_NETWORK_NAME, FailedPrecondition),
     (NtStatus.STATUS_NOT_FOUND, FailedPrecondition),  # bad share, after smbclient's DFS lookup
     (NtStatus.STATUS_OBJECT_NAME_NOT_FOUND, NotFound),
     (NtStatus.STATUS_OBJECT_PATH_NOT_FOUND, NotFound),
     (NtStatus.STATUS_NO_SUCH_FILE, NotFound),
     (NtStatus.STATUS_OBJECT_NAME_COLLISION, AlreadyExists),
-    (NtStatus.STATUS_NOT_A_DIRECTORY, AlreadyExists),
-    (NtStatus.STATUS_FILE_IS_A_DIRECTORY, AlreadyExists),
+    # One vocabulary with NFS (ENOTDIR, EISDIR): the share's state is wrong.
+    (NtStatus.STATUS_NOT_A_DIRECTORY, FailedPrecondition),
+    (NtStatus.STATUS_FILE_IS_A_DIRECTORY, FailedPrecondition),
     (NtStatus.STATUS_DISK_FULL, ResourceExhausted),
     (0xC0000044, ResourceExhausted),  # STATUS_QUOTA_EXCEEDED
     (NtStatus.STATUS_OBJECT_NAME_INVALID, InvalidArgument),
@@ -145,7 +148,7 @@ def test_a_plain_value_error_is_internal() -> None:
         (FileNotFoundError(errno.ENOENT, "gone"), NotFound),
         (FileExistsError(errno.EEXIST, "there"), AlreadyExists),
         (TimeoutError("timed out"), DeadlineExceeded),
-        (SMBAuthenticationError("Failed to authenticate with server"), PermissionDenied),
+        (SMBAuthenticationError("Failed to authenticate with server"), Unauthenticated),
         (SMBException("Request requires 1 credits but only 0 credits are available"), Internal),
         (RuntimeError("boom"), Internal),
     ],
