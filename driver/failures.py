@@ -54,13 +54,14 @@ class Failure(enum.Enum):
     NOT_EMPTY = "directory not empty"
     DENIED = "permission denied"
     AUTH_FAILED = "the server rejected the credentials"
-    NO_SPACE = "no space left"
+    NO_SPACE = "out of space or resources"
     BAD_NAME = "the server refused the name"
     UNREACHABLE = "the server cannot be reached"
     BUSY = "the server asks to try again later"
     STALE = "the server lost the handle (restarted?)"
     TIMED_OUT = "the server did not answer in time"
     UNSUPPORTED = "the server does not support the operation"
+    CONFLICT = "conflicts with what is already set up"
     UNKNOWN = "failed"
 
 
@@ -80,6 +81,7 @@ _ERROR_TYPES: Final[Mapping[Failure, type[DriverError]]] = {
     Failure.STALE: Unavailable,
     Failure.TIMED_OUT: DeadlineExceeded,
     Failure.UNSUPPORTED: FailedPrecondition,
+    Failure.CONFLICT: FailedPrecondition,
     Failure.UNKNOWN: Internal,
 }
 

@@ -39,18 +39,16 @@ import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Protocol
 
+from driver import failures
 from driver.errors import (
-    AlreadyExists,
     DeadlineExceeded,
     DriverError,
     FailedPrecondition,
     Internal,
     InvalidArgument,
-    NotFound,
-    PermissionDenied,
-    ResourceExhausted,
     Unavailable,
 )
+from driver.failures import Failure
 from driver.log import get_logger
 from driver.redact import scrub
 
@@ -155,56 +153,57 @@ def powershell_executable() -> str:
 
 # --------------------------------------------------------------------------- errors
 
-# Win32 error code → (domain error, short explanation).  Codes from winerror.h.
-_WINDOWS_ERRORS: dict[int, tuple[type[DriverError], str]] = {
-    2: (NotFound, "file not found"),
-    3: (NotFound, "path not found"),
+# Win32 error code → (failure, short explanation).  Codes from winerror.h; the
+# failures are the vocabulary every adapter shares (``driver.failures``).
+_WINDOWS_ERRORS: dict[int, tuple[Failure, str]] = {
+    2: (Failure.PATH_MISSING, "file not found"),
+    3: (Failure.PATH_MISSING, "path not found"),
     5: (
-        PermissionDenied,
+        Failure.DENIED,
         "access denied (check the share permissions of the user; with requirePrivacy the "
         "server must support SMB 3 encryption)",
     ),
-    51: (Unavailable, "the remote computer is not available"),
-    53: (Unavailable, "network path not found: server unreachable or name not resolved"),
-    58: (Unavailable, "the server cannot perform the requested operation (SMB dialect?)"),
-    59: (Unavailable, "unexpected network error"),
-    64: (Unavailable, "the network name is no longer available"),
-    67: (FailedPrecondition, "the share does not exist on the server (bad network name)"),
-    85: (AlreadyExists, "the local device name is already in use"),
-    86: (PermissionDenied, "logon failure: wrong password"),
-    121: (Unavailable, "the semaphore timeout period expired (server not answering)"),
-    1202: (AlreadyExists, "the mapping is already remembered"),
-    1203: (Unavailable, "no network provider accepted the path"),
+    51: (Failure.UNREACHABLE, "the remote computer is not available"),
+    53: (Failure.UNREACHABLE, "network path not found: server unreachable or name not resolved"),
+    58: (Failure.UNREACHABLE, "the server cannot perform the requested operation (SMB dialect?)"),
+    59: (Failure.UNREACHABLE, "unexpected network error"),
+    64: (Failure.UNREACHABLE, "the network name is no longer available"),
+    67: (Failure.SHARE_MISSING, "the share does not exist on the server (bad network name)"),
+    85: (Failure.EXISTS, "the local device name is already in use"),
+    86: (Failure.AUTH_FAILED, "logon failure: wrong password"),
+    121: (Failure.UNREACHABLE, "the semaphore timeout period expired (server not answering)"),
+    1202: (Failure.EXISTS, "the mapping is already remembered"),
+    1203: (Failure.UNREACHABLE, "no network provider accepted the path"),
     1219: (
-        FailedPrecondition,
+        Failure.CONFLICT,
         "another connection to this server uses different credentials: every volume of one "
         "SMB server on a node must use the same user (check Get-SmbGlobalMapping for stale "
         "mappings of that server)",
     ),
-    1222: (Unavailable, "the network is not present or not started"),
-    1231: (Unavailable, "the network location cannot be reached"),
-    1232: (Unavailable, "the network location cannot be reached (host unreachable)"),
-    1244: (PermissionDenied, "the user has not been authenticated"),
-    1272: (PermissionDenied, "the server requires authentication; guest access is blocked"),
-    1311: (Unavailable, "no logon servers available to service the logon request"),
+    1222: (Failure.UNREACHABLE, "the network is not present or not started"),
+    1231: (Failure.UNREACHABLE, "the network location cannot be reached"),
+    1232: (Failure.UNREACHABLE, "the network location cannot be reached (host unreachable)"),
+    1244: (Failure.AUTH_FAILED, "the user has not been authenticated"),
+    1272: (Failure.DENIED, "the server requires authentication; guest access is blocked"),
+    1311: (Failure.UNREACHABLE, "no logon servers available to service the logon request"),
     1312: (
-        PermissionDenied,
+        Failure.AUTH_FAILED,
         "a specified logon session does not exist: the user name needs a domain "
         "(DOMAIN\\user, or server\\user for a local account of the server)",
     ),
-    1326: (PermissionDenied, "logon failure: unknown user name or bad password"),
-    1327: (PermissionDenied, "account restriction"),
-    1328: (PermissionDenied, "account logon time restriction"),
-    1330: (PermissionDenied, "the password of the account has expired"),
-    1331: (PermissionDenied, "the account is disabled"),
-    1909: (PermissionDenied, "the account is locked out"),
+    1326: (Failure.AUTH_FAILED, "logon failure: unknown user name or bad password"),
+    1327: (Failure.AUTH_FAILED, "account restriction"),
+    1328: (Failure.AUTH_FAILED, "account logon time restriction"),
+    1330: (Failure.AUTH_FAILED, "the password of the account has expired"),
+    1331: (Failure.AUTH_FAILED, "the account is disabled"),
+    1909: (Failure.AUTH_FAILED, "the account is locked out"),
     1314: (
-        PermissionDenied,
+        Failure.DENIED,
         "a required privilege is not held (symlinks need SeCreateSymbolicLinkPrivilege: run "
         "as NT AUTHORITY\\SYSTEM in a HostProcess container)",
     ),
-    1450: (ResourceExhausted, "insufficient system resources"),
-    2250: (NotFound, "the network connection does not exist"),
+    1450: (Failure.NO_SPACE, "insufficient system resources"),
+    2250: (Failure.PATH_MISSING, "the network connection does not exist"),
 }
 _FQID_CODE = re.compile(r"Windows System Error (\d+)")
 _STATUS_DLL_INIT_FAILED = 0xC0000142
@@ -244,11 +243,11 @@ def map_windows_code(
     """A domain error for a Win32 error code (``message`` must be scrubbed
     already).  Unknown codes are Internal, naming the code."""
     if code is not None and code in _WINDOWS_ERRORS:
-        kind, meaning = _WINDOWS_ERRORS[code]
-        text = f"{what}: Windows error {code}: {meaning}"
+        failure, meaning = _WINDOWS_ERRORS[code]
+        detail = f"Windows error {code}: {meaning}"
         if message:
-            text += f" ({message})"
-        return kind(text)
+            detail += f"; {message}"
+        return failures.error(failure, what, detail)
     detail = f"Windows error {code}" if code is not None else unknown
     return Internal(f"{what}: {detail}: {message or 'no message'}")
 

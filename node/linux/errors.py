@@ -3,20 +3,57 @@
 from __future__ import annotations
 
 import errno
+import os
 import re
+from collections.abc import Mapping
+from typing import Final
 
-from driver.errors import (
-    DriverError,
-    Internal,
-    NotFound,
-    PermissionDenied,
-    Unauthenticated,
-    Unavailable,
-)
+from driver import failures
+from driver.errors import DriverError
+from driver.failures import Failure
 
 MOUNT_ERROR = re.compile(r"mount error\((\d+)\)")
-_EKEYREJECTED = 129  # Linux errno (not in every platform's errno module)
+_EKEYREJECTED = 129  # Linux errno values (not in every platform's errno module)
 _ENOKEY = 126  # cifs.upcall found no usable Kerberos ticket
+_EKEYEXPIRED = 127
+
+# mount.cifs reports the kernel's errno as "mount error(N)".  On the node a
+# missing share or directory cannot be told apart (both ENOENT): the volume
+# is not there, which CSI's NodeStageVolume answers NOT_FOUND.
+CIFS_ERRNO: Final[Mapping[int, Failure]] = {
+    errno.EACCES: Failure.DENIED,
+    errno.EPERM: Failure.DENIED,
+    _EKEYREJECTED: Failure.AUTH_FAILED,
+    _ENOKEY: Failure.AUTH_FAILED,
+    _EKEYEXPIRED: Failure.AUTH_FAILED,
+    errno.ENOENT: Failure.PATH_MISSING,
+    errno.ENOTDIR: Failure.NOT_A_DIRECTORY,
+    errno.ECONNREFUSED: Failure.UNREACHABLE,
+    errno.EHOSTDOWN: Failure.UNREACHABLE,
+    errno.EHOSTUNREACH: Failure.UNREACHABLE,
+    errno.ENETUNREACH: Failure.UNREACHABLE,
+    errno.ETIMEDOUT: Failure.UNREACHABLE,
+    errno.ENOTCONN: Failure.UNREACHABLE,
+    errno.ECONNRESET: Failure.UNREACHABLE,
+    errno.EAGAIN: Failure.BUSY,
+}
+# mount.nfs exits 32 for every failure and says what happened only in words
+# (its own phrase or the strerror text of the errno it met): those words are
+# its one report of the cause, so they are looked up here, first match wins.
+NFS_MOUNT_TEXT: Final[tuple[tuple[str, Failure], ...]] = (
+    ("access denied by server", Failure.DENIED),
+    (os.strerror(errno.EACCES), Failure.DENIED),
+    (os.strerror(errno.EPERM), Failure.DENIED),
+    (os.strerror(errno.ENOENT), Failure.PATH_MISSING),
+    (os.strerror(errno.ENOTDIR), Failure.NOT_A_DIRECTORY),
+    (os.strerror(errno.ECONNREFUSED), Failure.UNREACHABLE),
+    (os.strerror(errno.ETIMEDOUT), Failure.UNREACHABLE),
+    (os.strerror(errno.EHOSTUNREACH), Failure.UNREACHABLE),
+    (os.strerror(errno.ENETUNREACH), Failure.UNREACHABLE),
+    (os.strerror(errno.ESTALE), Failure.STALE),
+    ("version or transport protocol is not supported", Failure.UNSUPPORTED),
+    (os.strerror(errno.EPROTONOSUPPORT), Failure.UNSUPPORTED),
+)
 
 
 def errno_name(code: int | None) -> str:
@@ -24,26 +61,25 @@ def errno_name(code: int | None) -> str:
 
 
 def cifs_error(errnum: int, message: str) -> DriverError:
+    failure = CIFS_ERRNO.get(errnum, Failure.UNKNOWN)
     if errnum == _ENOKEY:
-        return Unauthenticated(
-            message + " (no usable Kerberos ticket: check the secret's keytab or cache, and "
-            "that the node has keyutils and cifs-utils' request-key setup for cifs.upcall)"
+        hint = (
+            "no usable Kerberos ticket: check the secret's keytab or cache, and that the node "
+            "has keyutils and cifs-utils' request-key setup for cifs.upcall"
         )
-    if errnum in (errno.EACCES, errno.EPERM, _EKEYREJECTED):
-        return PermissionDenied(message + " (check the node-stage secret)")
-    if errnum == errno.ENOENT:
-        return NotFound(message)
-    if errnum in (
-        errno.ECONNREFUSED,
-        errno.EHOSTDOWN,
-        errno.EHOSTUNREACH,
-        errno.ENETUNREACH,
-        errno.ETIMEDOUT,
-        errno.ENOTCONN,
-        errno.ECONNRESET,
-    ):
-        return Unavailable(message)
-    return Internal(message)
+    else:
+        hint = "check the node-stage secret" if failure in _CREDENTIAL_FAILURES else ""
+    return failures.error(failure, message, hint)
+
+
+def nfs_mount_error(output: str, message: str) -> DriverError:
+    for text, failure in NFS_MOUNT_TEXT:
+        if text in output:
+            return failures.error(failure, message)
+    return failures.error(Failure.UNKNOWN, message)
+
+
+_CREDENTIAL_FAILURES: Final = frozenset({Failure.DENIED, Failure.AUTH_FAILED})
 
 
 def scrub(text: str, secret: str | None) -> str:

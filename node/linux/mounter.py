@@ -21,7 +21,7 @@ from driver.credentials import Credentials
 from driver.errors import Internal, InvalidArgument
 from driver.log import get_logger
 from node.linux import mountinfo
-from node.linux.errors import MOUNT_ERROR, cifs_error, errno_name, scrub
+from node.linux.errors import MOUNT_ERROR, cifs_error, errno_name, nfs_mount_error, scrub
 from node.linux.host import O_NOFOLLOW_CLOEXEC, FsStats, HostView, owned_by_us
 from node.linux.options import MountSpec, credentials_text
 from node.linux.probes import Prober, ProbesExhausted, ProbeTimeout
@@ -233,7 +233,9 @@ class KernelMounter:
             f"mount -t {spec.fstype} {spec.device} {staging} failed (exit {result.returncode}): "
             f"{scrub(result.stderr or result.stdout, secret)}"
         )
-        found = MOUNT_ERROR.search(result.stderr) if spec.protocol == "smb" else None
+        if spec.protocol == "nfs":
+            raise nfs_mount_error(result.stderr or result.stdout, message)
+        found = MOUNT_ERROR.search(result.stderr)
         if found:
             raise cifs_error(int(found.group(1)), message)
         raise Internal(message)

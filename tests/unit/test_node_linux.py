@@ -676,13 +676,31 @@ async def test_nfs_read_only_skips_permissions(node: Node) -> None:
     assert stat.S_IMODE(staging.stat().st_mode) == 0o755
 
 
-async def test_failed_nfs_mount_is_internal(node: Node) -> None:
+@pytest.mark.parametrize(
+    ("stderr", "error"),
+    [
+        ("mount.nfs: access denied by server while mounting srv:/x", PermissionDenied),
+        (
+            "mount.nfs: mounting srv:/x failed, reason given by server: No such file or directory",
+            NotFound,
+        ),
+        ("mount.nfs: Connection refused", Unavailable),
+        ("mount.nfs: Connection timed out", Unavailable),
+        (
+            "mount.nfs: requested NFS version or transport protocol is not supported",
+            FailedPrecondition,
+        ),
+        ("mount.nfs: an incorrect mount option was specified", Internal),
+    ],
+)
+async def test_failed_nfs_mount_by_what_mount_nfs_says(
+    node: Node, stderr: str, error: type[Exception]
+) -> None:
     staging = node.root / "kubelet" / "s"
-    node.runner.mount_results.append(
-        CommandResult((), 32, "", "mount.nfs: access denied by server while mounting srv:/x")
-    )
-    with pytest.raises(Internal, match="access denied by server"):
+    node.runner.mount_results.append(CommandResult((), 32, "", stderr))
+    with pytest.raises(error, match="failed"):
         await node.platform.stage(nfs_request(staging))
+    assert node.host.entries == []
 
 
 # ---------------------------------------------------------------- existing mounts

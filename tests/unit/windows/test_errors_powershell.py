@@ -18,6 +18,7 @@ from driver.errors import (
     Internal,
     InvalidArgument,
     PermissionDenied,
+    Unauthenticated,
     Unavailable,
 )
 from driver.source import Source
@@ -81,16 +82,17 @@ async def test_error_1219_is_a_failed_precondition(
 @pytest.mark.parametrize(
     ("error", "kind", "code"),
     [
-        ({"Code": 1326, "Message": "The user name or password is wrong."}, PermissionDenied, 1326),
-        ({"HResult": 0x80070056 - (1 << 32), "Message": "bad password"}, PermissionDenied, 86),
-        ({"FullyQualifiedErrorId": f"Windows System Error 1312,{CMDLET}"}, PermissionDenied, 1312),
+        # CSI: secrets that do not authenticate are UNAUTHENTICATED.
+        ({"Code": 1326, "Message": "The user name or password is wrong."}, Unauthenticated, 1326),
+        ({"HResult": 0x80070056 - (1 << 32), "Message": "bad password"}, Unauthenticated, 86),
+        ({"FullyQualifiedErrorId": f"Windows System Error 1312,{CMDLET}"}, Unauthenticated, 1312),
         ({"Code": 1219, "Message": "Multiple connections"}, FailedPrecondition, 1219),
         ({"Code": 53, "Message": "The network path was not found."}, Unavailable, 53),
         ({"Code": 67, "Message": "The network name cannot be found."}, FailedPrecondition, 67),
         ({"Code": 64, "Message": "gone"}, Unavailable, 64),
         ({"Code": 1311, "Message": "no logon servers"}, Unavailable, 1311),
         ({"Code": 5, "Message": "Access is denied."}, PermissionDenied, 5),
-        ({"NativeErrorCode": "1909", "Message": "locked"}, PermissionDenied, 1909),
+        ({"NativeErrorCode": "1909", "Message": "locked"}, Unauthenticated, 1909),
     ],
 )  # fmt: skip
 async def test_windows_errors_are_mapped(
@@ -110,7 +112,7 @@ async def test_windows_errors_are_mapped(
 
 async def test_wrong_password_and_down_server(platform: WindowsPlatform, node: FakeWindows) -> None:
     wrong = Credentials("alice", "not-it", "CORP")
-    with pytest.raises(PermissionDenied, match="1326"):
+    with pytest.raises(Unauthenticated, match="1326"):
         await platform.stage(stage_request(platform, node, credentials=wrong))
     node.servers_down.add("fileserver")
     with pytest.raises(Unavailable, match="53"):
