@@ -117,10 +117,13 @@ _NFS_ERRNO: Final[Mapping[int, Failure]] = {
 # At mount (connect, then look up the export) fewer answers make sense: a
 # missing export is a configuration problem (never "volume gone"), and
 # anything unexpected means this server is not usable as configured.
+# NFSv3 servers (ganesha, knfsd's mountd) answer MNT3ERR_ACCES for a path
+# they do not export at all, so a refusal at mount is not told apart from a
+# missing export: both are the StorageClass's problem, not the volume's.
 _MOUNT_ERRNO: Final[Mapping[int, Failure]] = {
     errno.ENOENT: Failure.SHARE_MISSING,
-    errno.EACCES: Failure.DENIED,
-    errno.EPERM: Failure.DENIED,
+    errno.EACCES: Failure.SHARE_REFUSED,
+    errno.EPERM: Failure.SHARE_REFUSED,
     errno.ETIMEDOUT: Failure.TIMED_OUT,
 }
 # Answers of a one-step RMDIR that mean "walk the tree instead".

@@ -8,9 +8,9 @@ situation therefore answers the same code whichever protocol or OS met it, and
 
 Choices that matter to a CO:
 
-- a missing share or export is FAILED_PRECONDITION, never NOT_FOUND: it is a
-  configuration problem, and DeleteVolume must not read it as "the volume is
-  already gone";
+- a missing share or export, or one the server refuses to this client, is
+  FAILED_PRECONDITION, never NOT_FOUND: it is a configuration problem, and
+  DeleteVolume must not read it as "the volume is already gone";
 - a path component that is not a directory, and a directory that is not
   empty, are FAILED_PRECONDITION (the share's state must change first); a
   volume directory that exists as a file is ALREADY_EXISTS, decided by the
@@ -47,6 +47,9 @@ from driver.errors import (
 
 class Failure(enum.Enum):
     SHARE_MISSING = "the share or export does not exist on the server"
+    SHARE_REFUSED = (
+        "the server does not export this path to this client (not exported, or not to this host)"
+    )
     PATH_MISSING = "not found"
     EXISTS = "already exists"
     NOT_A_DIRECTORY = "a path component is not a directory"
@@ -67,6 +70,7 @@ class Failure(enum.Enum):
 
 _ERROR_TYPES: Final[Mapping[Failure, type[DriverError]]] = {
     Failure.SHARE_MISSING: FailedPrecondition,
+    Failure.SHARE_REFUSED: FailedPrecondition,
     Failure.PATH_MISSING: NotFound,
     Failure.EXISTS: AlreadyExists,
     Failure.NOT_A_DIRECTORY: FailedPrecondition,

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from controller.backend import Capacity, Features, FileInfo, RemoveResult
+from driver import failures
 from driver.credentials import Credentials
 from driver.errors import (
     AlreadyExists,
@@ -29,8 +30,10 @@ from driver.errors import (
     InvalidArgument,
     NotFound,
 )
+from driver.failures import Failure
 from driver.source import Source
 
+NAME_MAX = 255  # bytes of one name, as on the real servers
 ALL_FEATURES = Features(symlinks=True, modes=True, owners=True, server_copy=True)
 
 
@@ -109,8 +112,18 @@ class FakeShare:
     # When set, remove_tree of more entries than this runs out of time.
     remove_tree_limit: int | None = None
     open_handles: set[object] = field(default_factory=set)
+    # The state of the server behind the share, as the real adapters report
+    # it in the shared vocabulary: e.g. SHARE_MISSING (no such share/export),
+    # UNREACHABLE (server down), BUSY (NFS grace), AUTH_FAILED.  Every call fails so.
+    condition: Failure | None = None
+    # The identity may read but not change anything (a read-only user or export).
+    read_only: bool = False
 
     def _check(self, path: str) -> str:
+        if self.condition is not None:
+            raise failures.error(self.condition, f"fake share {self.name} {path!r}")
+        if any(len(part.encode()) > NAME_MAX for part in path.split("/")):
+            raise failures.error(Failure.BAD_NAME, f"fake share {path[:40]!r}...", "NAME_MAX")
         norm = posixpath.normpath("/" + path)
         if not path or path.startswith("/") or norm != "/" + path or "\\" in path or "\x00" in path:
             self.escapes.append(path)
@@ -125,6 +138,10 @@ class FakeShare:
     def _maybe_fail(self) -> None:
         if self.fail_next:
             raise self.fail_next.pop(0)
+
+    def _writable(self, path: str) -> None:
+        if self.read_only:
+            raise failures.error(Failure.DENIED, f"fake share {self.name} {path!r}")
 
     def _under(self, path: str) -> list[str]:
         return [
@@ -155,12 +172,14 @@ class FakeShare:
             raise AlreadyExists(f"{path} exists and is not a directory")
         if path in self.dirs:
             return False
+        self._writable(path)
         parts = path.split("/")
-        for i in range(1, len(parts) + 1):
+        for i in range(1, len(parts)):
             prefix = "/".join(parts[:i])
             if prefix in self.files or prefix in self.links:
-                raise AlreadyExists(f"{prefix} exists and is not a directory")
-            self.dirs.add(prefix)
+                raise failures.error(Failure.NOT_A_DIRECTORY, f"fake mkdir {path!r}", prefix)
+        for i in range(1, len(parts) + 1):
+            self.dirs.add("/".join(parts[:i]))
         if mode is not None:
             self.modes[path] = mode
         return True
@@ -173,6 +192,7 @@ class FakeShare:
         if not self._exists(src):
             return False
         self._parent_must_be_dir(dst)
+        self._writable(src)
         if self._under(dst):
             if not replace:
                 raise AlreadyExists(f"{dst} exists")
@@ -195,6 +215,8 @@ class FakeShare:
         self.actions.append(("remove_tree", path))
         self._maybe_fail()
         doomed = self._under(path)
+        if doomed:
+            self._writable(path)
         if self.remove_tree_limit is not None and len(doomed) > self.remove_tree_limit:
             # A deadline for the whole call (NFS): some entries go, deepest first.
             for p in sorted(doomed, key=lambda p: -p.count("/"))[: self.remove_tree_limit]:
@@ -217,6 +239,7 @@ class FakeShare:
             return "missing"
         if path not in self.dirs or len(self._under(path)) > 1:
             return "not_empty"
+        self._writable(path)
         self.dirs.discard(path)
         self.modes.pop(path, None)
         self.attrs.pop(path, None)
@@ -306,6 +329,7 @@ class FakeShare:
             finally:
                 self.in_flight -= 1
         self._parent_must_be_dir(path)
+        self._writable(path)
         if path in self.dirs or path in self.links:
             raise AlreadyExists(f"{path} exists and is not a file")
         self.files.add(path)

@@ -159,6 +159,7 @@ class GaneshaServer:
         *,
         export_name: str = "csi",
         grace_seconds: int | None = None,
+        read_only_export: bool = False,
     ) -> None:
         # None: graceless (ready at once).  A number: a real NFSv4 grace
         # period of that many seconds after every start, as after a reboot.
@@ -180,6 +181,10 @@ class GaneshaServer:
             self.mount_port = None
         self.pseudo_path = f"/{export_name}"
         self.export = str(self.export_path)
+        # A second export, Access_Type = RO: every change is refused (EROFS).
+        self.read_only_export = read_only_export
+        self.ro_export_path = self.root_dir / "export-ro"
+        self.ro_pseudo_path = f"/{export_name}-ro"
         self._proc: subprocess.Popen[bytes] | None = None
         self._holder: subprocess.Popen[bytes] | None = None
         self._paused = False
@@ -258,6 +263,23 @@ class GaneshaServer:
                 "    SecType = sys;",
                 "    FSAL { Name = VFS; }",
                 "}",
+                *(
+                    [
+                        "EXPORT {",
+                        "    Export_Id = 2;",
+                        f'    Path = "{self.ro_export_path}";',
+                        f'    Pseudo = "{self.ro_pseudo_path}";',
+                        f"    Protocols = {protocols};",
+                        "    Transports = TCP;",
+                        "    Access_Type = RO;",
+                        "    Squash = No_Root_Squash;",
+                        "    SecType = sys;",
+                        "    FSAL { Name = VFS; }",
+                        "}",
+                    ]
+                    if self.read_only_export
+                    else []
+                ),
                 "",
             ]
         )
@@ -271,6 +293,8 @@ class GaneshaServer:
         ganesha = _which("ganesha.nfsd")
         _check_fsal_vfs()
         self.export_path.mkdir(parents=True, exist_ok=True)
+        if self.read_only_export:
+            self.ro_export_path.mkdir(parents=True, exist_ok=True)
         (self.state_dir / "recovery").mkdir(parents=True, exist_ok=True)
         self.conf_path.write_text(self._config())
         begun = time.monotonic()

@@ -88,8 +88,8 @@ def test_errno_message_without_detail_uses_strerror() -> None:
         # A missing export is a configuration problem, as a missing SMB share
         # is: never NOT_FOUND, which DeleteVolume would read as "gone".
         (errno.ENOENT, FailedPrecondition),
-        (errno.EACCES, PermissionDenied),
-        (errno.EPERM, PermissionDenied),
+        (errno.EACCES, FailedPrecondition),  # v3 MNT3ERR_ACCES: also "not exported"
+        (errno.EPERM, FailedPrecondition),
         (errno.ETIMEDOUT, DeadlineExceeded),
         (errno.ECONNREFUSED, Unavailable),
         (errno.EIO, Unavailable),
