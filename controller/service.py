@@ -454,12 +454,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         except InvalidArgument as exc:
             raise NotFound(f"volume {request.volume_id!r} does not exist ({exc.message})") from exc
         rpc.set_protocol(vid.source.protocol)
-        if vid.source.protocol == "nfs" or request.secrets:
-            backend = self._backend(
-                vid.source, request.secrets, nfs_version=vid.option("vers"), which="secret"
-            )
-            if not await backend.exists(vid.dir):
-                raise NotFound(f"volume directory {vid.dir!r} does not exist on the share")
+        await self._require_volume(vid, request.secrets)
         try:
             check_capabilities(request.volume_capabilities)
         except InvalidArgument as exc:
@@ -471,6 +466,16 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
                 parameters=request.parameters,
             )
         )
+
+    async def _require_volume(self, vid: VolumeId, secrets: Mapping[str, str]) -> None:
+        """NOT_FOUND when the volume's directory is gone, where the share can
+        be asked: NFS always, SMB when the RPC carries credentials."""
+        if vid.source.protocol == "nfs" or secrets:
+            backend = self._backend(
+                vid.source, secrets, nfs_version=vid.option("vers"), which="secret"
+            )
+            if not await backend.exists(vid.dir):
+                raise NotFound(f"volume directory {vid.dir!r} does not exist on the share")
 
     async def ControllerExpandVolume(
         self, request: csi_pb2.ControllerExpandVolumeRequest, context: Ctx
@@ -487,6 +492,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         rpc.set_protocol(vid.source.protocol)
         if request.HasField("volume_capability"):
             check_capabilities([request.volume_capability])
+        await self._require_volume(vid, request.secrets)
         # A directory has no size of its own: accept and report the new size.
         return csi_pb2.ControllerExpandVolumeResponse(
             capacity_bytes=capacity, node_expansion_required=False

@@ -73,7 +73,9 @@ def check_capability(cap: csi_pb2.VolumeCapability, *, required: bool = True) ->
         return
     kind = cap.WhichOneof("access_type")
     if kind == "block":
-        raise InvalidArgument("volume_capability: block access is not supported (file shares)")
+        # CSI NodeStage/NodePublish "Exceeds capabilities": the volume (a
+        # directory) cannot be a block device.
+        raise FailedPrecondition("volume_capability: block access is not supported (file shares)")
     if kind != "mount":
         raise InvalidArgument("volume_capability: access_type mount is required")
     if cap.access_mode.mode not in _KNOWN_MODES:

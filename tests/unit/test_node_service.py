@@ -229,7 +229,6 @@ def _bad_stage_requests(world: World) -> list[tuple[str, csi_pb2.NodeStageVolume
         ("staging_target_path", stage_req(world, staging_target_path="")),
         ("absolute", stage_req(world, staging_target_path="relative/path")),
         ("'..'", stage_req(world, staging_target_path=world.staging() + "/../../etc")),
-        ("block", stage_req(world, volume_capability=block)),
         ("volume_capability", stage_req(world, volume_capability=None)),
         ("access_mode", stage_req(world, volume_capability=cap(AM.UNKNOWN))),
         ("protocol", stage_req(world, volume_context={**SMB_CONTEXT, "protocol": "ftp"})),
@@ -244,6 +243,19 @@ def _bad_stage_requests(world: World) -> list[tuple[str, csi_pb2.NodeStageVolume
         ),
         ("numeric group", stage_req(world, volume_capability=cap(group="wheel"))),
     ]
+
+
+async def test_block_access_exceeds_the_capabilities(world: World) -> None:
+    # CSI NodeStageVolume / NodePublishVolume "Exceeds capabilities": a
+    # directory volume cannot be a block device -> FAILED_PRECONDITION.
+    block = csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=AM(mode=AM.SINGLE_NODE_WRITER)
+    )
+    with pytest.raises(FailedPrecondition, match="block"):
+        await world.service.NodeStageVolume(stage_req(world, volume_capability=block), CTX)
+    with pytest.raises(FailedPrecondition, match="block"):
+        await world.service.NodePublishVolume(publish_req(world, volume_capability=block), CTX)
+    assert world.runner.calls == []
 
 
 async def test_bad_stage_requests_are_invalid_and_mount_nothing(world: World) -> None:
