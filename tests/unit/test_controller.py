@@ -252,6 +252,40 @@ async def test_expand(svc: ControllerService) -> None:
             ),
             CTX,
         )
+    # CSI "Exceeds capabilities": INVALID_ARGUMENT.
+    block = csi_pb2.VolumeCapability(
+        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=AM(mode=AM.SINGLE_NODE_WRITER)
+    )
+    with pytest.raises(InvalidArgument, match="block"):
+        await svc.ControllerExpandVolume(
+            csi_pb2.ControllerExpandVolumeRequest(
+                volume_id=vid,
+                capacity_range=csi_pb2.CapacityRange(required_bytes=1),
+                volume_capability=block,
+            ),
+            CTX,
+        )
+
+
+async def test_expand_of_a_deleted_volume_is_not_found(svc: ControllerService) -> None:
+    # CSI ControllerExpandVolume "Volume does not exist": NOT_FOUND where the
+    # share can be asked (NFS; SMB when the RPC carries secrets).
+    for req in (create_req("pvc-smb"), create_req("pvc-nfs", source="n:/e")):
+        if req.parameters["source"] == "n:/e":
+            req.ClearField("secrets")
+        vid = (await svc.CreateVolume(req, CTX)).volume.volume_id
+        await svc.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=vid, secrets=SECRETS), CTX)
+        expand = csi_pb2.ControllerExpandVolumeRequest(
+            volume_id=vid, capacity_range=csi_pb2.CapacityRange(required_bytes=1), secrets=SECRETS
+        )
+        if req.parameters["source"] == "n:/e":
+            expand.ClearField("secrets")
+        with pytest.raises(NotFound, match="does not exist"):
+            await svc.ControllerExpandVolume(expand, CTX)
+        # Without credentials an SMB share cannot be asked: accepted.
+        if req.parameters["source"] != "n:/e":
+            expand.ClearField("secrets")
+            await svc.ControllerExpandVolume(expand, CTX)
 
 
 async def test_capacity(svc: ControllerService) -> None:
