@@ -221,9 +221,6 @@ def _bad_stage_requests(world: World) -> list[tuple[str, csi_pb2.NodeStageVolume
     file_path = Path(world.staging("a-file"))
     file_path.parent.mkdir(parents=True)
     file_path.write_text("x")
-    block = csi_pb2.VolumeCapability(
-        block=csi_pb2.VolumeCapability.BlockVolume(), access_mode=AM(mode=AM.SINGLE_NODE_WRITER)
-    )
     return [
         ("volume_id", stage_req(world, volume_id="")),
         ("staging_target_path", stage_req(world, staging_target_path="")),
