@@ -81,6 +81,8 @@ _T = TypeVar("_T")
 #: doubling from the first to the last, within the call's time budget.
 BUSY_FIRST_DELAY: Final = 0.1
 BUSY_MAX_DELAY: Final = 2.0
+#: Time kept back from the caller's deadline for the answer to reach it.
+RPC_REPLY_MARGIN: Final = 0.5
 #: Mode of directories created without an explicit mode (parents included).
 DEFAULT_DIR_MODE: Final = 0o755
 #: At most this many RPCs of one remove_tree in flight at once.
@@ -919,7 +921,9 @@ class NfsBackend:
         # JUKEBOX) are retried with backoff while the caller's deadline and
         # our own bound leave time; what is still busy then is UNAVAILABLE.
         left = rpc.time_left()
-        budget = self.timeout if left is None else min(self.timeout, left)
+        # Answer before the caller gives up, so it sees UNAVAILABLE and not
+        # its own DEADLINE_EXCEEDED.
+        budget = self.timeout if left is None else min(self.timeout, left - RPC_REPLY_MARGIN)
         delay = BUSY_FIRST_DELAY
         tries = 0
         try:
