@@ -188,7 +188,9 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
     if kerberos:
         # The KDC's or GSSAPI's reason (no key material is ever in it).
         if any(s in kerberos.lower() for s in ("contact any kdc", "cannot find kdc")):
-            return failures.error(Failure.UNREACHABLE, where, f"Kerberos: no KDC answers: {kerberos}")
+            return failures.error(
+                Failure.UNREACHABLE, where, f"Kerberos: no KDC answers: {kerberos}"
+            )
         return failures.error(Failure.AUTH_FAILED, where, f"Kerberos: {kerberos}")
     if isinstance(exc, SMBAuthenticationError):
         return failures.error(Failure.AUTH_FAILED, where)

@@ -6,7 +6,7 @@ import pytest
 from smbprotocol.exceptions import SMBAuthenticationError
 
 from controller.smb.errors import map_smb_error
-from driver.errors import PermissionDenied, Unauthenticated, Unavailable
+from driver.errors import Unauthenticated, Unavailable
 
 
 class Krb5Error(Exception):
@@ -26,7 +26,8 @@ Krb5Error.__module__ = "krb5._exceptions"
             Unauthenticated,
             "GSSAPI",
         ),
-        (SMBAuthenticationError("Failed to authenticate with server: NTLM"), PermissionDenied, ""),
+        # CSI: secrets that do not authenticate are UNAUTHENTICATED, NTLM too.
+        (SMBAuthenticationError("Failed to authenticate with server: NTLM"), Unauthenticated, ""),
     ],
 )
 def test_kerberos_failures_keep_the_reason(exc: Exception, kind: type, text: str) -> None:
