@@ -14,7 +14,7 @@ PROTO := driver/csi/csi.proto
 GENERATED := driver/csi/csi_pb2.py driver/csi/csi_pb2.pyi driver/csi/csi_pb2_grpc.py driver/csi/csi_pb2_grpc.pyi
 
 .PHONY: install deps run test test-unit test-integration test-e2e test-faults lint typecheck \
-        proto proto-check chart bench clean
+        proto proto-check chart bench image test-image clean
 
 install: $(STAMP)
 
@@ -32,7 +32,8 @@ deps:
 run: install
 	@$(PY) -m tests.tools.demo --run-dir $(RUN_DIR)
 
-test: deps install lint typecheck proto-check test-unit chart test-integration test-e2e test-faults
+test: deps install lint typecheck proto-check test-unit chart test-integration test-e2e test-faults \
+      test-image
 
 test-unit: install
 	$(PYTEST) -q tests/unit
@@ -43,6 +44,18 @@ test-integration: deps install
 test-e2e: deps install
 	bash tests/e2e/uml/setup.sh
 	$(PYTEST) -q tests/e2e
+
+# The Linux image from deploy/Dockerfile, without a Docker daemon (podman or
+# buildah; a stand-in base from Debian packages when no registry answers).
+# Cached: an unchanged tree rebuilds in seconds.
+image: deps
+	bash deploy/build-image.sh
+
+# The built image run from its own root filesystem: entrypoint and user,
+# controller against Samba and NFS, and (UML guest) the node's kernel mounts.
+test-image: deps install image
+	bash tests/e2e/uml/setup.sh
+	$(PYTEST) -q tests/image
 
 test-faults: deps install
 	@if [ -d tests/faults ]; then $(PYTEST) -q tests/faults; else echo "no fault suite yet"; fi

@@ -13,6 +13,7 @@ PACKAGES=(
   samba-ad-dc samba-ad-provision samba-dsdb-modules winbind   # Kerberos e2e: an AD DC in the guest
   krb5-user keyutils         # kinit/kvno for the node's tickets; request-key for cifs.upcall
   gcc libkrb5-dev            # builds the controller's Kerberos extra (gssapi, krb5: no wheels)
+  podman buildah mmdebstrap  # `make image` without a Docker daemon; stand-in base image
 )
 
 missing=()
