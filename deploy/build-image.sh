@@ -12,8 +12,8 @@
 # registry when one is reachable. When none is (our CI reaches Debian's and
 # PyPI's package servers only), a STAND-IN is built under the same name from
 # Debian bookworm packages with mmdebstrap: Debian's Python 3.11 with pip (as
-# the official image has them: `python`/`pip` on PATH, no EXTERNALLY-MANAGED
-# marker) plus this machine's CA bundle, which pip needs behind a
+# the official image has them: `python`/`pip` on PATH, the C headers for
+# building extensions, no EXTERNALLY-MANAGED marker) plus this machine's CA bundle, which pip needs behind a
 # TLS-inspecting proxy (PIP_CERT/SSL_CERT_FILE point at it). The stand-in is
 # labelled io.csi-driver-smb-nfs.stand-in=true; an image built on it is for
 # tests, not for pushing.
@@ -79,7 +79,7 @@ build_standin() {
     # pages, docs or translations, for every later apt-get install too.
     local recipe=(
         --quiet --variant=minbase
-        --include=python3,python3-pip,ca-certificates
+        --include=python3,python3-pip,libpython3.11-dev,ca-certificates
         --dpkgopt='path-exclude=/usr/share/man/*'
         --dpkgopt='path-exclude=/usr/share/info/*'
         --dpkgopt='path-exclude=/usr/share/locale/*'
@@ -87,6 +87,7 @@ build_standin() {
         --dpkgopt='path-include=/usr/share/doc/*/copyright'
         --customize-hook="cp $ca \"\$1/etc/ssl/host-ca-bundle.crt\""
         --customize-hook='rm -f "$1"/usr/lib/python3*/EXTERNALLY-MANAGED'
+        --customize-hook='rm -f "$1"/usr/lib/python3.11/config-*/libpython3.11*.a "$1"/usr/lib/x86_64-linux-gnu/libpython3.11*.a'
         --customize-hook='ln -sf /usr/bin/python3 "$1/usr/local/bin/python"'
         --customize-hook='[ -e "$1/usr/bin/pip" ] || ln -sf /usr/bin/pip3 "$1/usr/local/bin/pip"'
         --customize-hook='rm -rf "$1"/var/lib/apt/lists/* "$1"/var/cache/apt/*'
