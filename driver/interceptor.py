@@ -126,6 +126,7 @@ class ErrorBoundary:
                 info = rpc.current()
                 protocol = info.protocol if info else ""
                 outcome = info.outcome if info else None
+                repairs = (info.repairs if info else None) or []
                 rpc.end(token)
                 if message and isinstance(request, Message):
                     message = redact.scrub(message, redact.secret_values(request))
@@ -140,6 +141,8 @@ class ErrorBoundary:
                 )
                 if metrics is not None:
                     metrics.observe(method, code, protocol or "none", elapsed)
+                    for repaired_protocol, succeeded in repairs:
+                        metrics.repair(repaired_protocol, succeeded=succeeded)
                 structlog.contextvars.clear_contextvars()
             # Only reached for errors: the try block returned on success.
             await context.abort(grpc.StatusCode[code], message)

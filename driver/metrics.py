@@ -1,7 +1,9 @@
 """Per-RPC Prometheus metrics on a private registry.
 
-``<prefix>_operation_duration_seconds{method,code,protocol}`` (histogram) and
-``<prefix>_operations_total{method,code,protocol}`` (counter).  Labels are
+``<prefix>_operation_duration_seconds{method,code,protocol}`` (histogram),
+``<prefix>_operations_total{method,code,protocol}`` (counter), and the node's
+self-healing: ``<prefix>_mount_repairs_attempted_total{protocol}`` and
+``<prefix>_mount_repairs_succeeded_total{protocol}`` (counters).  Labels are
 bounded: a fixed set of method names, gRPC code names and protocols — never a
 volume ID, path or anything a caller controls.
 """
@@ -37,6 +39,18 @@ class Metrics:
             ("method", "code", "protocol"),
             registry=self.registry,
         )
+        self.repairs_attempted = Counter(
+            f"{PREFIX}_mount_repairs_attempted",
+            "Broken node mounts the driver started to repair at a republish.",
+            ("protocol",),
+            registry=self.registry,
+        )
+        self.repairs_succeeded = Counter(
+            f"{PREFIX}_mount_repairs_succeeded",
+            "Broken node mounts the driver repaired at a republish.",
+            ("protocol",),
+            registry=self.registry,
+        )
         self._server: Any = None
         self._thread: threading.Thread | None = None
 
@@ -47,6 +61,11 @@ class Metrics:
     def gauge(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         """``<prefix>_<name>``, read from ``read()`` at every scrape."""
         Gauge(f"{PREFIX}_{name}", documentation, registry=self.registry).set_function(read)
+
+    def repair(self, protocol: str, *, succeeded: bool) -> None:
+        self.repairs_attempted.labels(protocol).inc()
+        if succeeded:
+            self.repairs_succeeded.labels(protocol).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

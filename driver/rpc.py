@@ -15,6 +15,7 @@ class RpcInfo:
     protocol: str = ""
     outcome: dict[str, object] | None = None
     deadline: float | None = None  # time.monotonic() when the caller gives up
+    repairs: list[tuple[str, bool]] | None = None  # (protocol, succeeded) per mount repair
 
 
 _current: contextvars.ContextVar[RpcInfo | None] = contextvars.ContextVar("csi_rpc", default=None)
@@ -60,3 +61,12 @@ def report(**fields: object) -> None:
         if info.outcome is None:
             info.outcome = {}
         info.outcome.update(fields)
+
+
+def note_repair(protocol: str, *, succeeded: bool) -> None:
+    """Count a mount repair (attempted; succeeded or not) in the metrics."""
+    info = _current.get()
+    if info is not None:
+        if info.repairs is None:
+            info.repairs = []
+        info.repairs.append((protocol, succeeded))

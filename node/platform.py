@@ -32,13 +32,21 @@ class StageRequest:
 @dataclass(frozen=True, slots=True)
 class PublishRequest:
     volume_id: str
-    staging_path: str
+    staging_path: str  # "" for an inline ephemeral volume
     target_path: str
     read_only: bool = False  # the readonly flag, or every access mode is *_READER_ONLY
     mount_options: tuple[str, ...] = ()
     # NodePublishVolumeRequest.readonly itself: kubelet then also asks the
     # container runtime for a read-only mount (what enforces it on Windows).
     readonly_flag: bool = False
+    # Where the volume lives, from the publish request's volume context (as
+    # NodeStage got it).  Persistent: lets a republish remount a broken
+    # staging (no credentials here: the platform keeps the node-stage ones
+    # in memory).  Ephemeral: what to mount at the target, with the
+    # NodePublish secret's credentials.  None when the context names no
+    # volume this driver can locate.
+    volume: StageRequest | None = None
+    ephemeral: bool = False  # inline volume: no staging, mounted at the target
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +89,11 @@ class NodePlatform(Protocol):
         ...
 
     async def publish(self, request: PublishRequest) -> None:
-        """Make ``target_path`` show the staged volume (bind mount / link)."""
+        """Make ``target_path`` show the staged volume (bind mount / link), or
+        the share itself for an inline ephemeral volume.  Called again for a
+        published target (kubelet's republish, ``requiresRepublish``): check
+        it and repair what is broken, bounded in time, changing nothing
+        that works."""
         ...
 
     async def unpublish(self, volume_id: str, target_path: str) -> None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sys
 from collections.abc import Iterator, Mapping
 from typing import Any
@@ -19,11 +20,12 @@ import grpc
 
 from driver import paths, rpc
 from driver.config import DEFAULT_KUBELET_DIR, Config
-from driver.credentials import Credentials, KerberosCredentials, smb_auth
+from driver.credentials import KerberosCredentials, smb_auth
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.dual import scoped_options
 from driver.errors import (
     DeadlineExceeded,
+    DriverError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
@@ -35,6 +37,7 @@ from driver.modes import parse_octal_mode
 from driver.source import Source, parse_source
 from driver.volume_id import parse_volume_id
 from node.dual import HelperFinder, find_helper, locate_dual, refuse_single
+from node.ephemeral import ephemeral_volume, is_ephemeral
 from node.kubelet import KubeletPaths
 from node.platform import NodePlatform, PublishRequest, Reconciling, StageRequest
 
@@ -147,6 +150,39 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise Unimplemented(f"{method}: no mounter for this platform ({sys.platform})")
         return self._platform
 
+    def _stage_request(
+        self,
+        platform: NodePlatform,
+        volume_id: str,
+        context: Mapping[str, str],
+        cap: csi_pb2.VolumeCapability,
+        staging: str,
+    ) -> tuple[StageRequest, str]:
+        """Where a persistent volume lives and how to mount it, without
+        credentials, and how to name its node-stage secret in errors."""
+        options = split_mount_flags(cap.mount.mount_flags)
+        which = "node-stage secret"
+        choice = locate_dual(volume_id, context, platform.name, helpers=self._helpers)
+        if choice is None:
+            source, subdir, mode = locate(volume_id, context)
+            refuse_single(source.protocol, platform.name)
+        else:
+            source, subdir = choice.root, choice.dir
+            mode = context_mode(context)
+            options = scoped_options(options, choice.protocol)
+            which = f"node-stage secret ({platform.name} node, {choice.reason})"
+        stage = StageRequest(
+            volume_id=volume_id,
+            source=source,
+            subdir=subdir,
+            staging_path=staging,
+            mount_options=options,
+            mount_group=cap.mount.volume_mount_group,
+            read_only=cap.access_mode.mode in _READ_ONLY_MODES,
+            mount_permissions=mode,
+        )
+        return stage, which
+
     async def NodeStageVolume(
         self, request: csi_pb2.NodeStageVolumeRequest, context: Ctx
     ) -> csi_pb2.NodeStageVolumeResponse:
@@ -159,40 +195,16 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         self.kubelet.check_staging(staging, what="staging_target_path")
         cap = request.volume_capability
         check_capability(cap)
-        options = split_mount_flags(cap.mount.mount_flags)
-        which = "node-stage secret"
-        choice = locate_dual(
-            request.volume_id, request.volume_context, platform.name, helpers=self._helpers
+        stage, which = self._stage_request(
+            platform, request.volume_id, request.volume_context, cap, staging
         )
-        if choice is None:
-            source, subdir, mode = locate(request.volume_id, request.volume_context)
-            refuse_single(source.protocol, platform.name)
-        else:
-            source, subdir = choice.root, choice.dir
-            mode = context_mode(request.volume_context)
-            options = scoped_options(options, choice.protocol)
-            which = f"node-stage secret ({platform.name} node, {choice.reason})"
-        rpc.set_protocol(source.protocol)
-        creds: Credentials | None = None
-        kerberos: KerberosCredentials | None = None
-        if source.protocol == "smb":
+        rpc.set_protocol(stage.source.protocol)
+        if stage.source.protocol == "smb":
             auth = smb_auth(request.secrets, which=which)
             if isinstance(auth, KerberosCredentials):
-                kerberos = auth
+                stage = dataclasses.replace(stage, kerberos=auth)
             else:
-                creds = auth
-        stage = StageRequest(
-            volume_id=request.volume_id,
-            source=source,
-            subdir=subdir,
-            staging_path=staging,
-            mount_options=options,
-            credentials=creds,
-            kerberos=kerberos,
-            mount_group=cap.mount.volume_mount_group,
-            read_only=cap.access_mode.mode in _READ_ONLY_MODES,
-            mount_permissions=mode,
-        )
+                stage = dataclasses.replace(stage, credentials=auth)
         with self._locked(request.volume_id):
             await platform.stage(stage)
         return csi_pb2.NodeStageVolumeResponse()
@@ -219,7 +231,8 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             raise InvalidArgument("volume_id: required")
         if not request.target_path:
             raise InvalidArgument("target_path: required")
-        if not request.staging_target_path:
+        ephemeral = is_ephemeral(request.volume_context)
+        if not ephemeral and not request.staging_target_path:
             # CSI's own row for this case ("Staging target path not set").
             raise FailedPrecondition(
                 "staging_target_path: not set, and this driver stages volumes: "
@@ -227,23 +240,44 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             )
         target = platform.check_path(request.target_path, what="target_path")
         self.kubelet.check_target(target, what="target_path")
-        staging = platform.check_path(request.staging_target_path, what="staging_target_path")
-        self.kubelet.check_staging(staging, what="staging_target_path")
         cap = request.volume_capability
         check_capability(cap)
-        if request.volume_context.get("csi.storage.k8s.io/ephemeral") == "true":
-            raise InvalidArgument("inline ephemeral volumes are not supported")
+        read_only = request.readonly or cap.access_mode.mode in _READ_ONLY_MODES
+        staging = ""
+        volume: StageRequest | None
+        if ephemeral:
+            volume = ephemeral_volume(
+                request.volume_id,
+                request.volume_context,
+                request.secrets,
+                target_path=target,
+                read_only=read_only,
+                mount_group=cap.mount.volume_mount_group,
+            )
+        else:
+            staging = platform.check_path(request.staging_target_path, what="staging_target_path")
+            self.kubelet.check_staging(staging, what="staging_target_path")
+            try:
+                volume, _ = self._stage_request(
+                    platform, request.volume_id, request.volume_context, cap, staging
+                )
+            except DriverError:
+                volume = None  # publishing needs no location; only a repair would
+        if volume is not None:
+            rpc.set_protocol(volume.source.protocol)
         publish = PublishRequest(
             volume_id=request.volume_id,
             staging_path=staging,
             target_path=target,
-            read_only=request.readonly or cap.access_mode.mode in _READ_ONLY_MODES,
+            read_only=read_only,
             readonly_flag=request.readonly,
             mount_options=split_mount_flags(cap.mount.mount_flags),
+            volume=volume,
+            ephemeral=ephemeral,
         )
         with contextlib.ExitStack() as held:
             held.enter_context(self._locked(f"{request.volume_id}@{target}", what="target"))
-            if cap.access_mode.mode in _ONE_TARGET_MODES:
+            if cap.access_mode.mode in _ONE_TARGET_MODES and not ephemeral:
                 # One check-and-publish at a time per volume, or two targets
                 # could each see the other not yet published.
                 held.enter_context(self._locked(f"{request.volume_id}@one-target"))

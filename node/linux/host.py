@@ -8,6 +8,7 @@ also type-checks for Windows (``mypy --platform win32``).
 from __future__ import annotations
 
 import os
+import socket
 import stat
 import sys
 from dataclasses import dataclass
@@ -39,6 +40,19 @@ class HostView(Protocol):
 
     def statvfs(self, path: str) -> FsStats:
         """statvfs(2); may block on a dead server: called in a probe thread."""
+        ...
+
+    def look(self, path: str) -> None:
+        """stat(2) and read the first directory entries of a mount root;
+        OSError when the mount is broken.  statfs alone is not enough: a cifs
+        share restored from a copy still answers statfs while every lookup of
+        its root fails with ESTALE (and NFS may answer stat from its cache).
+        May block on a dead server: called in a probe thread."""
+        ...
+
+    def connect(self, server: str, port: int, timeout: float) -> None:
+        """Open and close a TCP connection (OSError when the server does not
+        accept one within ``timeout``): does the file server answer again?"""
         ...
 
 
@@ -80,7 +94,7 @@ else:
 
 
 class ProcHost:
-    """The real host: ``/proc/self/mountinfo`` and ``statvfs(2)``."""
+    """The real host: ``/proc/self/mountinfo``, ``statvfs(2)``, lookups, TCP."""
 
     def __init__(self, path: str = mountinfo.MOUNTINFO) -> None:
         self._path = path
@@ -90,6 +104,14 @@ class ProcHost:
 
     def statvfs(self, path: str) -> FsStats:
         return _statvfs(path)
+
+    def look(self, path: str) -> None:
+        os.stat(path)
+        with os.scandir(path) as entries:
+            next(entries, None)  # one getdents: the server must answer for the root
+
+    def connect(self, server: str, port: int, timeout: float) -> None:
+        socket.create_connection((server, port), timeout=timeout).close()
 
 
 def share_with_group(path: str, gid: int) -> None:

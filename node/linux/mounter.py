@@ -29,8 +29,9 @@ from node.runner import CommandResult, CommandRunner, CommandTimeout
 
 log = get_logger("node.linux")
 
-# Mounts stacked on one path that unstage/unpublish will peel off.
-MAX_STACKED = 8
+# Mounts stacked on one path that unstage/unpublish will peel off (each
+# repair of a target leaves its dead mount below the new one).
+MAX_STACKED = 32
 
 
 class KernelMounter:
@@ -116,19 +117,44 @@ class KernelMounter:
             self.probe_timeout,
         )
 
+    async def look(self, path: str) -> None:
+        await self.probes.call(
+            self.probe_key("look", path),
+            lambda: self.host.look(path),
+            self.probe_timeout,
+        )
+
     async def problem(self, path: str) -> str | None:
-        """None when the mount at ``path`` answers; otherwise what is wrong."""
+        """None when the mount at ``path`` answers a stat and a readdir of its
+        root within the health bound; otherwise what is wrong."""
         try:
-            await self.statvfs(path)
+            await self.look(path)
         except ProbesExhausted as exc:
             # Other servers' dead mounts hold every probe slot: no evidence
             # against this mount, so do not tear it down.
             log.warning("cannot check the mount", path=path, reason=str(exc))
             return None
         except ProbeTimeout as exc:
-            return f"statfs: {exc} (server down or unreachable?)"
+            return f"stat/readdir: {exc} (server down or unreachable?)"
         except OSError as exc:
-            return f"statfs: {exc.strerror} ({errno_name(exc.errno)})"
+            return f"stat/readdir: {exc.strerror} ({errno_name(exc.errno)})"
+        return None
+
+    async def answers(self, spec: MountSpec) -> str | None:
+        """None when the file server accepts a TCP connection within the
+        health bound (it is back: a repair can mount); otherwise why not."""
+        if not spec.server:
+            return "no server address"
+        try:
+            await self.probes.call(
+                f"connect:{spec.server}:{spec.port}",
+                lambda: self.host.connect(spec.server, spec.port, self.probe_timeout),
+                self.probe_timeout,
+            )
+        except ProbeTimeout as exc:
+            return f"{spec.server} port {spec.port}: {exc}"
+        except OSError as exc:
+            return f"{spec.server} port {spec.port}: {exc.strerror or exc}"
         return None
 
     # -- commands ----------------------------------------------------------
@@ -146,8 +172,9 @@ class KernelMounter:
     async def unmount(self, path: str, *, what: str, broken: bool = False) -> None:
         """Unmount everything stacked on ``path``; never hangs for long.
 
-        A mount that answers gets a plain ``umount`` (bounded); a dead one,
-        or one whose ``umount`` fails or times out, is detached with
+        A top mount that answers gets a plain ``umount`` (bounded); a dead
+        one, one whose ``umount`` fails or times out, and every layer below
+        the top (dead mounts that repairs stacked over) are detached with
         ``umount -l``.  ``-c`` (no canonicalisation) keeps umount from
         stat()ing a dead mount; our paths are already canonical.  No ``-f``:
         NFS shares one superblock between mounts of the same export, and a
@@ -156,9 +183,11 @@ class KernelMounter:
         for _ in range(MAX_STACKED):
             if mountinfo.top(self.host.mounts(), path) is None:
                 return
-            # ``broken``: the caller just found the top mount dead; don't wait again.
+            # ``broken``: the caller just found the top mount dead; don't wait
+            # again.  Only the top layer is probed: a layer below another one
+            # is a dead mount a repair stacked over, detached lazily.
             problem = "found broken" if broken else await self.problem(path)
-            broken = False
+            broken = True
             if problem is None:
                 try:
                     result = await self.run(["umount", "-c", path], timeout=self._unmount_timeout)
@@ -241,8 +270,9 @@ class KernelMounter:
         raise Internal(message)
 
     async def bind(self, source: str, target: str, *, read_only: bool) -> None:
-        """``mount --bind source target`` (+ a read-only remount); never
-        leaves a writable mount behind a read-only request."""
+        """``mount --bind source target`` (+ a read-only remount), on top of
+        whatever ``target`` shows; never leaves a writable mount behind a
+        read-only request."""
         result = await self.run(["mount", "--bind", source, target], timeout=self._mount_timeout)
         if not result.ok:
             raise Internal(
@@ -253,7 +283,9 @@ class KernelMounter:
                 ["mount", "-o", "remount,bind,ro", target], timeout=self._mount_timeout
             )
             if not result.ok:
-                await self.unmount(target, what="target_path")
+                # Only the new layer: a repair binds on top of a dead mount
+                # that the container's copy still sits on.
+                await self.run(["umount", "-l", "-c", "-i", target], timeout=self._unmount_timeout)
                 raise Internal(
                     f"read-only remount of {target} failed: {scrub(result.stderr, None)}"
                 )

@@ -136,9 +136,16 @@ def at(entries: Sequence[MountEntry], mount_point: str) -> list[MountEntry]:
 
 
 def top(entries: Sequence[MountEntry], mount_point: str) -> MountEntry | None:
-    """The visible (most recent) mount at ``mount_point``, if any."""
+    """The visible mount at ``mount_point``, if any: the one no other mount
+    at the same point sits on.  (Stacked mounts are chained by parent ID; the
+    kernel may list a layer added later before an older one, e.g. after a
+    repair stacked a new mount on a target.)"""
     found = at(entries, mount_point)
-    return found[-1] if found else None
+    if not found:
+        return None
+    below = {e.parent_id for e in found}
+    covering = [e for e in found if e.mount_id not in below]
+    return covering[-1] if covering else found[-1]
 
 
 def by_source(entries: Iterable[MountEntry], fstype: str, source: str) -> list[MountEntry]:

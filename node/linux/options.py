@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import posixpath
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from driver.credentials import Credentials
 from driver.errors import InvalidArgument
@@ -26,6 +26,8 @@ _CIFS_SECRET_PREFIXES = ("user", "pass", "cred")
 _CIFS_USER_OK = frozenset({"users", "user_xattr"})
 _FORBIDDEN_OPTIONS = frozenset({"remount", "bind", "rbind", "move", "make-shared"})
 _SMB_DEFAULT_MODE = "0770"
+SMB_PORT = 445
+NFS_PORT = 2049  # NFSv4 (and nfsd for v3; its mountd port varies)
 
 
 def split_option(opt: str) -> tuple[str, str | None]:
@@ -168,6 +170,8 @@ class MountSpec:
     device: str
     options: tuple[str, ...]
     read_only: bool
+    server: str = ""  # host name or address, for the reachability check
+    port: int = 0  # the server's TCP port (the given one or the protocol's)
 
     def matches(self, entry: MountEntry) -> bool:
         """True when ``entry`` is this share directory, however it was mounted."""
@@ -175,23 +179,48 @@ class MountSpec:
             return entry.fstype in CIFS_TYPES and _norm_smb(entry.source) == _norm_smb(self.device)
         return entry.fstype in NFS_TYPES and _norm_nfs(entry.source) == _norm_nfs(self.device)
 
+    def fresh(self) -> MountSpec:
+        """This mount on a new superblock, for a repair.  NFS would otherwise
+        join the client's cached superblock of the export and keep answering
+        with the same stale root (measured: ~30 s); cifs gets its own session
+        from ``nosharesock`` already."""
+        if self.protocol != "nfs":
+            return self
+        kept = tuple(o for o in self.options if split_option(o)[0] != "sharecache")
+        if "nosharecache" in option_keys(kept):
+            return replace(self, options=kept)
+        return replace(self, options=(*kept, "nosharecache"))
+
+
+def _server_port(options: Sequence[str], default: int) -> int:
+    given = option_keys(options).get("port")
+    if given is not None and given.strip().isdigit() and 0 < int(given) < 65536:
+        return int(given)
+    return default
+
 
 def mount_spec(request: StageRequest) -> MountSpec:
     if request.source.protocol == "smb":
+        options = smb_options(request)
         return MountSpec(
             "smb",
             "cifs",
             smb_device(request.source, request.subdir),
-            tuple(smb_options(request)),
+            tuple(options),
             request.read_only,
+            request.source.server,
+            _server_port(options, SMB_PORT),
         )
     if request.source.protocol == "nfs":
+        options = nfs_options(request)
         return MountSpec(
             "nfs",
             "nfs",
             nfs_device(request.source, request.subdir),
-            tuple(nfs_options(request)),
+            tuple(options),
             request.read_only,
+            request.source.server,
+            _server_port(options, NFS_PORT),
         )
     raise InvalidArgument(f"protocol {request.source.protocol!r} is not smb or nfs")
 

@@ -11,6 +11,7 @@ import os
 import posixpath
 
 from driver.config import Config
+from driver.credentials import Credentials
 from driver.errors import (
     AlreadyExists,
     FailedPrecondition,
@@ -27,6 +28,7 @@ from node.linux.kerberos import KRB5_DIR, TicketKeeper, volume_key
 from node.linux.mounter import KernelMounter
 from node.linux.options import credentials_text, mount_group_id, mount_spec
 from node.linux.probes import Prober, ProbeTimeout
+from node.linux.repair import Repairer
 from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsage
 from node.runner import AsyncioRunner, CommandRunner
 
@@ -92,6 +94,9 @@ class LinuxPlatform:
             ),
             probe_timeout=probe_timeout if probe_timeout is not None else config.health_timeout,
         )
+        # Node-stage credentials of live SMB stagings: memory only, never disk.
+        self._credentials: dict[str, Credentials] = {}
+        self._repair = Repairer(self._mounts, self._credentials)
 
     @property
     def probe_timeout(self) -> float:
@@ -140,11 +145,13 @@ class LinuxPlatform:
                         f"{'read-only' if current.read_only else 'read-write'}, "
                         "which is incompatible with the requested access mode"
                     )
+                self._keep_credentials(staging, request)
                 log.info("already staged", path=staging, device=spec.device)
                 await self._keep_tickets(request, staging)
                 return
             log.warning("staged mount is broken; mounting again", path=staging, problem=problem)
             await self._mounts.unmount(staging, what="staging_target_path", broken=True)
+            spec = spec.fresh()  # not the stale superblock of the dead mount
         self._mounts.prepare_dir(staging, what="staging_target_path")
         if spec.protocol == "smb" and request.kerberos is not None:
             key = volume_key(staging)
@@ -156,6 +163,7 @@ class LinuxPlatform:
                 raise
         else:
             await self._mounts.mount(spec, staging, request.credentials)
+        self._keep_credentials(staging, request)
         if spec.protocol == "nfs":
             await self._after_nfs_mount(request, staging)
         log.info("staged", path=staging, device=spec.device)
@@ -172,6 +180,11 @@ class LinuxPlatform:
             )
         except Unavailable as exc:
             log.warning("staged, but the tickets could not be refreshed", error=exc.message)
+
+    def _keep_credentials(self, staging: str, request: StageRequest) -> None:
+        """In memory only: what a repair of this staging mounts with."""
+        if request.credentials is not None:
+            self._credentials[staging] = request.credentials
 
     async def _after_nfs_mount(self, request: StageRequest, staging: str) -> None:
         if request.mount_permissions is not None and not request.read_only:
@@ -202,21 +215,25 @@ class LinuxPlatform:
         staging = self._mounts.real(staging_path)
         await self._mounts.unmount(staging, what="staging_target_path")
         await self._tickets.release(volume_key(staging))
+        self._credentials.pop(staging, None)
+        self._repair.forget(staging)
         self._mounts.remove_dir(staging, what="staging_target_path")
         log.info("unstaged", path=staging)
 
     async def publish(self, request: PublishRequest) -> None:
+        if request.ephemeral:
+            await self._publish_inline(request)
+            return
         staging = self._mounts.real(request.staging_path)
         target = self._mounts.real(request.target_path)
         mounts = self._host.mounts()
         source = mountinfo.top(mounts, staging)
-        if source is None:
-            raise FailedPrecondition(
-                f"staging_target_path {staging} is not mounted: NodeStageVolume first"
-            )
         current = mountinfo.top(mounts, target)
         if current is not None:
-            if not current.same_filesystem_view(source):
+            # Published before: kubelet's periodic republish (or a retry).
+            same = source is not None and current.same_filesystem_view(source)
+            spec = mount_spec(request.volume) if request.volume is not None else None
+            if not same and (spec is None or not spec.matches(current)):
                 raise FailedPrecondition(
                     f"target_path {target} already has another mount "
                     f"({current.fstype} {current.source})"
@@ -227,8 +244,12 @@ class LinuxPlatform:
                     f"{'read-only' if current.read_only else 'read-write'}, "
                     "which contradicts the requested readonly flag"
                 )
-            log.info("already published", path=target)
+            await self._repair.republish(request, staging, target)
             return
+        if source is None:
+            raise FailedPrecondition(
+                f"staging_target_path {staging} is not mounted: NodeStageVolume first"
+            )
         problem = await self._mounts.problem(staging)
         if problem is not None:
             raise Unavailable(f"the staged mount at {staging} does not answer: {problem}")
@@ -252,9 +273,43 @@ class LinuxPlatform:
                 found.append(point)
         return found
 
+    async def _publish_inline(self, request: PublishRequest) -> None:
+        """An inline ephemeral volume: the share itself at the target."""
+        if request.volume is None:
+            raise InvalidArgument("an inline ephemeral volume needs volume attributes")
+        spec = mount_spec(request.volume)  # validates options before any side effect
+        creds = request.volume.credentials
+        if spec.protocol == "smb" and creds is not None:
+            credentials_text(creds)  # same: refuse unusable secrets early
+        target = self._mounts.real(request.target_path)
+        current = mountinfo.top(self._host.mounts(), target)
+        if current is not None:
+            if not spec.matches(current):
+                raise FailedPrecondition(
+                    f"target_path {target} already has another mount "
+                    f"({current.fstype} {current.source})"
+                )
+            if current.read_only != spec.read_only:
+                raise AlreadyExists(
+                    f"volume is published at {target} "
+                    f"{'read-only' if current.read_only else 'read-write'}, "
+                    "which contradicts the requested readonly flag"
+                )
+            await self._repair.republish_inline(request, spec, target, creds)
+            return
+        self._mounts.prepare_dir(target, what="target_path")
+        try:
+            # Never anything on the server: no mkdir, chmod or chown there.
+            await self._mounts.mount(spec, target, creds)
+        except Exception:
+            self._mounts.remove_dir(target, what="target_path")
+            raise
+        log.info("published inline volume", path=target, device=spec.device)
+
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         target = self._mounts.real(target_path)
         await self._mounts.unmount(target, what="target_path")
+        self._repair.forget(target)
         self._mounts.remove_dir(target, what="target_path")
         log.info("unpublished", path=target)
 
@@ -272,12 +327,18 @@ class LinuxPlatform:
         except FileNotFoundError:
             raise NotFound(f"volume_path {path} does not exist") from None
         except ProbeTimeout as exc:
-            return _unknown(f"the share did not answer statfs: {exc} (server down or unreachable?)")
-        except OSError as exc:
-            return _unknown(
-                f"the mount is not usable: {exc.strerror} ({errno_name(exc.errno)}); "
-                "the server may have restarted or be unreachable"
+            return self._abnormal(
+                path, f"the share did not answer statfs: {exc} (server down or unreachable?)"
             )
+        except OSError as exc:
+            return self._abnormal(
+                path,
+                f"the mount is not usable: {exc.strerror} ({errno_name(exc.errno)}); "
+                "the server may have restarted or be unreachable",
+            )
+        problem = await self._mounts.problem(path)  # statfs may answer where lookups fail
+        if problem is not None:
+            return self._abnormal(path, f"the mount is not usable: {problem}")
         total = st.blocks * st.fragment_size
         available = st.blocks_available * st.fragment_size
         used = max(0, (st.blocks - st.blocks_free) * st.fragment_size)
@@ -291,6 +352,10 @@ class LinuxPlatform:
             used_inodes=max(0, st.files - st.files_free) if has_inodes else None,
             health=VolumeHealth(abnormal=False, message="mounted and answering"),
         )
+
+    def _abnormal(self, path: str, message: str) -> VolumeUsage:
+        why = self._repair.conditions.get(path)
+        return _unknown(f"{message}; {why}" if why else message)
 
     async def aclose(self) -> None:
         # Stuck probe threads are daemons and killed mounts are reaped by the

@@ -21,6 +21,7 @@ from driver.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
+    Unimplemented,
 )
 from driver.log import get_logger
 from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsage
@@ -147,6 +148,8 @@ class WindowsPlatform:
         log.info("unstaged", volume_id=volume_id, staging=staging_path)
 
     async def publish(self, request: PublishRequest) -> None:
+        if request.ephemeral:
+            raise Unimplemented("inline ephemeral volumes are not supported on Windows nodes yet")
         self._check_read_only(request)
         try:
             if not await self.host.lexists(request.staging_path):

@@ -88,6 +88,15 @@ def test_lookup_helpers() -> None:
     assert [e.mount_id for e in found] == [46, 49]
 
 
+def test_top_follows_the_stack_not_the_listing_order() -> None:
+    # As the guest's kernel listed a target after a repair: the new layer
+    # (reusing an older, lower ID) sits on the dead one but is listed first.
+    old_layer = mountinfo.parse_line(NFS4.replace("48 23", "47 23"))
+    new_layer = mountinfo.parse_line(NFS4.replace("48 23", "48 47").replace("0:47", "0:60"))
+    assert mountinfo.top([new_layer, old_layer], "/tmp/p/n4") == new_layer
+    assert mountinfo.top([old_layer, new_layer], "/tmp/p/n4") == new_layer
+
+
 @pytest.mark.parametrize(
     "line",
     ["", "1 2 3", "x 1 0:1 / /m rw - tmpfs t rw", "1 2 0:1 / /m rw tmpfs t rw"],

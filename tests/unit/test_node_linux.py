@@ -65,8 +65,9 @@ EXPORT = FsStats(131072, 2048, 1024, 1000, 126998, 126000)
 @dataclass
 class FsState:
     stats: FsStats
-    error: int | None = None  # statvfs raises OSError(error)
-    hang: threading.Event | None = None  # statvfs blocks until set
+    error: int | None = None  # statvfs and lookups raise OSError(error)
+    hang: threading.Event | None = None  # statvfs and lookups block until set
+    lookup_error: int | None = None  # only lookups fail (a cifs share restored from a copy)
 
 
 @dataclass
@@ -76,6 +77,9 @@ class FakeHost:
     entries: list[MountEntry] = field(default_factory=list)
     fs: dict[str, FsState] = field(default_factory=dict)
     statvfs_calls: int = 0
+    look_calls: int = 0
+    down: set[tuple[str, int]] = field(default_factory=set)  # servers refusing connections
+    connects: list[tuple[str, int]] = field(default_factory=list)
     _next: int = 100
 
     def add(
@@ -98,9 +102,10 @@ class FakeHost:
             dev, root = like.major_minor, like.root
             fstype, source, super_options = like.fstype, like.source, like.super_options
             read_only = read_only or like.read_only
+        below = mountinfo.top(self.entries, point)
         entry = MountEntry(
             mount_id=self._next,
-            parent_id=1,
+            parent_id=below.mount_id if below is not None else 1,
             major_minor=dev,
             root=root,
             mount_point=point,
@@ -158,6 +163,24 @@ class FakeHost:
         if state.error is not None:
             raise OSError(state.error, os.strerror(state.error), path)
         return state.stats
+
+    def look(self, path: str) -> None:
+        self.look_calls += 1
+        entry = mountinfo.top(self.entries, path)
+        if entry is None:
+            os.stat(path)
+            return
+        state = self.fs[entry.major_minor]
+        if state.hang is not None:
+            state.hang.wait(30)  # bounded: a broken test cannot hang forever
+        for err in (state.error, state.lookup_error):
+            if err is not None:
+                raise OSError(err, os.strerror(err), path)
+
+    def connect(self, server: str, port: int, timeout: float) -> None:
+        self.connects.append((server, port))
+        if (server, port) in self.down:
+            raise ConnectionRefusedError(errno.ECONNREFUSED, "Connection refused")
 
 
 @dataclass

@@ -270,7 +270,7 @@ async def test_bad_stage_requests_are_invalid_and_mount_nothing(world: World) ->
         ({"target_path": ""}, "target_path"),
         ({"target_path": "pods/x"}, "absolute"),
         ({"volume_capability": None}, "volume_capability"),
-        ({"volume_context": {"csi.storage.k8s.io/ephemeral": "true"}}, "ephemeral"),
+        ({"volume_context": {"csi.storage.k8s.io/ephemeral": "true"}}, "'source' is required"),
     ],
 )
 async def test_bad_publish_requests(world: World, kw: dict[str, Any], match: str) -> None:
