@@ -118,6 +118,7 @@ def test_csidriver_spec(scenario: str) -> None:
     assert spec["attachRequired"] is False
     assert spec["podInfoOnMount"] is True
     assert spec["fsGroupPolicy"] == "File"
+    assert spec["requiresRepublish"] is True  # the node's self-healing runs at republish
     assert spec["volumeLifecycleModes"] == values["driver"]["volumeLifecycleModes"]
 
 

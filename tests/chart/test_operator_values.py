@@ -221,7 +221,14 @@ def test_snapshot_classes_need_the_snapshot_api() -> None:
 
 
 @pytest.mark.parametrize("scenario", list(SCENARIOS))
-def test_inline_volumes_are_not_offered(scenario: str) -> None:
-    """The node refuses inline volumes; volumeLifecycleModes is immutable."""
+def test_inline_volumes_are_off_by_default(scenario: str) -> None:
+    """Inline volumes let any pod author mount shares: only when asked."""
     spec = one(documents(SCENARIOS[scenario]), "CSIDriver")["spec"]
     assert spec["volumeLifecycleModes"] == ["Persistent"]
+
+
+def test_inline_volumes_when_asked() -> None:
+    values = {"driver": {"volumeLifecycleModes": ["Persistent", "Ephemeral"]}}
+    spec = one(documents(values), "CSIDriver")["spec"]
+    assert spec["volumeLifecycleModes"] == ["Persistent", "Ephemeral"]
+    assert spec["podInfoOnMount"] is True  # kubelet marks inline requests only with it

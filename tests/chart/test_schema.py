@@ -23,8 +23,7 @@ BAD_VALUES: dict[str, dict[str, Any]] = {
     "windows kubelet dir with a quote": {"windows": {"kubeletDir": "C:\\k'; Remove-Item C:\\"}},
     "windows enabled as a string": {"windows": {"enabled": "true"}},
     "bad lifecycle mode": {"driver": {"volumeLifecycleModes": ["Persistent", "Inline"]}},
-    # The node refuses inline volumes today; the field is immutable on a CSIDriver.
-    "ephemeral offered": {"driver": {"volumeLifecycleModes": ["Persistent", "Ephemeral"]}},
+    "lifecycle modes empty": {"driver": {"volumeLifecycleModes": []}},
     "selector label in customLabels": {"customLabels": {"app.kubernetes.io/instance": "x"}},
     "selector label in podLabels": {"podLabels": {"app.kubernetes.io/component": "node"}},
     "label value not a string": {"customLabels": {"team": 1}},
