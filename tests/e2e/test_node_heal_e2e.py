@@ -1,5 +1,6 @@
-"""Self-healing republish and inline ephemeral volumes with real kernel cifs /
-nfs mounts: one UML guest boot that runs tests/e2e/inside/heal_inside.py.
+"""Self-healing republish, a hung mount killed with its process group, and
+inline ephemeral volumes with real kernel cifs / nfs mounts: one UML guest
+boot that runs tests/e2e/inside/heal_inside.py.
 
 The guest writes a junit report into the shared work dir; this test fails
 unless every expected inside test ran and passed (no silent skips).  The
@@ -22,6 +23,7 @@ PASSWORD = register_secret('heal p,a"s`s $w\\rd')
 EXPECTED = {
     "test_republish_heals_a_running_container[nfs]",
     "test_republish_heals_a_running_container[smb]",
+    "test_hung_nfs_mount_is_killed_with_its_process_group",
     "test_inline_volume[smb]",
     "test_inline_volume[nfs]",
 }

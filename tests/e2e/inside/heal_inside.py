@@ -28,6 +28,7 @@ from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 
 from controller.service import build as build_controller
@@ -273,6 +274,86 @@ async def test_republish_heals_a_running_container(tmp: Path, protocol: str) -> 
             await c.controller.DeleteVolume(
                 csi_pb2.DeleteVolumeRequest(volume_id=vol.id, secrets=vol.secrets)
             )
+
+
+# ---------------------------------------------------------------- hung mounts
+
+
+@contextmanager
+def nfs_unreachable() -> Iterator[None]:
+    """Drop every TCP segment to and from port 2049 on lo: mount.nfs hangs."""
+
+    def tc(*args: str, check: bool = True) -> None:
+        subprocess.run(["tc", *args], check=check, capture_output=True)
+
+    tc("qdisc", "add", "dev", "lo", "clsact")
+    try:
+        for direction in ("dport", "sport"):
+            tc(
+                "filter", "add", "dev", "lo", "egress", "protocol", "ip", "prio", "1",
+                "u32", "match", "ip", direction, "2049", "0xffff", "action", "drop",
+            )  # fmt: skip
+        yield
+    finally:
+        tc("qdisc", "del", "dev", "lo", "clsact", check=False)
+
+
+def mount_helpers() -> list[str]:
+    """Running mount / mount.nfs processes (their command lines)."""
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if cmdline and os.path.basename(cmdline[0]).decode(errors="replace") in (
+            "mount",
+            "mount.nfs",
+            "mount.nfs4",
+        ):
+            found.append(b" ".join(cmdline).decode(errors="replace"))
+    return found
+
+
+async def test_hung_nfs_mount_is_killed_with_its_process_group(tmp: Path) -> None:
+    cfg = Config(
+        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
+        node_id="e2e",
+        mount_timeout=3,
+        backend_timeout=10,
+    )
+    plugins = [
+        build_controller(cfg),
+        NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=PROBE_TIMEOUT)),
+    ]
+    async with running_driver(tmp / "csi.sock", plugins) as (_, c):
+        vol = await create(c, tmp, "pvc-hung-mount", "127.0.0.1:/", NFS_DIR)
+        with nfs_unreachable():
+            with pytest.raises(Exception, match="DEADLINE_EXCEEDED"):
+                await c.node.NodeStageVolume(vol.stage(), timeout=60)
+            # mount and its mount.nfs helper were killed as one group.
+            for _ in range(100):
+                if not mount_helpers():
+                    break
+                await asyncio.sleep(0.1)
+            assert mount_helpers() == []
+        # Not poisoned: the next mount to the same server works (ABORTED only
+        # while the killed group's reaper has not noticed it is gone).
+        for _ in range(20):
+            try:
+                await c.node.NodeStageVolume(vol.stage(), timeout=60)
+                break
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() != grpc.StatusCode.ABORTED:
+                    raise
+                await asyncio.sleep(0.5)
+        (entry,) = mountinfo.at(mountinfo.read(), str(vol.staging))
+        assert entry.fstype == "nfs4"
+        await c.node.NodeUnstageVolume(vol.unstage())
+        assert mounts_under(tmp) == []
+        await c.controller.DeleteVolume(csi_pb2.DeleteVolumeRequest(volume_id=vol.id))
 
 
 # ---------------------------------------------------------------- inline volumes
