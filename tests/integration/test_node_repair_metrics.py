@@ -25,7 +25,11 @@ from tests.unit.test_node_service import (
 
 async def test_repairs_are_counted_per_protocol(tmp_path: Path) -> None:
     world = World(tmp_path)
-    cfg = Config(endpoint=parse_endpoint(f"unix://{tmp_path}/csi.sock"), node_id="n1")
+    cfg = Config(
+        endpoint=parse_endpoint(f"unix://{tmp_path}/csi.sock"),
+        node_id="n1",
+        kubelet_dir=str(world.kubelet),
+    )
     platform = make_platform(world.host, world.runner, world.secrets_dir)
     async with running_driver(tmp_path / "csi.sock", [NodePlugin(cfg, platform)], metrics=True) as (
         srv,

@@ -43,6 +43,7 @@ from tests.e2e.inside.common import (
     SMB_PASSWORD,
     SMB_SHARE,
     SMB_USER,
+    STAGING,
     Volume,
     cap,
     mounts_under,
@@ -93,6 +94,7 @@ async def driver(tmp: Path) -> AsyncIterator[tuple[DriverServer, Client]]:
         node_id="e2e",
         mount_timeout=MOUNT_TIMEOUT,
         backend_timeout=10,
+        kubelet_dir=str(tmp / "kubelet"),
     )
     plugins = [
         build_controller(cfg),
@@ -180,7 +182,7 @@ async def create(c: Client, tmp: Path, name: str, source: str, server_dir: Path)
         dict(vol.volume_context),
         (),
         secrets,
-        tmp / "kubelet" / "plugins" / name / "globalmount",
+        tmp / "kubelet" / STAGING / name / "globalmount",
         server_dir / name,
     )
 
@@ -323,6 +325,7 @@ async def test_hung_nfs_mount_is_killed_with_its_process_group(tmp: Path) -> Non
         node_id="e2e",
         mount_timeout=3,
         backend_timeout=10,
+        kubelet_dir=str(tmp / "kubelet"),
     )
     plugins = [
         build_controller(cfg),
