@@ -29,6 +29,19 @@ host), so it does the work itself, without csi-proxy:
   this driver is looked up.  A share no longer mapped cannot be mapped then
   (credentials come only with NodeStageVolume, which kubelet sends again);
   its volumes are abnormal in stats, saying so, until that NodeStage.
+* **Republish** (``requiresRepublish``): a published target whose volume
+  does not answer through its link, and whose share's mapping is gone or
+  ``Disconnected``/``Unavailable``, gets the mapping re-created with the
+  node-stage credentials kept in memory (never on disk) since the stage; the
+  links stay.  After a driver restart those are gone until the volume is
+  staged again: FailedPrecondition, "restart the pod".  Any other status is
+  left to the SMB client to recover.  A volume that answers costs no
+  PowerShell.
+* **Inline ephemeral volumes**: the share's global mapping (made with the
+  NodePublish secret if none exists) and a symlink at the target straight to
+  ``\\server\share\subdir``; nothing is created on the server.  The mapping's
+  refcount counts these target links under ``<kubelet>\pods`` as well as
+  the staging links, so neither kind pulls the mapping from the other.
 
 Decisions an operator should know about:
 

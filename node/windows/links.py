@@ -53,21 +53,11 @@ class KubeletLinks:
                 found.append(StagingLink(link, target, driver))
         return found
 
-    async def into(self, root: str, *, exclude: str) -> list[str]:
-        """Staging links (of any CSI driver) that point into ``root``, but ``exclude``."""
-        skip = path_key(exclude)
-        return [
-            s.link
-            for s in await self.staging_links()
-            if path_key(s.link) != skip and is_within(s.target, root)
-        ]
-
-    async def published_elsewhere(self, staging_path: str, target_path: str) -> list[str]:
-        """Pod volume links that point at ``staging_path``, ``target_path`` excepted."""
-        staging, skip = path_key(staging_path), path_key(target_path)
-        found: list[str] = []
+    async def pod_links(self) -> list[tuple[str, str]]:
+        """(link, its target) of every pod volume link, of any CSI driver."""
+        found: list[tuple[str, str]] = []
         if not await self.host.lexists(self.pods_dir):
-            return []
+            return found
         for pod in await self.host.list_dir(self.pods_dir):
             csi = ntpath.join(self.pods_dir, pod, "volumes", "kubernetes.io~csi")
             try:
@@ -77,10 +67,34 @@ class KubeletLinks:
             for volume in volumes:
                 link = ntpath.join(csi, volume, "mount")
                 try:
-                    if path_key(link) == skip or not await self.host.is_link(link):
-                        continue
-                    if path_key(await self.host.read_link(link)) == staging:
-                        found.append(link)
+                    if await self.host.is_link(link):
+                        found.append((link, normalize_link_target(await self.host.read_link(link))))
                 except OSError:
                     continue  # unpublished meanwhile
         return found
+
+    async def into(self, root: str, *, exclude: str) -> list[str]:
+        """The users of ``root``'s mapping, but ``exclude``: staging links (of
+        any CSI driver) and inline volumes' pod links that point into it
+        (a persistent volume's pod link points to its staging link)."""
+        skip = path_key(exclude)
+        staged = [
+            s.link
+            for s in await self.staging_links()
+            if path_key(s.link) != skip and is_within(s.target, root)
+        ]
+        inline = [
+            link
+            for link, target in await self.pod_links()
+            if path_key(link) != skip and is_within(target, root)
+        ]
+        return staged + inline
+
+    async def published_elsewhere(self, staging_path: str, target_path: str) -> list[str]:
+        """Pod volume links that point at ``staging_path``, ``target_path`` excepted."""
+        staging, skip = path_key(staging_path), path_key(target_path)
+        return [
+            link
+            for link, target in await self.pod_links()
+            if path_key(link) != skip and path_key(target) == staging
+        ]

@@ -12,16 +12,18 @@ import asyncio
 import ntpath
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
+from driver import rpc
 from driver.config import Config
+from driver.credentials import Credentials
 from driver.errors import (
     DeadlineExceeded,
     DriverError,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unimplemented,
 )
 from driver.log import get_logger
 from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsage
@@ -45,6 +47,15 @@ T = TypeVar("T")
 
 _HEALTHY = "volume is reachable"
 _MISSING = frozenset({2, 3, 267})  # ERROR_FILE_NOT_FOUND, _PATH_NOT_FOUND, _DIRECTORY
+
+
+@dataclass(frozen=True, slots=True)
+class _Identity:
+    """What a share's global mapping is (re-)created with; memory only."""
+
+    credentials: Credentials = field(repr=False)
+    host: str
+    privacy: bool
 
 
 class WindowsPlatform:
@@ -79,6 +90,9 @@ class WindowsPlatform:
         self.links = KubeletLinks(self.host, self.kubelet_dir)
         self.mappings = ShareMappings(self.powershell, self.settings, clock)
         self._probes: dict[str, asyncio.Task[DiskSpace]] = {}  # path key → pending probe
+        # Per share root key: the identity of its live mapping, for a republish
+        # that finds it Disconnected.  Never on disk; gone after a restart.
+        self._identities: dict[str, _Identity] = {}
 
     # ---------------------------------------------------------------- NodePlatform
 
@@ -112,6 +126,7 @@ class WindowsPlatform:
         async with self.mappings.lock(root):
             try:
                 await self.mappings.ensure(root, request.credentials, host, privacy)
+                self._identities[path_key(root)] = _Identity(request.credentials, host, privacy)
                 await self._check_volume_dir(target)
                 await self._ensure_link(staging, target, what="staging_target_path")
             except OSError as exc:
@@ -141,6 +156,7 @@ class WindowsPlatform:
                     # Mapping first, link second: when the removal fails, the link
                     # is still there for kubelet's retry to find the share by.
                     await self.mappings.remove(root)
+                    self._identities.pop(path_key(root), None)
                     log.info("removed the share's global mapping", share=root)
                 await self.host.remove_link(staging_path)
         except OSError as exc:
@@ -149,13 +165,20 @@ class WindowsPlatform:
 
     async def publish(self, request: PublishRequest) -> None:
         if request.ephemeral:
-            raise Unimplemented("inline ephemeral volumes are not supported on Windows nodes yet")
+            await self._publish_inline(request)
+            return
         self._check_read_only(request)
         try:
             if not await self.host.lexists(request.staging_path):
                 raise FailedPrecondition(
                     f"staging_target_path {request.staging_path} does not exist: stage first"
                 )
+            if await self._links_to(request.target_path, request.staging_path):
+                # kubelet's republish: the links stay; a Disconnected mapping is re-created.
+                share = await self._share_of(request.staging_path)
+                if share is not None:
+                    await self._heal_mapping(request.volume_id, share, request.target_path)
+                return
             await self._ensure_link(request.target_path, request.staging_path, what="target_path")
         except OSError as exc:
             raise os_error(exc, what="NodePublishVolume") from None
@@ -166,11 +189,109 @@ class WindowsPlatform:
         that point at ``staging_path``, ``target_path`` excepted."""
         return await self.links.published_elsewhere(staging_path, target_path)
 
+    async def _publish_inline(self, request: PublishRequest) -> None:
+        """An inline ephemeral volume: the share's global mapping (shared with
+        staged volumes of that share) and a symlink at the target."""
+        volume = request.volume
+        if volume is None:
+            raise InvalidArgument("an inline ephemeral volume needs volume attributes")
+        source = volume.source
+        if source.protocol != "smb":
+            raise FailedPrecondition(
+                f"{source.protocol.upper()} inline volumes are not supported on Windows nodes"
+            )
+        privacy = require_privacy(source, volume.mount_options, self.settings.require_privacy)
+        self._check_read_only(request)
+        if volume.credentials is None:
+            raise InvalidArgument("nodePublishSecretRef secret: SMB needs username and password")
+        host = unc_host(source.server)
+        root = f"\\\\{host}\\{source.share}"
+        unc = root + ("\\" + volume.subdir.replace("/", "\\") if volume.subdir else "")
+        identity = _Identity(volume.credentials, host, privacy)
+        target = request.target_path
+        secrets = [volume.credentials.password]
+        try:
+            if await self._links_to(target, unc):
+                await self._heal_mapping(request.volume_id, root, target, identity)
+                return
+            async with self.mappings.lock(root):
+                await self.mappings.ensure(root, volume.credentials, host, privacy)
+                self._identities.setdefault(path_key(root), identity)
+                await self._check_volume_dir(unc)
+                # Never anything on the server: the directory must exist.
+                await self._ensure_link(target, unc, what="target_path")
+        except OSError as exc:
+            raise os_error(exc, what="NodePublishVolume", secrets=secrets) from None
+        log.info("published inline volume", volume_id=request.volume_id, target=target, share=unc)
+
+    async def _links_to(self, link: str, target: str) -> bool:
+        if not await self.host.is_link(link):
+            return False
+        current = normalize_link_target(await self.host.read_link(link))
+        return path_key(current) == path_key(normalize_link_target(target))
+
+    async def _share_of(self, link: str) -> str | None:
+        if not await self.host.is_link(link):
+            return None
+        return unc_root(normalize_link_target(await self.host.read_link(link)))
+
+    async def _heal_mapping(
+        self, volume_id: str, root: str, link: str, identity: _Identity | None = None
+    ) -> None:
+        """The health rule of stats: the volume answering through ``link`` is
+        health (no PowerShell).  Otherwise a missing or stale (Disconnected,
+        Unavailable) mapping is re-created; links are kept.  Any other status
+        is left to the SMB client to recover."""
+        _, problem = await self._probe(link)
+        if problem is None:
+            return
+        state = await self.mappings.state(root, time_limit=self.settings.status_timeout)
+        if state.exists and not state.stale:
+            return
+        found = f"{problem}; SMB global mapping {root}: " + (
+            f"status {state.status}" if state.exists else "gone"
+        )
+        identity = identity or self._identities.get(path_key(root))
+        if identity is None:
+            raise FailedPrecondition(
+                f"{found}; it cannot be re-created: the node-stage secret is not in the driver's "
+                "memory (the driver restarted since NodeStageVolume); restart the pod"
+            )
+        start = time.monotonic()
+        try:
+            async with self.mappings.lock(root):
+                await self.mappings.ensure(
+                    root, identity.credentials, identity.host, identity.privacy
+                )
+        except DriverError as exc:
+            rpc.note_repair("smb", succeeded=False)
+            log.warning(
+                "mount repair failed", protocol="smb", volume_id=volume_id, target=link,
+                found=found, error=exc.message, seconds=round(time.monotonic() - start, 3),
+            )  # fmt: skip
+            raise
+        self._identities[path_key(root)] = identity
+        rpc.note_repair("smb", succeeded=True)
+        log.info(
+            "mount repaired", protocol="smb", volume_id=volume_id, target=link, found=found,
+            steps=["re-created the SMB global mapping"], seconds=round(time.monotonic() - start, 3),
+        )  # fmt: skip
+
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         try:
             if not await self.host.lexists(target_path):
                 return
-            if await self.host.is_link(target_path):
+            root = await self._share_of(target_path)
+            if root is not None:
+                # An inline volume links straight into its share: the mapping
+                # goes with the last link (staged or inline) into that share.
+                async with self.mappings.lock(root):
+                    if not await self.links.into(root, exclude=target_path):
+                        await self.mappings.remove(root)
+                        self._identities.pop(path_key(root), None)
+                        log.info("removed the share's global mapping", share=root)
+                    await self.host.remove_link(target_path)
+            elif await self.host.is_link(target_path):
                 await self.host.remove_link(target_path)
             elif await self.host.is_dir(target_path) and not await self.host.list_dir(target_path):
                 await self.host.remove_empty_dir(target_path)
