@@ -16,10 +16,10 @@ from driver.errors import InvalidArgument
 from driver.source import Source
 
 if TYPE_CHECKING:
-    from controller.nfs import NfsBackendPool
+    from controller.nfs.backend import NfsBackendPool
     from controller.smb.backend import SmbBackendPool
 
-# Served over NFSv4.0: libnfs 4.0 has no 4.1 sessions (see controller/nfs.py).
+# Served over NFSv4.0: libnfs 4.0 has no 4.1 sessions (see controller/nfs/backend.py).
 DEFAULT_NFS_VERSION = "4.1"
 
 
@@ -45,7 +45,7 @@ class ShareBackends:
 
     def _nfs_pool(self) -> NfsBackendPool:
         if self._nfs is None:
-            from controller.nfs import NfsBackendPool
+            from controller.nfs.backend import NfsBackendPool
 
             self._nfs = NfsBackendPool(timeout=self._timeout)
         return self._nfs

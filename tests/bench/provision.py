@@ -281,7 +281,7 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
 
 
 def bench_nfs(tmp: Path, version: str) -> dict[str, Any]:
-    from controller.nfs import NfsBackend
+    from controller.nfs.backend import NfsBackend
     from tests.servers.ganesha import GaneshaServer
 
     versions = ("3", "4") if version == "3" else ("4",)

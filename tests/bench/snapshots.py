@@ -234,7 +234,7 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
 
 
 def bench_nfs4(tmp: Path) -> dict[str, Any]:
-    from controller.nfs import NfsBackend
+    from controller.nfs.backend import NfsBackend
     from tests.servers.ganesha import GaneshaServer
 
     with GaneshaServer(tmp / "nfs4", versions=("4",)) as server:

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 
 from controller.backend import ShareBackend
-from controller.nfs import DEFAULT_DIR_MODE, NfsBackend, NfsBackendPool, Version
+from controller.nfs.backend import DEFAULT_DIR_MODE, NfsBackend, NfsBackendPool, Version
 from driver.errors import (
     AlreadyExists,
     DeadlineExceeded,

@@ -11,15 +11,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller import libnfs
-from controller.nfs import (
-    ConnectionLost,
-    NfsBackend,
-    _rpc_failure,
-    check_share_path,
-    errno_to_error,
-    nfs4_errno,
-)
+from controller.nfs import libnfs, structs
+from controller.nfs.backend import NfsBackend, check_share_path
+from controller.nfs.errors import ConnectionLost, errno_to_error, nfs4_errno, rpc_failure
 from driver.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -123,11 +117,11 @@ def test_nfs_status_names_in_libnfs_errors(
 
 
 def test_rpc_failure_marks_connection_loss_but_not_at_mount() -> None:
-    assert type(_rpc_failure(-errno.EFAULT, "mkdir", "a", "RPC ERROR")) is ConnectionLost
-    assert type(_rpc_failure(-errno.EINTR, "lstat", "a", "cancelled")) is ConnectionLost
+    assert type(rpc_failure(-errno.EFAULT, "mkdir", "a", "RPC ERROR")) is ConnectionLost
+    assert type(rpc_failure(-errno.EINTR, "lstat", "a", "cancelled")) is ConnectionLost
     assert isinstance(ConnectionLost("x"), Unavailable)
-    assert type(_rpc_failure(-errno.EFAULT, "mount", "/e", "refused")) is Unavailable
-    assert type(_rpc_failure(-errno.ENOENT, "lstat", "a", "")) is NotFound
+    assert type(rpc_failure(-errno.EFAULT, "mount", "/e", "refused")) is Unavailable
+    assert type(rpc_failure(-errno.ENOENT, "lstat", "a", "")) is NotFound
 
 
 @pytest.mark.parametrize(
@@ -229,17 +223,17 @@ x86_64 = pytest.mark.skipif(platform.machine() != "x86_64", reason="layouts pinn
 @pytest.mark.parametrize(
     ("struct", "size"),
     [
-        (libnfs.NfsStat64, 136),
-        (libnfs.NfsStatvfs64, 88),
-        (libnfs.NfsDirent, 160),
-        (libnfs.NfsUrl, 24),
-        (libnfs.NfsArgop4, 136),
-        (libnfs.Compound4Args, 40),
-        (libnfs.Setattr4Args, 48),
-        (libnfs.Fattr4, 32),
-        (libnfs.Stateid4, 16),
-        (libnfs.Lookup4Args, 16),
-        (libnfs.Utf8String, 16),
+        (structs.NfsStat64, 136),
+        (structs.NfsStatvfs64, 88),
+        (structs.NfsDirent, 160),
+        (structs.NfsUrl, 24),
+        (structs.NfsArgop4, 136),
+        (structs.Compound4Args, 40),
+        (structs.Setattr4Args, 48),
+        (structs.Fattr4, 32),
+        (structs.Stateid4, 16),
+        (structs.Lookup4Args, 16),
+        (structs.Utf8String, 16),
     ],
 )
 def test_struct_sizes(struct: type[ctypes.Structure], size: int) -> None:
@@ -248,10 +242,10 @@ def test_struct_sizes(struct: type[ctypes.Structure], size: int) -> None:
 
 @x86_64
 def test_struct_offsets() -> None:
-    assert libnfs.NfsStat64.nfs_mode.offset == 16
-    assert libnfs.NfsStat64.nfs_used.offset == 128
-    assert libnfs.NfsStatvfs64.f_bavail.offset == 32
-    assert libnfs.NfsStatvfs64.f_namemax.offset == 80
+    assert structs.NfsStat64.nfs_mode.offset == 16
+    assert structs.NfsStat64.nfs_used.offset == 128
+    assert structs.NfsStatvfs64.f_bavail.offset == 32
+    assert structs.NfsStatvfs64.f_namemax.offset == 80
     offsets = {
         "name": 8,
         "type": 24,
@@ -266,12 +260,12 @@ def test_struct_offsets() -> None:
         "ctime_nsec": 152,
     }
     for field, offset in offsets.items():
-        assert getattr(libnfs.NfsDirent, field).offset == offset, field
-    assert libnfs.NfsArgop4.nfs_argop4_u.offset == 8
-    assert libnfs.Compound4Args.minorversion.offset == 16
-    assert libnfs.Compound4Args.argarray.offset == 24
-    assert libnfs.Setattr4Args.obj_attributes.offset == 16
-    assert libnfs.Fattr4.attr_vals.offset == 16
+        assert getattr(structs.NfsDirent, field).offset == offset, field
+    assert structs.NfsArgop4.nfs_argop4_u.offset == 8
+    assert structs.Compound4Args.minorversion.offset == 16
+    assert structs.Compound4Args.argarray.offset == 24
+    assert structs.Setattr4Args.obj_attributes.offset == 16
+    assert structs.Fattr4.attr_vals.offset == 16
 
 
 def test_poll_bits_match_linux() -> None:
@@ -285,4 +279,4 @@ def test_poll_bits_match_linux() -> None:
 
 def test_compound_status_reads_first_int() -> None:
     buf = (ctypes.c_int32 * 2)(10021, 0)
-    assert libnfs.compound_status(ctypes.addressof(buf)) == 10021
+    assert structs.compound_status(ctypes.addressof(buf)) == 10021
