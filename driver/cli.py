@@ -7,8 +7,9 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from driver import ctl, log
+from driver import log
 from driver.config import add_serve_arguments, config_from_args
+from driver.ctl import main as ctl
 from driver.errors import InvalidArgument
 from driver.version import package_version
 

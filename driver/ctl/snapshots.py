@@ -3,16 +3,16 @@
 Parameters (VolumeSnapshotClass) come from ``--param KEY=VALUE`` and/or
 ``--params-file``; secrets only from ``--secrets-file``, as for volumes.
 ``create-volume --from-snapshot/--from-volume`` lives with the volume
-commands (``driver.ctl_volumes``).
+commands (``driver.ctl.volumes``).
 """
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Final
 
-from driver.ctl import CommandSpec, Stubs, register
-from driver.ctl_volumes import add_volume_args, params_of, secrets_of
+from driver.ctl.inputs import add_volume_args, params_of, secrets_of
+from driver.ctl.spec import CommandSpec, Stubs
 from driver.errors import InvalidArgument
 
 
@@ -84,7 +84,8 @@ def _list(args: argparse.Namespace, stubs: Stubs) -> Any:
         request.starting_token = response.next_token
 
 
-def install() -> None:
-    register("create-snapshot", CommandSpec("CreateSnapshot", _create_args, _create))
-    register("delete-snapshot", CommandSpec("DeleteSnapshot", _delete_args, _delete))
-    register("list-snapshots", CommandSpec("ListSnapshots (all pages)", _list_args, _list))
+COMMANDS: Final = {
+    "create-snapshot": CommandSpec("CreateSnapshot", _create_args, _create),
+    "delete-snapshot": CommandSpec("DeleteSnapshot", _delete_args, _delete),
+    "list-snapshots": CommandSpec("ListSnapshots (all pages)", _list_args, _list),
+}

@@ -9,20 +9,15 @@ volume context (what CreateVolume returned: ``protocol``, ``source``,
 from __future__ import annotations
 
 import argparse
-from typing import Any
+from typing import Any, Final
 
-from driver.ctl import CommandSpec, Stubs, register
-from driver.ctl_volumes import add_capability_args, capability, read_map_file
-from driver.errors import InvalidArgument
+from driver.ctl.inputs import add_capability_args, capability, pairs, read_map_file
+from driver.ctl.spec import CommandSpec, Stubs
 
 
 def _context(args: argparse.Namespace) -> dict[str, str]:
     out = read_map_file(args.context_file, what="context file") if args.context_file else {}
-    for item in args.context or []:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise InvalidArgument(f"--context {item!r}: expected KEY=VALUE")
-        out[key] = value
+    out.update(pairs(args.context, what="--context"))
     return out
 
 
@@ -126,9 +121,10 @@ def _stats(args: argparse.Namespace, stubs: Stubs) -> Any:
     return stubs.node.NodeGetVolumeStats(request, timeout=args.timeout)
 
 
-def install() -> None:
-    register("stage", CommandSpec("NodeStageVolume", _stage_args, _stage))
-    register("publish", CommandSpec("NodePublishVolume", _publish_args, _publish))
-    register("unpublish", CommandSpec("NodeUnpublishVolume", _unpublish_args, _unpublish))
-    register("unstage", CommandSpec("NodeUnstageVolume", _unstage_args, _unstage))
-    register("stats", CommandSpec("NodeGetVolumeStats (usage and health)", _stats_args, _stats))
+COMMANDS: Final = {
+    "stage": CommandSpec("NodeStageVolume", _stage_args, _stage),
+    "publish": CommandSpec("NodePublishVolume", _publish_args, _publish),
+    "unpublish": CommandSpec("NodeUnpublishVolume", _unpublish_args, _unpublish),
+    "unstage": CommandSpec("NodeUnstageVolume", _unstage_args, _unstage),
+    "stats": CommandSpec("NodeGetVolumeStats (usage and health)", _stats_args, _stats),
+}

@@ -1,0 +1,1 @@
+"""``csi-smb-nfs ctl``: the command modules, merged in ``driver.ctl.main``."""
