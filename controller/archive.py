@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from concurrent.futures import Executor
 from typing import Any, Final, TypeVar
 
-from controller.backend import FileInfo, FileKind, FileReader, FileShareBackend, FileWriter
+from controller.share import FileInfo, FileKind, FileReader, FileShareBackend, FileWriter
 from controller.tree import Node, TreeGuard, TreeStats, walk
 from driver import paths
 from driver.errors import FailedPrecondition, InvalidArgument

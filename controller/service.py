@@ -27,15 +27,20 @@ from typing import TYPE_CHECKING, Final
 import grpc
 
 from controller import dual
-from controller.backend import FileInfo, FileShareBackend
-from controller.common import Ctx, cleanup, lock_key, move_into_place
-from controller.factory import BackendFactory
 from controller.jobs import Jobs
 from controller.params import (
     TEMP_PREFIX,
     VolumeParams,
     options_from_mount_flags,
     parse_params,
+)
+from controller.share import (
+    BackendFactory,
+    FileInfo,
+    FileShareBackend,
+    cleanup,
+    lock_key,
+    move_into_place,
 )
 from controller.snapshot_id import SnapshotId, inside, parse_snapshot_id
 from controller.trash import Trash
@@ -54,6 +59,7 @@ from driver.errors import (
 )
 from driver.locks import VolumeLocks
 from driver.log import get_logger
+from driver.rpc import Ctx
 from driver.source import Source
 from driver.volume_id import VolumeId, parse_volume_id
 
@@ -624,6 +630,6 @@ class ControllerPlugin:
 
 
 def build(config: Config) -> ControllerPlugin:
-    from controller.backends import ShareBackends
+    from controller.pools import ShareBackends
 
     return ControllerPlugin(ShareBackends(config), archive_workers=config.backend_workers)

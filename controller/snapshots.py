@@ -19,21 +19,20 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
 
+from google.protobuf.timestamp_pb2 import Timestamp
+
 from controller import archive
-from controller.backend import FileInfo, FileShareBackend
-from controller.common import (
-    PARTIAL_SUFFIX,
-    Ctx,
-    cleanup,
-    lock_key,
-    log,
-    move_into_place,
-    same_share,
-    timestamp,
-)
-from controller.factory import BackendFactory
 from controller.jobs import Jobs
 from controller.params import default_snapshot_area, parse_snapshot_params
+from controller.share import (
+    BackendFactory,
+    FileInfo,
+    FileShareBackend,
+    cleanup,
+    lock_key,
+    move_into_place,
+    same_share,
+)
 from controller.snapshot_id import ARCHIVE_SUFFIX, SnapshotId, inside, parse_snapshot_id
 from driver import paths, rpc
 from driver.csi import csi_pb2
@@ -45,9 +44,15 @@ from driver.errors import (
     NotFound,
 )
 from driver.locks import VolumeLocks
+from driver.log import get_logger
+from driver.rpc import Ctx
 from driver.source import Source
 from driver.volume_id import parse_volume_id
 
+log = get_logger("controller")
+
+#: Suffix of an archive being written.
+PARTIAL_SUFFIX: Final = ".partial"
 RECENT_MAX: Final = 10_000
 AREAS_MAX: Final = 1_000
 #: Archive headers read at once by ListSnapshots.
@@ -82,6 +87,12 @@ def decode_token(token: str) -> str:
     except (binascii.Error, UnicodeDecodeError, ValueError, InvalidArgument):
         raise Aborted("starting_token: not a token this driver returned") from None
     return text
+
+
+def timestamp(ns: int) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromNanoseconds(ns)
+    return stamp
 
 
 class Snapshots:

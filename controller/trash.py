@@ -34,8 +34,8 @@ import time
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from controller.backend import FileInfo, RemoveResult
 from controller.params import TRASH_DIR
+from controller.share import FileInfo, RemoveResult
 from driver import paths
 from driver.errors import DeadlineExceeded, DriverError, NotFound, first_error
 from driver.log import get_logger
@@ -52,7 +52,7 @@ RETRY_MAX: Final = 300.0
 
 
 class TrashBackend(Protocol):
-    """What the trash needs of a share backend (``controller.backend``)."""
+    """What the trash needs of a share backend (``controller.share``)."""
 
     async def remove_empty_dir(self, path: str) -> RemoveResult: ...
 

@@ -23,16 +23,16 @@ an ancestor) is a loop and is refused instead of being walked forever.
 from __future__ import annotations
 
 import asyncio
-import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Final
 
-from controller.backend import FileInfo, FileKind, FileShareBackend
+from controller.share import FileInfo, FileKind, FileShareBackend
 from driver import paths
 from driver.errors import DriverError, FailedPrecondition, NotFound, first_error
+from driver.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 #: Files copied at once by a clone (each one is a few RPCs in flight).
 COPY_CONCURRENCY: Final = 16
@@ -202,7 +202,7 @@ async def _walk_dir(
     for name, info in sorted(entries, key=lambda e: e[0]):
         child = guard.check_name(rel, name)
         if info.kind == "other":
-            log.warning("skipping special file %r (FIFO, socket or device)", child)
+            log.warning("skipping a special file (FIFO, socket or device)", path=child)
             continue
         if info.kind == "symlink":
             if not backend.features.symlinks:

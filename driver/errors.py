@@ -1,6 +1,6 @@
 """Domain errors.
 
-Services raise these; exactly one place (``driver.interceptor``) turns them into
+Services raise these; exactly one place (``driver.boundary``) turns them into
 gRPC status codes.  Messages must never contain a secret: they are returned to
 the caller and logged.
 """

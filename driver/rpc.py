@@ -1,12 +1,17 @@
-"""Request-scoped facts that services report back to the interceptor."""
+"""Request-scoped facts that services report back to the error boundary."""
 
 from __future__ import annotations
 
 import contextvars
 import time
 from dataclasses import dataclass
+from typing import Any
 
+import grpc
 import structlog
+
+#: The servicer context every handler receives.
+Ctx = grpc.aio.ServicerContext[Any, Any]
 
 
 @dataclass(slots=True)

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING
 import grpc
 
 from driver import console
+from driver.boundary import ErrorBoundary
 from driver.config import Config, Endpoint, check_serve_endpoint
 from driver.csi import csi_pb2_grpc
 from driver.identity import IdentityService
-from driver.interceptor import ErrorBoundary
 from driver.log import get_logger
 from driver.plugin import ServicePlugin, build_plugins
 

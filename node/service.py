@@ -34,6 +34,7 @@ from driver.errors import (
 from driver.locks import VolumeLocks
 from driver.log import get_logger
 from driver.modes import parse_octal_mode
+from driver.rpc import Ctx
 from driver.source import Source, parse_source
 from driver.volume_id import parse_volume_id
 from node.dual import HelperFinder, find_helper, locate_dual, refuse_single
@@ -43,7 +44,6 @@ from node.platform import NodePlatform, PublishRequest, Reconciling, StageReques
 
 log = get_logger("node")
 
-Ctx = grpc.aio.ServicerContext[Any, Any]
 AccessMode = csi_pb2.VolumeCapability.AccessMode
 _READ_ONLY_MODES = frozenset(
     {AccessMode.SINGLE_NODE_READER_ONLY, AccessMode.MULTI_NODE_READER_ONLY}

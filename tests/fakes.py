@@ -19,7 +19,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.backend import Capacity, Features, FileInfo, RemoveResult
+from controller.share import Capacity, Features, FileInfo, RemoveResult
 from driver import failures
 from driver.credentials import Credentials
 from driver.errors import (

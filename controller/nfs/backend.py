@@ -45,12 +45,12 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal, TypeVar
 
-from controller.backend import Capacity, Features, FileInfo, RemoveResult
 from controller.nfs import libnfs
 from controller.nfs.context import NfsContext
 from controller.nfs.errors import WALK_INSTEAD, ConnectionLost
 from controller.nfs.files import NfsReader, NfsWriter, info_from_dirstat, info_from_stat
 from controller.nfs.ops import NfsOps
+from controller.share import Capacity, Features, FileInfo, RemoveResult
 from driver import rpc
 from driver.errors import (
     AlreadyExists,

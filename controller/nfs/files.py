@@ -9,9 +9,9 @@ import stat
 from collections.abc import Awaitable, Callable
 from typing import Any, Final, Protocol, TypeVar
 
-from controller.backend import FileInfo, FileKind
 from controller.nfs import structs
 from controller.nfs.ops import NfsOps
+from controller.share import FileInfo, FileKind
 from driver.errors import Internal, InvalidArgument
 
 T = TypeVar("T")

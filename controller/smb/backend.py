@@ -29,7 +29,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final, TypeVar
 
-from controller.backend import Capacity, Features, FileInfo, RemoveResult
+from controller.share import Capacity, Features, FileInfo, RemoveResult
 from controller.smb import steps
 from controller.smb.channel import (
     Channel,

@@ -29,7 +29,7 @@ from smbprotocol.exceptions import SMBOSError
 from smbprotocol.file_info import FileDispositionInformation
 from smbprotocol.open import CreateOptions, FilePipePrinterAccessMask
 
-from controller.backend import FileInfo, FileKind, RemoveResult
+from controller.share import FileInfo, FileKind, RemoveResult
 from controller.smb.errors import Status, is_missing, ntstatus
 
 if TYPE_CHECKING:

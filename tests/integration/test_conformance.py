@@ -26,11 +26,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
-from controller.backend import FileShareBackend
 from controller.backends import ShareBackends
-from controller.factory import BackendFactory
+
 from controller.service import ControllerService
+from controller.share import BackendFactory, FileShareBackend
 from driver.config import Config, parse_endpoint
 from driver.credentials import smb_credentials
 from driver.csi import csi_pb2

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.backend import ShareBackend
 from controller.nfs.backend import DEFAULT_DIR_MODE, NfsBackend, NfsBackendPool, Version
+from controller.share import ShareBackend
 from driver.errors import (
     AlreadyExists,
     DeadlineExceeded,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from controller.backend import FileShareBackend
+from controller.share import FileShareBackend
 from controller.backends import ShareBackends
 from controller.params import TRASH_DIR
 from controller.service import build

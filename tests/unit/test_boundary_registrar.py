@@ -7,9 +7,9 @@ from typing import Any
 import grpc
 import pytest
 
+from driver.boundary import ErrorBoundary
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.errors import NotFound
-from driver.interceptor import ErrorBoundary
 
 
 class _RecordingServer:

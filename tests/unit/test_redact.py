@@ -7,9 +7,9 @@ import pytest
 import structlog
 
 from driver import log as driver_log
+from driver.boundary import ErrorBoundary
 from driver.csi import csi_pb2
 from driver.errors import InvalidArgument
-from driver.interceptor import ErrorBoundary
 from driver.redact import REDACTED, redact, scrub, secret_values
 
 PW = "Tr0ub4dor&3-secret"

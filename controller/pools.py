@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from controller.backend import FileShareBackend
+from controller.share import FileShareBackend
 from driver.config import Config
 from driver.credentials import SmbAuth
 from driver.errors import InvalidArgument

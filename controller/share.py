@@ -12,14 +12,23 @@ exceptions.
 
 ``ShareBackend`` is what provisioning needs (directories).  ``ShareFiles``
 adds what snapshots, restores and clones need (files by handle, symlinks,
-attributes); :class:`FileShareBackend` is both, and is what the factory hands
-out.  File operations never follow a symlink in the last component.
+attributes); :class:`FileShareBackend` is both, and is what the
+:class:`BackendFactory` hands out (``controller.pools`` is the real one).
+File operations never follow a symlink in the last component.
 """
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 from typing import Literal, Protocol
+
+from driver.credentials import SmbAuth
+from driver.errors import DriverError, Internal
+from driver.log import get_logger
+from driver.source import Source
+
+log = get_logger("controller")
 
 FileKind = Literal["file", "dir", "symlink", "other"]
 #: What one ``remove_empty_dir`` did: ``not_empty`` also covers "not a
@@ -174,3 +183,44 @@ class ShareFiles(Protocol):
 
 class FileShareBackend(ShareBackend, ShareFiles, Protocol):
     """A share backend with file-level access: what the factory hands out."""
+
+
+class BackendFactory(Protocol):
+    """Which backend serves a share: one place that knows SMB from NFS."""
+
+    def get(
+        self, source: Source, *, credentials: SmbAuth | None, nfs_version: str | None
+    ) -> FileShareBackend:
+        """A backend for the share root of ``source`` (cheap when cached)."""
+        ...
+
+    def cached(self, source: Source) -> FileShareBackend | None:
+        """A live backend for this share, if one was used already (any identity)."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def lock_key(source: Source, directory: str) -> str:
+    """The per-volume lock of ``directory`` on the share of ``source``."""
+    return f"{source.protocol}://{source.host_port}/{source.share.strip('/')}/{directory}"
+
+
+def same_share(a: Source, b: Source) -> bool:
+    return (a.protocol, a.host_port, a.share) == (b.protocol, b.host_port, b.share)
+
+
+async def cleanup(backend: FileShareBackend, path: str) -> None:
+    """Remove what a failed job left (best effort; also when cancelled)."""
+    try:
+        await asyncio.shield(backend.remove_tree(path))
+    except DriverError as exc:
+        log.warning("could not remove a partial result", path=path, error=exc.message)
+    except asyncio.CancelledError:
+        log.warning("partial result left behind (cancelled)", path=path)
+
+
+async def move_into_place(backend: FileShareBackend, work: str, final: str) -> None:
+    """Rename a finished temporary ``work`` to ``final``; it must exist."""
+    if not await backend.rename(work, final):
+        raise Internal(f"{work!r} vanished before it could become {final!r}")
