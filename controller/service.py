@@ -55,7 +55,6 @@ from driver.errors import (
     FailedPrecondition,
     InvalidArgument,
     NotFound,
-    Unimplemented,
 )
 from driver.locks import VolumeLocks
 from driver.log import get_logger
@@ -548,22 +547,16 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
             ]
         )
 
-    # -- not offered (not advertised in ControllerGetCapabilities) ----------
-
-    async def ControllerPublishVolume(
-        self, request: csi_pb2.ControllerPublishVolumeRequest, context: Ctx
-    ) -> csi_pb2.ControllerPublishVolumeResponse:
-        raise Unimplemented("ControllerPublishVolume is not supported by this driver")
-
-    async def ControllerUnpublishVolume(
-        self, request: csi_pb2.ControllerUnpublishVolumeRequest, context: Ctx
-    ) -> csi_pb2.ControllerUnpublishVolumeResponse:
-        raise Unimplemented("ControllerUnpublishVolume is not supported by this driver")
-
-    async def ListVolumes(
-        self, request: csi_pb2.ListVolumesRequest, context: Ctx
-    ) -> csi_pb2.ListVolumesResponse:
-        raise Unimplemented("ListVolumes is not supported by this driver")
+    # Not advertised in ControllerGetCapabilities: the generated servicer's own
+    # methods answer (NotImplementedError, which the error boundary turns into
+    # UNIMPLEMENTED).  Named here because its type stubs mark them abstract.
+    ControllerPublishVolume = csi_pb2_grpc.ControllerServicer.ControllerPublishVolume
+    ControllerUnpublishVolume = csi_pb2_grpc.ControllerServicer.ControllerUnpublishVolume
+    ListVolumes = csi_pb2_grpc.ControllerServicer.ListVolumes
+    # GetSnapshot is alpha in CSI 1.12; ListSnapshots by ID answers the same.
+    GetSnapshot = csi_pb2_grpc.ControllerServicer.GetSnapshot
+    ControllerGetVolume = csi_pb2_grpc.ControllerServicer.ControllerGetVolume
+    ControllerModifyVolume = csi_pb2_grpc.ControllerServicer.ControllerModifyVolume
 
     async def CreateSnapshot(
         self, request: csi_pb2.CreateSnapshotRequest, context: Ctx
@@ -579,21 +572,6 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self, request: csi_pb2.ListSnapshotsRequest, context: Ctx
     ) -> csi_pb2.ListSnapshotsResponse:
         return await self._snapshots.list_page(request)
-
-    async def GetSnapshot(  # alpha in CSI 1.12; ListSnapshots by ID answers the same
-        self, request: csi_pb2.GetSnapshotRequest, context: Ctx
-    ) -> csi_pb2.GetSnapshotResponse:
-        raise Unimplemented("GetSnapshot is not supported by this driver")
-
-    async def ControllerGetVolume(
-        self, request: csi_pb2.ControllerGetVolumeRequest, context: Ctx
-    ) -> csi_pb2.ControllerGetVolumeResponse:
-        raise Unimplemented("ControllerGetVolume is not supported by this driver")
-
-    async def ControllerModifyVolume(
-        self, request: csi_pb2.ControllerModifyVolumeRequest, context: Ctx
-    ) -> csi_pb2.ControllerModifyVolumeResponse:
-        raise Unimplemented("ControllerModifyVolume is not supported by this driver")
 
 
 class ControllerPlugin:

@@ -82,6 +82,9 @@ async def test_unbuilt_rpcs_are_unimplemented(tmp_path: Path) -> None:
             (c.controller.ListVolumes, csi_pb2.ListVolumesRequest()),
             (c.controller.ControllerPublishVolume, csi_pb2.ControllerPublishVolumeRequest()),
             (c.controller.GetSnapshot, csi_pb2.GetSnapshotRequest()),
+            (c.controller.ControllerUnpublishVolume, csi_pb2.ControllerUnpublishVolumeRequest()),
+            (c.controller.ControllerGetVolume, csi_pb2.ControllerGetVolumeRequest()),
+            (c.controller.ControllerModifyVolume, csi_pb2.ControllerModifyVolumeRequest()),
             (c.node.NodeExpandVolume, csi_pb2.NodeExpandVolumeRequest()),
         ):
             with pytest.raises(grpc.aio.AioRpcError) as err:
