@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
@@ -58,6 +57,7 @@ from driver.errors import (
 )
 from driver.locks import VolumeLocks
 from driver.log import get_logger
+from driver.lru import Lru
 from driver.rpc import Ctx
 from driver.source import Source
 from driver.volume_id import VolumeId, parse_volume_id
@@ -159,7 +159,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         self._archive_workers = archive_workers
         self._backends = backends
         self._locks = VolumeLocks()
-        self._recent: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._recent: Lru[str, tuple[str, str]] = Lru(_RECENT_MAX)
         self._jobs = Jobs()
         self.trash = Trash()
         self._executor: ThreadPoolExecutor | None = None
@@ -204,10 +204,7 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
         return self._backends.get(root, credentials=creds, nfs_version=nfs_version)
 
     def _remember(self, name: str, fingerprint: str, volume_id: str) -> None:
-        self._recent[name] = (fingerprint, volume_id)
-        self._recent.move_to_end(name)
-        while len(self._recent) > _RECENT_MAX:
-            self._recent.popitem(last=False)
+        self._recent.put(name, (fingerprint, volume_id))
 
     def _pool(self) -> ThreadPoolExecutor:
         if self._executor is None:

@@ -14,7 +14,6 @@ import asyncio
 import base64
 import binascii
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Final
@@ -45,6 +44,7 @@ from driver.errors import (
 )
 from driver.locks import VolumeLocks
 from driver.log import get_logger
+from driver.lru import Lru
 from driver.rpc import Ctx
 from driver.source import Source
 from driver.volume_id import parse_volume_id
@@ -112,20 +112,13 @@ class Snapshots:
         self._locks = locks
         self._jobs = jobs
         self._pool = pool
-        self._recent_snapshots: OrderedDict[str, str] = OrderedDict()
+        self._recent_snapshots: Lru[str, str] = Lru(RECENT_MAX)
         # Snapshot areas used since start: (share root, NFS version, area).
-        self._areas: OrderedDict[tuple[Source, str | None, str], None] = OrderedDict()
+        self._areas: Lru[tuple[Source, str | None, str], None] = Lru(AREAS_MAX)
 
     def _remember(self, name: str, source_volume_id: str, sid: SnapshotId) -> None:
-        self._recent_snapshots[name] = source_volume_id
-        self._recent_snapshots.move_to_end(name)
-        while len(self._recent_snapshots) > RECENT_MAX:
-            self._recent_snapshots.popitem(last=False)
-        area = (sid.source, sid.option("vers"), sid.area)
-        self._areas[area] = None
-        self._areas.move_to_end(area)
-        while len(self._areas) > AREAS_MAX:
-            self._areas.popitem(last=False)
+        self._recent_snapshots.put(name, source_volume_id)
+        self._areas.put((sid.source, sid.option("vers"), sid.area), None)
 
     async def create(
         self, request: csi_pb2.CreateSnapshotRequest, context: Ctx
@@ -344,7 +337,7 @@ class Snapshots:
             return await self._scan_area(backend, vid.source, area, only=vid.format())
         # No filter: the areas this controller has used since it started.
         found: list[csi_pb2.Snapshot] = []
-        for root, version, area in list(self._areas):
+        for root, version, area in self._areas:
             backend = self._list_backend(root, request.secrets, version)
             if backend is not None:
                 found += await self._scan_area(backend, root, area, only=None)
