@@ -43,6 +43,7 @@ from typing import Any, Final, TypeVar
 from controller.share import FileInfo, FileKind, FileReader, FileShareBackend, FileWriter
 from controller.tree import Node, TreeGuard, TreeStats, walk
 from driver import paths
+from driver.aio import forget_late_result
 from driver.errors import FailedPrecondition, InvalidArgument
 
 log = logging.getLogger(__name__)
@@ -264,11 +265,6 @@ async def _read_small(backend: FileShareBackend, path: str, size: int) -> bytes:
 _Item = tuple[Node, "asyncio.Task[bytes] | None"]
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Done callback: an error nobody waits for any more is not worth a warning."""
-    if not task.cancelled():
-        task.exception()
-
 
 class _Prefetcher:
     """Walks the tree ahead of the archive thread and reads up to
@@ -291,7 +287,7 @@ class _Prefetcher:
                     content = asyncio.ensure_future(
                         _read_small(self._backend, path, node.info.size)
                     )
-                    content.add_done_callback(_retrieve)
+                    content.add_done_callback(forget_late_result)
                 await self._queue.put((node, content))
             await self._queue.put(None)
         except asyncio.CancelledError:

@@ -7,11 +7,12 @@ import asyncio
 import collections
 import stat
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from controller.nfs import structs
 from controller.nfs.ops import NfsOps
 from controller.share import FileInfo, FileKind
+from driver.aio import forget_late_result
 from driver.errors import Internal, InvalidArgument
 
 T = TypeVar("T")
@@ -77,11 +78,6 @@ def info_from_dirstat(e: structs.DirStat) -> FileInfo:
     )
 
 
-def _retrieve(task: asyncio.Future[Any]) -> None:
-    """Done callback: a result nobody waits for any more is not an error."""
-    if not task.cancelled():
-        task.exception()
-
 
 class NfsReader:
     """A file open for reading, with up to ``READ_AHEAD`` preads in flight."""
@@ -114,7 +110,7 @@ class NfsReader:
                 "read", lambda nfs: nfs.pread(fh, path, offset, count), self._generation
             )
         )
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(forget_late_result)
         return task
 
     def _fill(self) -> None:
@@ -187,7 +183,7 @@ class NfsWriter:
                 "write", lambda nfs: nfs.pwrite(fh, path, offset, data), self._generation
             )
         )
-        task.add_done_callback(_retrieve)
+        task.add_done_callback(forget_late_result)
         return task
 
     async def write(self, data: bytes) -> None:

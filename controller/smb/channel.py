@@ -51,6 +51,7 @@ from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 
 from controller.smb.errors import Status, detach, ntstatus
 from controller.smb.kerberos import KerberosLogon
+from driver.aio import forget_late_result
 from driver.errors import DeadlineExceeded, DriverError
 from driver.log import get_logger
 
@@ -440,8 +441,7 @@ class Gate:
 
     def _release(self, future: asyncio.Future[Any]) -> None:
         self._slots.release()
-        if not future.cancelled():
-            future.exception()  # mark retrieved: a late failure after a timeout is expected
+        forget_late_result(future)  # a late failure after a timeout is expected
 
 
 class ThreadChannel:

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
+
+from driver.aio import SingleFlight, in_daemon_thread
 
 T = TypeVar("T")
 
@@ -36,11 +35,11 @@ class Prober:
 
     def __init__(self, limit: int = MAX_PROBES) -> None:
         self._limit = limit
-        self._pending: dict[str, asyncio.Future[Any]] = {}
+        self._flights: SingleFlight[str, Any] = SingleFlight()
 
     @property
     def in_flight(self) -> int:
-        return len(self._pending)
+        return len(self._flights)
 
     async def call(
         self,
@@ -48,44 +47,14 @@ class Prober:
         fn: Callable[[], T],
         timeout: float,  # noqa: ASYNC109 - bounds the wait; the thread itself cannot be stopped
     ) -> T:
-        fut = self._pending.get(key)
-        if fut is None:
-            if len(self._pending) >= self._limit:
-                raise ProbesExhausted(f"{len(self._pending)} earlier probes are still stuck")
-            fut = self._start(key, fn)
+        if not self._flights.busy(key) and len(self._flights) >= self._limit:
+            raise ProbesExhausted(f"{len(self._flights)} earlier probes are still stuck")
+
+        async def work() -> T:
+            return await in_daemon_thread(fn, name=f"probe {key}")
+
         try:
-            result: T = await asyncio.wait_for(asyncio.shield(fut), timeout)
+            result: T = await self._flights.run(key, work, timeout)
         except TimeoutError:
             raise ProbeTimeout(f"no answer within {timeout:g} s") from None
         return result
-
-    def _start(self, key: str, fn: Callable[[], Any]) -> asyncio.Future[Any]:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[Any] = loop.create_future()
-
-        def settle(ok: bool, value: Any) -> None:
-            if fut.done():
-                return
-            if ok:
-                fut.set_result(value)
-            else:
-                fut.set_exception(value)
-
-        def work() -> None:
-            try:
-                value, ok = fn(), True
-            except BaseException as exc:  # noqa: BLE001 - handed to the awaiting side
-                value, ok = exc, False
-            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
-                loop.call_soon_threadsafe(settle, ok, value)
-
-        def forget(done: asyncio.Future[Any]) -> None:
-            if self._pending.get(key) is done:
-                del self._pending[key]
-            if not done.cancelled():
-                done.exception()  # retrieved: an abandoned probe's error is not "lost"
-
-        fut.add_done_callback(forget)
-        self._pending[key] = fut
-        threading.Thread(target=work, name=f"probe {key}", daemon=True).start()
-        return fut
