@@ -32,7 +32,6 @@ import concurrent.futures
 import contextlib
 import gzip
 import io
-import logging
 import tarfile
 import threading
 import zlib
@@ -45,8 +44,9 @@ from controller.tree import Node, TreeGuard, TreeStats, walk
 from driver import paths
 from driver.aio import forget_late_result
 from driver.errors import FailedPrecondition, InvalidArgument
+from driver.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -199,7 +199,9 @@ class _ExactSource:
         data = self._source.read(want)
         if len(data) < want:
             if not self.padded:
-                log.warning("%r shrank while it was archived; padding with zeros", self._path)
+                log.warning(
+                    "a file shrank while it was archived; padding with zeros", path=self._path
+                )
             self.padded += want - len(data)
             data += b"\0" * (want - len(data))
         self._left -= len(data)
@@ -263,7 +265,6 @@ async def _read_small(backend: FileShareBackend, path: str, size: int) -> bytes:
 
 
 _Item = tuple[Node, "asyncio.Task[bytes] | None"]
-
 
 
 class _Prefetcher:

@@ -13,15 +13,15 @@ directory renamed into place) and the next retry finds it there.
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, Final, Generic, Protocol, TypeVar
 
 from driver.locks import VolumeLock
+from driver.log import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 T = TypeVar("T")
 
@@ -69,7 +69,7 @@ class Jobs:
             if self._running.get(key) is job:
                 del self._running[key]
             if not done.cancelled() and done.exception() is not None:
-                log.info("job %s failed: %s", key, done.exception())
+                log.info("job failed", job=key, error=str(done.exception()))
 
         task.add_done_callback(finished)
         return job
