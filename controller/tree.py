@@ -93,19 +93,14 @@ class TreeGuard:
         text = text.rstrip("/") if text not in ("/", "") else text
         if text in ("", "."):
             return ""
-        if text.startswith("/"):
-            raise self.refuse(f"{name!r} is an absolute path")
-        if "\x00" in text or "\\" in text:
-            raise self.refuse(f"{name!r} holds a NUL or a backslash")
-        for part in text.split("/"):
-            if part in ("", ".", ".."):
-                raise self.refuse(f"{name!r} has an empty, '.' or '..' part")
+        paths.share_parts(text, what=repr(name), error=self.refuse)
         return text
 
     def check_name(self, parent: str, name: str) -> str:
         """A listed entry's path; refuses names no path can carry."""
-        if name in ("", ".", "..") or "/" in name or "\x00" in name or "\\" in name:
-            raise self.refuse(f"entry {name!r} in {parent or '.'!r} has a name we cannot copy")
+        what = f"entry {name!r} in {parent or '.'!r}"
+        if len(paths.share_parts(name or ".", what=what, error=self.refuse)) != 1:
+            raise self.refuse(f"{what} has a name we cannot copy")
         return paths.join(parent, name)
 
     def admit(self, rel: str, kind: FileKind) -> list[str]:

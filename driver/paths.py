@@ -4,13 +4,18 @@ Every directory the driver creates, renames or removes is named by a path
 relative to the root of a share.  Whatever the source (a volume ID, a template,
 a parameter), it passes through :func:`safe_relpath` first, so nothing can
 climb out of the share or play tricks on the server's path parser.
+
+:func:`share_parts` is the looser last line of defence that the share
+backends and the tree walker apply to every path they are handed (names
+found on a share, inside an archive, may be anything the server allows).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
-from driver.errors import InvalidArgument
+from driver.errors import DriverError, InvalidArgument
 
 MAX_COMPONENT_BYTES = 255
 MAX_PATH_BYTES = 1024
@@ -61,6 +66,37 @@ def safe_relpath(path: str, *, what: str = "path", allow_empty: bool = False) ->
     for part in path.split("/"):
         check_component(part, what=what)
     return path
+
+
+_CHAR_NAMES = {"\\": "backslash", "\x00": "NUL", ":": "colon"}
+
+
+def share_parts(
+    path: str,
+    *,
+    what: str = "path",
+    forbid: str = "\\\x00",
+    error: Callable[[str], DriverError] = InvalidArgument,
+) -> tuple[str, ...]:
+    """Split a ``/`` path relative to a share root into its parts, or refuse it.
+
+    Refuses (``error``, InvalidArgument by default): anything but a non-empty
+    string, a leading ``/``, empty/``.``/``..`` parts (``a//b``, ``a/``), and
+    the characters in ``forbid`` (backslash and NUL; SMB adds ``:``, the
+    alternate data stream marker).
+    """
+    if not isinstance(path, str) or not path:
+        raise error(f"{what}: must be a non-empty relative path")
+    if path.startswith("/"):
+        raise error(f"{what}: must be relative, not start with '/'")
+    bad = set(forbid).intersection(path)
+    if bad:
+        names = ", ".join(_CHAR_NAMES.get(c, repr(c)) for c in sorted(bad))
+        raise error(f"{what}: {names} not allowed")
+    parts = tuple(path.split("/"))
+    if any(part in ("", ".", "..") for part in parts):
+        raise error(f"{what}: empty, '.' or '..' components are not allowed")
+    return parts
 
 
 def join(*parts: str) -> str:

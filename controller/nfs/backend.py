@@ -51,7 +51,7 @@ from controller.nfs.errors import WALK_INSTEAD, ConnectionLost
 from controller.nfs.files import NfsReader, NfsWriter, info_from_dirstat, info_from_stat
 from controller.nfs.ops import NfsOps
 from controller.share import Capacity, Features, FileInfo, RemoveResult
-from driver import rpc
+from driver import paths, rpc
 from driver.errors import (
     AlreadyExists,
     DeadlineExceeded,
@@ -104,23 +104,8 @@ NFS_FEATURES: Final = Features(symlinks=True, modes=True, owners=True, server_co
 
 
 def check_share_path(path: str, *, what: str = "path") -> str:
-    """Last line of defence for a path relative to the export root.
-
-    Rejects the empty path, absolute paths, empty/``.``/``..`` components, NUL
-    and backslash (InvalidArgument).  Returns ``path`` unchanged.  The driver
-    validates more strictly first (``driver.paths``).
-    """
-    if not isinstance(path, str) or not path:
-        raise InvalidArgument(f"{what}: must be a non-empty relative path")
-    if path.startswith("/"):
-        raise InvalidArgument(f"{what}: must be relative, not start with '/'")
-    if "\x00" in path:
-        raise InvalidArgument(f"{what}: NUL is not allowed")
-    if "\\" in path:
-        raise InvalidArgument(f"{what}: backslash is not allowed")
-    for part in path.split("/"):
-        if part in ("", ".", ".."):
-            raise InvalidArgument(f"{what}: empty, '.' or '..' components are not allowed")
+    """Last line of defence (``driver.paths.share_parts``); returns ``path``."""
+    paths.share_parts(path, what=what)
     return path
 
 

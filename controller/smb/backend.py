@@ -42,7 +42,7 @@ from controller.smb.channel import (
 )
 from controller.smb.kerberos import KerberosLogon
 from controller.smb.steps import ATTR_DIRECTORY, ATTR_READONLY, IO_CHUNK, Entry, MkdirResult
-from driver import failures
+from driver import failures, paths
 from driver.credentials import Credentials, KerberosCredentials, SmbAuth
 from driver.errors import AlreadyExists, DriverError, FailedPrecondition, InvalidArgument, NotFound
 from driver.failures import Failure
@@ -66,29 +66,11 @@ T = TypeVar("T")
 #: to us, and none can be made.  SMB has no POSIX modes or owners either.
 SMB_FEATURES: Final = Features(symlinks=False, modes=False, owners=False, server_copy=True)
 
-# --- paths ---------------------------------------------------------------------
-
-_BAD_CHARS: Final = frozenset("\\\x00:")
-
 
 def check_path(path: str) -> tuple[str, ...]:
-    """Split a share-relative ``/`` path into parts or raise InvalidArgument.
-
-    Refuses: empty path, leading ``/`` (absolute), empty parts (``a//b``,
-    trailing ``/``), ``.`` and ``..``, backslash, NUL and ``:`` (alternate data
-    streams).
-    """
-    if not isinstance(path, str) or not path:
-        msg = "path must be a non-empty share-relative string"
-        raise InvalidArgument(msg)
-    if _BAD_CHARS.intersection(path):
-        msg = f"path {path!r} contains a backslash, NUL or colon"
-        raise InvalidArgument(msg)
-    parts = tuple(path.split("/"))
-    if any(part in ("", ".", "..") for part in parts):
-        msg = f"path {path!r} must be relative with no empty, '.' or '..' parts"
-        raise InvalidArgument(msg)
-    return parts
+    """A share-relative path's parts (``driver.paths.share_parts``); SMB also
+    refuses ``:``, the alternate data stream marker."""
+    return paths.share_parts(path, forbid="\\\x00:")
 
 
 def _check_name(what: str, value: str) -> str:

@@ -4,7 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from driver.errors import InvalidArgument
+from driver import paths
+from driver.errors import FailedPrecondition, InvalidArgument
 from driver.paths import parent_and_leaf, safe_relpath
 
 
@@ -62,3 +63,23 @@ def test_accepted_paths_stay_inside(text: str) -> None:
     norm = posixpath.normpath("/share/" + text)
     assert norm.startswith("/share/")
     assert norm == "/share/" + text
+
+
+# -- share_parts: the backends' and the tree walker's last line of defence --------
+
+
+@given(st.text())
+def test_share_parts_never_lets_through_traversal(path: str) -> None:
+    try:
+        parts = paths.share_parts(path)
+    except InvalidArgument:
+        return
+    assert "/".join(parts) == path
+    for part in parts:
+        assert part not in ("", ".", "..")
+        assert not set(part) & {"\\", "\x00", "/"}
+
+
+def test_share_parts_refuses_with_the_callers_error() -> None:
+    with pytest.raises(FailedPrecondition, match="clone: 'a:b': colon not allowed"):
+        paths.share_parts("a:b", what="clone: 'a:b'", forbid=":", error=FailedPrecondition)
