@@ -1,7 +1,10 @@
-"""Walking, guarding and copying directory trees on a share.
+"""Walking, guarding, copying and removing directory trees on a share.
 
 Used by snapshots (walk a volume into an archive), restores (admit archive
-members one by one) and clones (copy a volume into another directory).
+members one by one) and clones (copy a volume into another directory), and
+by the SMB and NFS backends, which remove and replace trees with
+:func:`remove_tree` and :func:`replace` over their own small primitives
+(:class:`TreeOps`).
 
 :class:`TreeGuard` is the one place that decides what may be created under
 a new volume.  It refuses, before anything is written at that path:
@@ -25,12 +28,13 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final, Protocol
 
 from controller.share import FileInfo, FileKind, FileShareBackend
 from driver import paths
 from driver.errors import DriverError, FailedPrecondition, NotFound, first_error
 from driver.log import get_logger
+from driver.retry import RetryPolicy
 
 log = get_logger(__name__)
 
@@ -38,6 +42,9 @@ log = get_logger(__name__)
 COPY_CONCURRENCY: Final = 16
 #: Symlinks followed while resolving one target (Linux: 40).
 MAX_LINK_DEPTH: Final = 40
+#: A directory that is still not empty after being emptied (something keeps
+#: writing into it) is emptied again, up to this many times in all.
+REFILLED: Final = RetryPolicy(tries=3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -267,3 +274,145 @@ async def copy_tree(backend: FileShareBackend, src: str, dst: str) -> TreeStats:
     for path, info in reversed(dirs):
         await backend.set_attributes(path, info)
     return stats
+
+
+# -- removing and replacing trees --------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TreeEntry:
+    """What removal needs to know of one entry.
+
+    ``is_dir``: a directory to empty first (a symlink or reparse point is
+    not: it is removed as it is).  ``writable``: its permissions let us
+    remove its entries (SMB: no read-only attribute; NFS: owner rwx).
+    ``raw``: the backend's own facts, handed back to its primitives.
+    """
+
+    name: str
+    is_dir: bool
+    writable: bool = True
+    raw: Any = None
+
+
+class TreeOps(Protocol):
+    """The primitives a backend offers for removing trees (paths are share-relative)."""
+
+    @property
+    def walkers(self) -> int:
+        """Subdirectories emptied side by side (the rest inline)."""
+        ...
+
+    @property
+    def batch(self) -> int:
+        """Entries of one directory removed at once."""
+        ...
+
+    async def entry(self, path: str) -> TreeEntry | None:
+        """``path`` itself, not following a symlink; None if missing."""
+        ...
+
+    async def list(self, path: str) -> list[TreeEntry] | None:
+        """Entries of directory ``path``; None if it vanished."""
+        ...
+
+    async def make_writable(self, path: str, entry: TreeEntry) -> None: ...
+
+    async def unlink(self, path: str, entry: TreeEntry) -> bool:
+        """Remove one non-directory entry; False if it was missing."""
+        ...
+
+    async def rmdir(self, path: str) -> bool:
+        """Remove an empty directory; False if missing; FailedPrecondition if not empty."""
+        ...
+
+    async def rename(self, src: str, dst: str) -> bool:
+        """True if renamed, False if ``src`` was missing."""
+        ...
+
+
+async def remove_tree(ops: TreeOps, path: str) -> bool:
+    """Remove ``path`` and everything below it, read-only entries included.
+
+    True if something was removed, False if it was missing already.  At most
+    ``ops.walkers`` subdirectories are emptied side by side and ``ops.batch``
+    entries removed at once, so the number of live coroutines stays bounded
+    however large the tree.
+    """
+    entry = await ops.entry(path)
+    if entry is None:
+        return False
+    if not entry.is_dir:
+        return await ops.unlink(path, entry)
+    return await _remove_dir(ops, path, entry, asyncio.Semaphore(ops.walkers))
+
+
+async def replace(ops: TreeOps, src: str, dst: str) -> bool:
+    """Rename ``src`` onto ``dst``, removing whatever ``dst`` holds first.
+
+    False, with ``dst`` untouched, when ``src`` is missing.
+    """
+    if await ops.entry(src) is None:
+        return False
+    await remove_tree(ops, dst)
+    return await ops.rename(src, dst)
+
+
+async def _remove_dir(
+    ops: TreeOps, path: str, entry: TreeEntry, walkers: asyncio.Semaphore
+) -> bool:
+    for last in REFILLED.attempts():
+        if not entry.writable:
+            await ops.make_writable(path, entry)
+            entry = TreeEntry(entry.name, is_dir=True, writable=True, raw=entry.raw)
+        children = await ops.list(path)
+        if children is None:
+            return False  # removed by someone else meanwhile
+        await _remove_children(ops, path, children, walkers)
+        try:
+            return await ops.rmdir(path)
+        except FailedPrecondition:
+            if last:  # still not empty: something keeps writing into it
+                raise
+    return False  # pragma: no cover - the last attempt returns or raises
+
+
+async def _remove_children(
+    ops: TreeOps, path: str, children: list[TreeEntry], walkers: asyncio.Semaphore
+) -> None:
+    walking: list[asyncio.Task[bool]] = []
+    try:
+        for child in children:
+            if not child.is_dir:
+                continue
+            child_path = paths.join(path, child.name)
+            if walkers.locked():
+                await _remove_dir(ops, child_path, child, walkers)
+            else:
+                await walkers.acquire()
+                walking.append(asyncio.create_task(_walk(ops, child_path, child, walkers)))
+        leaves = [c for c in children if not c.is_dir]
+        for start in range(0, len(leaves), ops.batch):
+            results = await asyncio.gather(
+                *(
+                    ops.unlink(paths.join(path, c.name), c)
+                    for c in leaves[start : start + ops.batch]
+                ),
+                return_exceptions=True,
+            )
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
+        for task in walking:
+            await task
+    finally:
+        for task in walking:
+            task.cancel()
+        await asyncio.gather(*walking, return_exceptions=True)
+
+
+async def _walk(ops: TreeOps, path: str, entry: TreeEntry, walkers: asyncio.Semaphore) -> bool:
+    try:
+        return await _remove_dir(ops, path, entry, walkers)
+    finally:
+        walkers.release()

@@ -1,4 +1,4 @@
 """The NFS share backend (libnfs through ctypes, on the asyncio loop).
 
-Layers: backend > files > ops > context > libnfs > structs > xdr; errors below all.
+Layers: backend > files | treeops > ops > context > libnfs > structs > xdr; errors below all.
 """

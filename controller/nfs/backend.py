@@ -45,11 +45,13 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Literal, TypeVar
 
+from controller import tree
 from controller.nfs import libnfs
 from controller.nfs.context import NfsContext
 from controller.nfs.errors import WALK_INSTEAD, ConnectionLost
 from controller.nfs.files import NfsReader, NfsWriter, info_from_dirstat, info_from_stat
 from controller.nfs.ops import NfsOps
+from controller.nfs.treeops import REMOVE_CONCURRENCY, NfsTreeOps
 from controller.share import Capacity, Features, FileInfo, RemoveResult
 from driver import paths, rpc
 from driver.errors import (
@@ -62,7 +64,6 @@ from driver.errors import (
     NotFound,
     PermissionDenied,
     Unavailable,
-    first_error,
 )
 from driver.failures import Failure
 from driver.log import get_logger
@@ -80,8 +81,6 @@ BUSY_MAX_DELAY: Final = 2.0
 RPC_REPLY_MARGIN: Final = 0.5
 #: Mode of directories created without an explicit mode (parents included).
 DEFAULT_DIR_MODE: Final = 0o755
-#: At most this many RPCs of one remove_tree in flight at once.
-REMOVE_CONCURRENCY: Final = 64
 #: Bytes per READ/WRITE (capped by the server's maximum).
 IO_CHUNK: Final = 1 << 20
 #: WRITEs of one open file in flight at once.
@@ -310,39 +309,21 @@ class NfsBackend:
         return await self._call("rename", lambda nfs: self._rename(nfs, src, dst, replace=replace))
 
     async def _rename(self, nfs: NfsOps, src: str, dst: str, *, replace: bool) -> bool:
-        if not await self._exists(nfs, src):
-            return False
+        ops = NfsTreeOps(nfs, self._remove_slots)
         if replace:
-            await self._remove_tree(nfs, dst)
-        elif await self._exists(nfs, dst):
+            return await tree.replace(ops, src, dst)
+        if not await ops.exists(src):
+            return False
+        if await ops.exists(dst):
             raise AlreadyExists(f"nfs rename {src!r} -> {dst!r}: destination exists")
-        try:
-            await nfs.rename(src, dst)
-        except NotFound:
-            if not await self._exists(nfs, src):
-                return False  # renamed or removed by someone else meanwhile
-            raise NotFound(f"nfs rename {src!r} -> {dst!r}: destination parent missing") from None
-        return True
+        return await ops.rename(src, dst)
 
     async def remove_tree(self, path: str) -> bool:
         check_share_path(path)
-        return await self._call("remove_tree", lambda nfs: self._remove_tree(nfs, path))
-
-    async def _remove_tree(self, nfs: NfsOps, path: str) -> bool:
-        try:
-            st = await nfs.lstat(path)
-        except NotFound:
-            return False
-        except FailedPrecondition:  # ENOTDIR: a parent is a file
-            return False
-        if not stat.S_ISDIR(st.nfs_mode):
-            return await self._unlink(nfs, path)
-        await self._empty_dir(nfs, path, int(st.nfs_mode) & 0o7777)
-        try:
-            await nfs.rmdir(path)
-        except NotFound:
-            return False
-        return True
+        return await self._call(
+            "remove_tree",
+            lambda nfs: tree.remove_tree(NfsTreeOps(nfs, self._remove_slots), path),
+        )
 
     async def remove_empty_dir(self, path: str) -> RemoveResult:
         check_share_path(path)
@@ -360,57 +341,11 @@ class NfsBackend:
 
         return await self._call("rmdir", body)
 
-    async def _unlink(self, nfs: NfsOps, path: str) -> bool:
-        async with self._remove_slots:
-            try:
-                await nfs.unlink(path)
-            except NotFound:
-                return False
-        return True
-
-    async def _empty_dir(self, nfs: NfsOps, path: str, mode: int) -> None:
-        # Removing entries needs write+search permission on the directory:
-        # a read-only (0555) directory is opened up first.  As root on a
-        # no_root_squash export the server would not check, but a squashed
-        # owner would.
-        if mode & 0o700 != 0o700:
-            await nfs.chmod(path, mode | 0o700)
-        for _attempt in range(3):
-            async with self._remove_slots:
-                entries = await nfs.listdir(path)
-            if not entries:
-                return
-            try:
-                async with asyncio.TaskGroup() as tg:
-                    for e in entries:
-                        child = f"{path}/{e.name}"
-                        if e.is_dir:
-                            tg.create_task(self._remove_subdir(nfs, child, e.mode))
-                        else:
-                            tg.create_task(self._unlink(nfs, child))
-            except BaseExceptionGroup as group:
-                raise first_error(group) from None
-        # Something keeps adding entries; let rmdir report ENOTEMPTY.
-
-    async def _remove_subdir(self, nfs: NfsOps, path: str, mode: int) -> None:
-        try:
-            await self._empty_dir(nfs, path, mode)
-            async with self._remove_slots:
-                await nfs.rmdir(path)
-        except NotFound:
-            return
-
     async def exists(self, path: str) -> bool:
         check_share_path(path)
-        return await self._call("exists", lambda nfs: self._exists(nfs, path))
-
-    @staticmethod
-    async def _exists(nfs: NfsOps, path: str) -> bool:
-        try:
-            await nfs.lstat(path)
-        except (NotFound, FailedPrecondition):  # ENOENT, ENOTDIR
-            return False
-        return True
+        return await self._call(
+            "exists", lambda nfs: NfsTreeOps(nfs, self._remove_slots).exists(path)
+        )
 
     async def capacity(self) -> Capacity:
         async def body(nfs: NfsOps) -> Capacity:

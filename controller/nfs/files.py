@@ -78,7 +78,6 @@ def info_from_dirstat(e: structs.DirStat) -> FileInfo:
     )
 
 
-
 class NfsReader:
     """A file open for reading, with up to ``READ_AHEAD`` preads in flight."""
 

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Final, TypeVar
 
+from controller import tree
 from controller.share import Capacity, Features, FileInfo, RemoveResult
 from controller.smb import steps
 from controller.smb.channel import (
@@ -117,6 +118,7 @@ class SmbBackend:
         self._share_unc = f"\\\\{key.server}\\{share}"
         self._channel = channel
         self._owns_channel = owns_channel
+        self._tree = _SmbTree(self)
 
     def __repr__(self) -> str:
         key = self._key
@@ -130,14 +132,23 @@ class SmbBackend:
     def share(self) -> str:
         return self._share
 
-    async def _run(
+    @property
+    def settings(self) -> SmbSettings:
+        return self._channel.settings
+
+    def unc(self, path: str) -> str:
+        """The UNC name of a checked share-relative path."""
+        return steps.unc(self._share_unc, tuple(path.split("/")))
+
+    async def run(
         self, op: str, path: str, step: steps.Step[T], *args: Any, retry: bool = True
     ) -> T:
+        """Run one step on this share's channel (``op`` and ``path`` name it in errors)."""
         return await self._channel.run(op, path, self._share_unc, step, *args, retry=retry)
 
     async def mkdir(self, path: str, *, mode: int | None = None) -> bool:
         parts = check_path(path)
-        result, where = await self._run("mkdir", path, steps.MKDIR, self._share_unc, parts)
+        result, where = await self.run("mkdir", path, steps.MKDIR, self._share_unc, parts)
         if result is MkdirResult.NOT_A_DIRECTORY:
             if where == path:  # the volume's own name is taken by a file
                 raise AlreadyExists(f"SMB mkdir {path!r}: exists and is not a directory")
@@ -145,111 +156,26 @@ class SmbBackend:
         return result is MkdirResult.CREATED
 
     async def rename(self, src: str, dst: str, *, replace: bool = False) -> bool:
-        src_unc = steps.unc(self._share_unc, check_path(src))
-        dst_unc = steps.unc(self._share_unc, check_path(dst))
+        check_path(src)
+        check_path(dst)
         if replace:
-            # A missing source must not cost the target.
-            if await self._run("stat", src, steps.ATTRIBUTES, src_unc) is None:
-                return False
-            await self.remove_tree(dst)
-        try:
-            await self._run(
-                "rename", f"{src} -> {dst}", steps.RENAME, src_unc, dst_unc, retry=False
-            )
-        except NotFound as exc:
-            if await self._run("stat", src, steps.ATTRIBUTES, src_unc) is None:
-                return False
-            msg = f"SMB rename {src!r} -> {dst!r}: the target's parent does not exist"
-            raise NotFound(msg) from exc.__cause__
-        return True
+            return await tree.replace(self._tree, src, dst)
+        return await self._tree.rename(src, dst)
 
     async def remove_tree(self, path: str) -> bool:
-        parts = check_path(path)
-        unc = steps.unc(self._share_unc, parts)
-        attributes = await self._run("stat", path, steps.ATTRIBUTES, unc)
-        if attributes is None:
-            return False
-        entry = Entry(parts[-1], attributes)
-        if entry.is_dir and not entry.is_link:
-            # Up to max_in_flight subdirectories are walked side by side; the
-            # rest inline, so the number of live coroutines stays bounded.
-            walkers = asyncio.Semaphore(self._channel.settings.max_in_flight)
-            await self._remove_dir(path, unc, attributes, walkers)
-            return True
-        return await self._run("remove", path, steps.REMOVE, unc, entry.is_dir)
-
-    async def _remove_dir(
-        self, rel: str, unc: str, attributes: int, walkers: asyncio.Semaphore
-    ) -> None:
-        for attempt in range(2):
-            if attributes & ATTR_READONLY:
-                # Clearing it makes the directory writable (Samba: owner w bit).
-                await self._run("clear read-only", rel, steps.SET_ATTRIBUTES, unc, ATTR_DIRECTORY)
-                attributes &= ~ATTR_READONLY
-            entries = await self._run("list", rel, steps.LIST, unc)
-            if entries is None:
-                return  # removed by someone else meanwhile
-            await self._remove_entries(rel, unc, entries, walkers)
-            try:
-                await self._run("rmdir", rel, steps.REMOVE, unc, True)
-            except FailedPrecondition:
-                if attempt:  # still not empty: something keeps writing into it
-                    raise
-            else:
-                return
-
-    async def _remove_entries(
-        self, rel: str, unc: str, entries: list[Entry], walkers: asyncio.Semaphore
-    ) -> None:
-        walking: list[asyncio.Task[None]] = []
-        try:
-            for entry in entries:
-                if not entry.is_dir or entry.is_link:
-                    continue
-                child = (f"{rel}/{entry.name}", f"{unc}\\{entry.name}", entry.attributes)
-                if walkers.locked():
-                    await self._remove_dir(*child, walkers)
-                else:
-                    await walkers.acquire()
-                    walking.append(asyncio.create_task(self._walk(*child, walkers)))
-            files = [e for e in entries if not e.is_dir or e.is_link]
-            batch = 4 * self._channel.settings.max_in_flight
-            for start in range(0, len(files), batch):
-                results = await asyncio.gather(
-                    *(
-                        self._run(
-                            "remove", f"{rel}/{e.name}", steps.REMOVE, f"{unc}\\{e.name}", e.is_dir
-                        )
-                        for e in files[start : start + batch]
-                    ),
-                    return_exceptions=True,
-                )
-                for result in results:
-                    if isinstance(result, BaseException):
-                        raise result
-            for task in walking:
-                await task
-        finally:
-            for task in walking:
-                task.cancel()
-            await asyncio.gather(*walking, return_exceptions=True)
-
-    async def _walk(self, rel: str, unc: str, attributes: int, walkers: asyncio.Semaphore) -> None:
-        try:
-            await self._remove_dir(rel, unc, attributes, walkers)
-        finally:
-            walkers.release()
+        check_path(path)
+        return await tree.remove_tree(self._tree, path)
 
     async def remove_empty_dir(self, path: str) -> RemoveResult:
         target = steps.unc(self._share_unc, check_path(path))
-        return await self._run("rmdir", path, steps.REMOVE_EMPTY, target)
+        return await self.run("rmdir", path, steps.REMOVE_EMPTY, target)
 
     async def exists(self, path: str) -> bool:
         unc = steps.unc(self._share_unc, check_path(path))
-        return await self._run("stat", path, steps.ATTRIBUTES, unc) is not None
+        return await self.run("stat", path, steps.ATTRIBUTES, unc) is not None
 
     async def capacity(self) -> Capacity:
-        total, available = await self._run("statvfs", "", steps.CAPACITY, self._share_unc)
+        total, available = await self.run("statvfs", "", steps.CAPACITY, self._share_unc)
         return Capacity(total_bytes=total, available_bytes=available)
 
     # -- ShareFiles --------------------------------------------------------
@@ -260,20 +186,20 @@ class SmbBackend:
 
     async def stat(self, path: str) -> FileInfo | None:
         unc = steps.unc(self._share_unc, check_path(path))
-        return await self._run("stat", path, steps.LSTAT, unc)
+        return await self.run("stat", path, steps.LSTAT, unc)
 
     async def list_dir(self, path: str) -> list[tuple[str, FileInfo]]:
         unc = steps.unc(self._share_unc, check_path(path))
-        return await self._run("list", path, steps.LIST_INFO, unc)
+        return await self.run("list", path, steps.LIST_INFO, unc)
 
     async def open_read(self, path: str, *, size_hint: int | None = None) -> SmbReader:
         unc = steps.unc(self._share_unc, check_path(path))
-        handle = await self._run("open", path, steps.OPEN, unc, "rb")
+        handle = await self.run("open", path, steps.OPEN, unc, "rb")
         return SmbReader(self, path, handle)
 
     async def open_write(self, path: str) -> SmbWriter:
         unc = steps.unc(self._share_unc, check_path(path))
-        handle = await self._run("create", path, steps.OPEN, unc, "wb")
+        handle = await self.run("create", path, steps.OPEN, unc, "wb")
         return SmbWriter(self, path, handle)
 
     async def symlink(self, target: str, path: str) -> None:
@@ -297,7 +223,7 @@ class SmbBackend:
         if info.mtime_ns is None and not attributes:
             return
         atime = info.atime_ns if info.atime_ns is not None else info.mtime_ns
-        await self._run(
+        await self.run(
             "set times",
             path,
             steps.TIMES,
@@ -310,7 +236,7 @@ class SmbBackend:
     async def copy_file(self, src: str, dst: str) -> None:
         src_unc = steps.unc(self._share_unc, check_path(src))
         dst_unc = steps.unc(self._share_unc, check_path(dst))
-        await self._run("copy", f"{src} -> {dst}", steps.COPY, src_unc, dst_unc)
+        await self.run("copy", f"{src} -> {dst}", steps.COPY, src_unc, dst_unc)
 
     async def aclose(self) -> None:
         """Close the connection and threads (reopened on next use).
@@ -321,6 +247,72 @@ class SmbBackend:
         """
         if self._owns_channel:
             await self._channel.aclose()
+
+
+class _SmbTree:
+    """``controller.tree.TreeOps`` over SMB steps (paths are already checked)."""
+
+    def __init__(self, backend: SmbBackend) -> None:
+        self._backend = backend
+        settings = backend.settings
+        # Up to max_in_flight subdirectories side by side; files in batches
+        # that keep every slot busy (the channel bounds what is in flight).
+        self.walkers = settings.max_in_flight
+        self.batch = 4 * settings.max_in_flight
+
+    def _unc(self, path: str) -> str:
+        return self._backend.unc(path)
+
+    @staticmethod
+    def _entry(name: str, attributes: int) -> tree.TreeEntry:
+        entry = Entry(name, attributes)
+        return tree.TreeEntry(
+            name,
+            is_dir=entry.is_dir and not entry.is_link,
+            writable=not attributes & ATTR_READONLY,
+            raw=attributes,
+        )
+
+    async def entry(self, path: str) -> tree.TreeEntry | None:
+        attributes = await self._backend.run("stat", path, steps.ATTRIBUTES, self._unc(path))
+        if attributes is None:
+            return None
+        return self._entry(path.rpartition("/")[2], attributes)
+
+    async def list(self, path: str) -> list[tree.TreeEntry] | None:
+        entries = await self._backend.run("list", path, steps.LIST, self._unc(path))
+        if entries is None:
+            return None
+        return [self._entry(e.name, e.attributes) for e in entries]
+
+    async def make_writable(self, path: str, entry: tree.TreeEntry) -> None:
+        # Clearing read-only makes the directory writable (Samba: owner w bit).
+        unc = self._unc(path)
+        await self._backend.run("clear read-only", path, steps.SET_ATTRIBUTES, unc, ATTR_DIRECTORY)
+
+    async def unlink(self, path: str, entry: tree.TreeEntry) -> bool:
+        directory = bool(entry.raw & ATTR_DIRECTORY)  # a reparse point to a directory
+        return await self._backend.run("remove", path, steps.REMOVE, self._unc(path), directory)
+
+    async def rmdir(self, path: str) -> bool:
+        return await self._backend.run("rmdir", path, steps.REMOVE, self._unc(path), True)
+
+    async def rename(self, src: str, dst: str) -> bool:
+        try:
+            await self._backend.run(
+                "rename",
+                f"{src} -> {dst}",
+                steps.RENAME,
+                self._unc(src),
+                self._unc(dst),
+                retry=False,
+            )
+        except NotFound as exc:
+            if await self.entry(src) is None:
+                return False  # renamed or removed by someone else meanwhile
+            msg = f"SMB rename {src!r} -> {dst!r}: the target's parent does not exist"
+            raise NotFound(msg) from exc.__cause__
+        return True
 
 
 class SmbReader:
@@ -335,7 +327,7 @@ class SmbReader:
         if self._handle is None:
             msg = f"SMB read {self._path!r}: the file is closed"
             raise InvalidArgument(msg)
-        return await self._backend._run(
+        return await self._backend.run(
             "read", self._path, steps.READ, self._handle, min(size, IO_CHUNK), retry=False
         )
 
@@ -343,7 +335,7 @@ class SmbReader:
         handle, self._handle = self._handle, None
         if handle is not None:
             try:
-                await self._backend._run("close", self._path, steps.CLOSE, handle, retry=False)
+                await self._backend.run("close", self._path, steps.CLOSE, handle, retry=False)
             except DriverError:
                 log.debug("closing a file failed", path=self._path, exc_info=True)
 
@@ -362,7 +354,7 @@ class SmbWriter:
             raise InvalidArgument(msg)
         view = memoryview(data)
         for start in range(0, len(view), IO_CHUNK):
-            await self._backend._run(
+            await self._backend.run(
                 "write",
                 self._path,
                 steps.WRITE,
@@ -374,13 +366,13 @@ class SmbWriter:
     async def aclose(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
-            await self._backend._run("close", self._path, steps.CLOSE, handle, retry=False)
+            await self._backend.run("close", self._path, steps.CLOSE, handle, retry=False)
 
     async def abort(self) -> None:
         handle, self._handle = self._handle, None
         if handle is not None:
             try:
-                await self._backend._run("close", self._path, steps.CLOSE, handle, retry=False)
+                await self._backend.run("close", self._path, steps.CLOSE, handle, retry=False)
             except DriverError:
                 log.debug("closing a file failed", path=self._path, exc_info=True)
 

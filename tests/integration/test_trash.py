@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from controller.share import FileShareBackend
-from controller.backends import ShareBackends
+from controller.pools import ShareBackends
 from controller.params import TRASH_DIR
 from controller.service import build
 from driver.config import Config, parse_endpoint

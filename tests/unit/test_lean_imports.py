@@ -37,7 +37,7 @@ CONTROLLER_ONLY = (
     "cryptography",
     "spnego",
     "controller",
-    "controller.libnfs",
+    "controller.nfs.libnfs",
     "controller.archive",
     "controller.snapshots",
     "tarfile",
@@ -47,7 +47,7 @@ LATE = (
     "importlib.metadata",  # the version is a constant; the services are found by name
     "prometheus_client",  # only with --metrics-address
     "smbprotocol",  # the first SMB CreateVolume
-    "controller.libnfs",  # the first NFS CreateVolume
+    "controller.nfs.libnfs",  # the first NFS CreateVolume
     "controller.archive",  # the first snapshot, restore or clone
     "controller.snapshots",
     "tarfile",
