@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
-from controller.share import FileShareBackend
-from controller.pools import ShareBackends
 from controller.params import TRASH_DIR
+from controller.pools import ShareBackends
 from controller.service import build
+from controller.share import FileShareBackend
 from driver.config import Config, parse_endpoint
 from driver.credentials import Credentials
 from driver.csi import csi_pb2
