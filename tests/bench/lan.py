@@ -263,7 +263,7 @@ def lan_server(lan: Lan) -> Iterator[None]:
 
 
 def _nfs_rows(tmp: Path) -> list[dict[str, Any]]:
-    from controller.nfs import NfsBackend
+    from controller.nfs.backend import NfsBackend
     from tests.bench.provision import _driver, _stop
     from tests.servers.ganesha import GaneshaServer
 

@@ -332,7 +332,7 @@ def bench_smb(n: int, tmp: Path, *, case_sensitive: bool, tree_files: int) -> di
 
 
 def bench_nfs(n: int, tmp: Path, *, tree_files: int) -> dict[str, Any]:
-    from controller.nfs import NfsBackend
+    from controller.nfs.backend import NfsBackend
     from tests.servers.ganesha import GaneshaServer
 
     with GaneshaServer(
