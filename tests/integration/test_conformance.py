@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from controller.backends import ShareBackends
 
+from controller.pools import ShareBackends
 from controller.service import ControllerService
 from controller.share import BackendFactory, FileShareBackend
 from driver.config import Config, parse_endpoint

@@ -21,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controller.nfs import NfsBackend
+from controller.nfs.backend import NfsBackend
 from controller.service import build
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
