@@ -101,7 +101,7 @@ def test_libnfs_loads(rootfs: Path, image_config: ImageConfig) -> None:
         [
             "python3",
             "-c",
-            "from controller.libnfs import LibNfs; lib = LibNfs(); "
+            "from controller.nfs.libnfs import LibNfs; lib = LibNfs(); "
             "ctx = lib.init_context(); lib.destroy_context(ctx); print('libnfs ok')",
         ],
     )
