@@ -45,7 +45,10 @@ class SingleFlight(Generic[K, T]):
         return key in self._pending
 
     def start(self, key: K, work: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
-        """The work in flight for ``key``, started from ``work`` if there is none."""
+        """The work in flight for ``key``, started from ``work`` if there is none.
+
+        ``work`` may return a future (kept as it is) or a coroutine (run as a task).
+        """
         future = self._pending.get(key)
         if future is None:
             future = asyncio.ensure_future(work())

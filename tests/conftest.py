@@ -1,13 +1,18 @@
-"""Session-wide test plumbing: the secret scan over everything the run produced."""
+"""Session-wide test plumbing: the shared servers, the secret scan over everything
+the run produced."""
 
 from __future__ import annotations
 
+import inspect
 import logging
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
 
-from tests import secret_scan
+from tests import leaks, secret_scan
+
+# The real servers (samba, ganesha_v3, ganesha_v4) and the ``root`` marker.
+pytest_plugins = ["tests.servers.plugin"]
 
 
 class _Recorder(logging.Handler):
@@ -29,6 +34,23 @@ def _record_logs() -> Iterator[None]:
         yield
     finally:
         root.removeHandler(handler)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # Every coroutine test gets the leak guard, set up first so that it is
+    # torn down last (after the fixtures that own tasks have stopped them).
+    for item in items:
+        if inspect.iscoroutinefunction(getattr(item, "obj", None)):
+            fixtures = getattr(item, "fixturenames", None)
+            if fixtures is not None and "no_leaked_tasks" not in fixtures:
+                fixtures.insert(0, "no_leaked_tasks")
+
+
+@pytest.fixture
+async def no_leaked_tasks() -> AsyncIterator[None]:
+    """Fail a test that leaves asyncio tasks running behind it (tests/leaks.py)."""
+    async with leaks.no_leaked_tasks():
+        yield
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:

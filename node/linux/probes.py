@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -50,8 +51,8 @@ class Prober:
         if not self._flights.busy(key) and len(self._flights) >= self._limit:
             raise ProbesExhausted(f"{len(self._flights)} earlier probes are still stuck")
 
-        async def work() -> T:
-            return await in_daemon_thread(fn, name=f"probe {key}")
+        def work() -> asyncio.Future[T]:  # a future, not a task: nothing to leak
+            return in_daemon_thread(fn, name=f"probe {key}")
 
         try:
             result: T = await self._flights.run(key, work, timeout)

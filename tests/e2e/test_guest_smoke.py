@@ -7,7 +7,6 @@ prints ``SMOKE-FAILED: <name>`` and the assertion message names it.
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
@@ -104,12 +103,10 @@ echo SMOKE-OK
 """
 
 
+@pytest.mark.root(
+    reason="the UML testbed needs root (setup.sh installs packages; the guest reads the host root)"
+)
 def test_kernel_cifs_and_nfs_mounts_in_guest(tmp_path: Path) -> None:
-    if os.geteuid() != 0:
-        pytest.skip(
-            "the UML testbed needs root (setup.sh installs packages; "
-            "the guest reads the whole host root)"
-        )
     try:
         ensure_setup()  # runs tests/e2e/uml/setup.sh on a fresh machine
     except GuestSetupError as e:

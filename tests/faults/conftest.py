@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,39 +12,16 @@ import pytest
 
 from tests.harness import driver_process
 from tests.servers.ganesha import GaneshaServer
-from tests.servers.samba import APT_HINT, SambaServer, Share
+from tests.servers.plugin import SMB_WRITER
 
-SMB_USER = "csifault1"
-
-
-def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the fault suite needs root (Samba users, ganesha)")
+#: The Samba user of the load tests (the session's Samba, tests/servers/plugin.py).
+SMB_USER = SMB_WRITER
 
 
-@pytest.fixture(scope="module")
-def samba() -> Iterator[SambaServer]:
-    _need_root()
-    if (
-        shutil.which("smbd", path=os.pathsep.join((os.environ.get("PATH", ""), "/usr/sbin")))
-        is None
-    ):
-        pytest.fail(f"smbd is not installed: {APT_HINT}")
-    root = Path(tempfile.mkdtemp(prefix="faults-samba-"))
-    server = SambaServer(root, 0, {SMB_USER: secrets.token_urlsafe(16)}, [Share("csi")])
-    server.start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-        shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def nfs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    _need_root()
-    with GaneshaServer(tmp_path_factory.mktemp("faults-nfs"), versions=("4",)) as server:
-        yield server
+@pytest.fixture
+def nfs(ganesha_v4: GaneshaServer) -> GaneshaServer:
+    """The session's NFSv4 server (tests/servers/plugin.py)."""
+    return ganesha_v4
 
 
 @dataclass

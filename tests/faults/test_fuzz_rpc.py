@@ -26,7 +26,8 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.server import DriverServer
 from node.service import NodePlugin
-from tests.fakes import FakeBackends, FakePlatform
+from tests.fakes.platform import FakePlatform
+from tests.fakes.share import FakeBackends
 from tests.secret_scan import register_secret
 
 pytestmark = pytest.mark.faults

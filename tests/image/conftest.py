@@ -6,21 +6,17 @@ a missing image fails, it is never skipped. Root is needed (mount, chroot).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.image.rootfs import IMAGE, ImageConfig, ImageMissing, image_mount, inspect
-
-# The session's Samba of the integration tests (same fixture, same servers).
-from tests.integration.conftest import samba  # noqa: F401
+from tests.servers.plugin import require_root
 
 
 def _need_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("the image tests need root (mount, chroot)")
+    require_root("the image tests need root (mount, chroot)")
 
 
 @pytest.fixture(scope="session")

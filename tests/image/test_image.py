@@ -24,8 +24,8 @@ from tests.image.rootfs import (
     tree_rss_kib,
     writable_rootfs,
 )
-from tests.integration.conftest import SMB_WRITER
 from tests.servers.ganesha import GaneshaServer
+from tests.servers.plugin import SMB_WRITER
 from tests.servers.samba import SambaServer
 
 pytestmark = pytest.mark.image

@@ -16,7 +16,6 @@ repeats both tables).
 
 from __future__ import annotations
 
-import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -36,9 +35,9 @@ from driver.csi import csi_pb2
 from driver.errors import DriverError
 from driver.failures import Failure
 from driver.source import Source, parse_source
-from tests.fakes import FakeBackends
-from tests.integration.conftest import SMB_READER, SMB_WRITER
+from tests.fakes.share import FakeBackends
 from tests.servers.ganesha import GaneshaServer
+from tests.servers.plugin import SMB_READER, SMB_WRITER, require_root
 from tests.servers.samba import SambaServer
 
 pytestmark = pytest.mark.integration
@@ -271,8 +270,7 @@ assert SITUATIONS.keys() == EXPECTED.keys()
 
 
 def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("real servers need root")
+    require_root("real servers need root")
 
 
 @pytest.fixture(scope="module")

@@ -25,21 +25,15 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from driver.volume_id import parse_volume_id
+from tests.csi_requests import cap
 from tests.harness import Client, running_driver, wait_until
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.samba import SambaServer, Share
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 AM = csi_pb2.VolumeCapability.AccessMode
 USER = "csitest1"
-
-
-def cap(*flags: str) -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
 
 
 @dataclass
@@ -79,8 +73,8 @@ class Tree:
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[tuple[SambaServer, GaneshaServer]]:
-    if os.geteuid() != 0:
-        pytest.skip("the Samba and nfs-ganesha testbeds need root")
+    """A Samba share and an NFS export of one directory (its own pair: the
+    session's servers serve separate trees)."""
     # Not under pytest's basetemp (0700 root): smbd reaches the share as the user.
     root = Path(tempfile.mkdtemp(prefix="pytest-dual-"))
     samba = SambaServer(root, users={USER: "dual-" + os.urandom(9).hex()}, shares=[Share("export")])

@@ -33,31 +33,13 @@ from driver.errors import (
     Unavailable,
 )
 from tests.servers.ganesha import GaneshaServer
+from tests.servers.plugin import require_root
 
 pytestmark = pytest.mark.integration
 
 TIMEOUT = 5.0
 FAULT_TIMEOUT = 1.5
 UID = 4242  # an unprivileged owner for permission tests (no account needed)
-
-
-def _require_root() -> None:
-    if os.geteuid() != 0:
-        pytest.skip("nfs-ganesha tests need root")
-
-
-@pytest.fixture(scope="module")
-def ganesha_v4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    _require_root()
-    with GaneshaServer(tmp_path_factory.mktemp("ganesha4"), versions=("4",)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def ganesha_v3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    _require_root()
-    with GaneshaServer(tmp_path_factory.mktemp("ganesha3"), versions=("3", "4")) as server:
-        yield server
 
 
 @dataclass
@@ -384,8 +366,8 @@ async def test_version_41_talks_40(ganesha_v4: GaneshaServer) -> None:
 
 @pytest.fixture(params=["4", "3"], ids=["v4", "v3"])
 def faulty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    """A server of its own, for tests that kill or stop it."""
-    _require_root()
+    """A server of its own (fixed names, kills and pauses): not the session's."""
+    require_root("nfs-ganesha tests need root")
     version: Version = request.param
     versions = ("4",) if version == "4" else ("3", "4")
     with GaneshaServer(tmp_path / "g", versions=versions) as server, server.client_netns():

@@ -18,35 +18,13 @@ from controller.service import build
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
+from tests.csi_requests import cap
 from tests.harness import Client, running_driver
 from tests.servers.ganesha import GaneshaServer
 
 pytestmark = pytest.mark.integration
 
 AM = csi_pb2.VolumeCapability.AccessMode
-
-
-def cap(*flags: str) -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
-
-
-@pytest.fixture(scope="module")
-def nfs_v4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    if os.geteuid() != 0:
-        pytest.skip("nfs-ganesha tests need root")
-    with GaneshaServer(tmp_path_factory.mktemp("g4"), versions=("4",)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nfs_v3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    if os.geteuid() != 0:
-        pytest.skip("nfs-ganesha tests need root")
-    with GaneshaServer(tmp_path_factory.mktemp("g3"), versions=("3", "4")) as server:
-        yield server
 
 
 @dataclass
@@ -78,7 +56,7 @@ class Nfs:
 
 @pytest.fixture(params=["4", "3"], ids=["v4", "v3"])
 def nfs(request: pytest.FixtureRequest) -> Iterator[Nfs]:
-    server: GaneshaServer = request.getfixturevalue(f"nfs_v{request.param}")
+    server: GaneshaServer = request.getfixturevalue(f"ganesha_v{request.param}")
     (server.export_path / "k8s").mkdir(exist_ok=True)
     with server.client_netns():  # v3: this thread's sockets open inside the server's netns
         yield Nfs(server, request.param)

@@ -13,7 +13,6 @@ the server.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,6 +26,7 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from tests.harness import running_driver
 from tests.servers.ganesha import GaneshaServer
+from tests.servers.plugin import require_root
 
 pytestmark = pytest.mark.integration
 
@@ -36,8 +36,7 @@ AM = csi_pb2.VolumeCapability.AccessMode
 
 @pytest.fixture(params=["4", "3"], ids=["v4", "v3"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[GaneshaServer]:
-    if os.geteuid() != 0:
-        pytest.skip("nfs-ganesha tests need root")
+    require_root("nfs-ganesha tests need root")
     versions = ("4",) if request.param == "4" else ("3", "4")
     with GaneshaServer(tmp_path / "g", versions=versions, grace_seconds=GRACE) as s:
         (s.export_path / "k8s").mkdir()

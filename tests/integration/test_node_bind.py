@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import errno
 import json
-import os
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -51,8 +50,6 @@ def _umount_lazy(path: str) -> None:
 
 @pytest.fixture
 def root(tmp_path: Path) -> Iterator[Path]:
-    if os.geteuid() != 0:
-        pytest.skip("real mounts need root")
     base = tmp_path / "kubelet"
     base.mkdir()
     try:

@@ -11,8 +11,8 @@ import pytest
 
 from driver.config import Config, parse_endpoint
 from node.service import NodePlugin
+from tests.fakes.linux import make_platform
 from tests.harness import running_driver
-from tests.unit.test_node_linux import make_platform
 from tests.unit.test_node_service import (
     NFS_CONTEXT,
     SECRETS,

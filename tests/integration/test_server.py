@@ -18,7 +18,7 @@ from driver.csi import csi_pb2
 from driver.server import serve
 from driver.version import package_version
 from node.service import NodePlugin
-from tests.fakes import FakeBackends
+from tests.fakes.share import FakeBackends
 from tests.harness import client_for, driver_process, run_ctl, running_driver, wait_until
 
 pytestmark = pytest.mark.integration

@@ -40,7 +40,7 @@ from driver.errors import (
     Unauthenticated,
     Unavailable,
 )
-from tests.integration.conftest import SMB_READER, SMB_WRITER, SMB_WRITER2
+from tests.servers.plugin import SMB_READER, SMB_WRITER, SMB_WRITER2
 from tests.servers.samba import SambaServer, free_port
 
 pytestmark = pytest.mark.integration

@@ -21,7 +21,7 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from tests.harness import Client, running_driver, wait_until
-from tests.integration.conftest import SMB_READER, SMB_WRITER, SMB_WRITER2
+from tests.servers.plugin import SMB_READER, SMB_WRITER, SMB_WRITER2
 from tests.servers.samba import SambaServer
 
 pytestmark = pytest.mark.integration

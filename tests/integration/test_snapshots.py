@@ -34,9 +34,10 @@ from driver import paths
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.volume_id import parse_volume_id
+from tests.csi_requests import cap
 from tests.harness import ROOT, Client, running_driver, wait_until
-from tests.integration.conftest import SMB_WRITER
 from tests.servers.ganesha import GaneshaServer
+from tests.servers.plugin import SMB_WRITER
 from tests.servers.samba import SambaServer
 
 pytestmark = pytest.mark.integration
@@ -44,32 +45,6 @@ pytestmark = pytest.mark.integration
 AM = csi_pb2.VolumeCapability.AccessMode
 BASE_TIME = 1_600_000_000_123_456_789
 BIG = 3 << 20
-
-
-def cap(*flags: str) -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
-
-
-# -- servers --------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def nfs_v4(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    if os.geteuid() != 0:
-        pytest.skip("nfs-ganesha tests need root")
-    with GaneshaServer(tmp_path_factory.mktemp("snap4"), versions=("4",)) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def nfs_v3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    if os.geteuid() != 0:
-        pytest.skip("nfs-ganesha tests need root")
-    with GaneshaServer(tmp_path_factory.mktemp("snap3"), versions=("3", "4")) as server:
-        yield server
 
 
 @dataclass
@@ -165,7 +140,7 @@ def target(request: pytest.FixtureRequest) -> Iterator[Target]:
         _smb_base(t)
         yield t
         return
-    server: GaneshaServer = request.getfixturevalue(f"nfs_v{request.param[-1]}")
+    server: GaneshaServer = request.getfixturevalue(f"ganesha_v{request.param[-1]}")
     t = _nfs_target(server, request.param[-1])
     t.disk().mkdir()
     with server.client_netns():  # v3: this thread's sockets open in the server's netns
@@ -179,7 +154,7 @@ def fast_target(request: pytest.FixtureRequest) -> Target:
         t = _smb_target(request.getfixturevalue("samba"))
         _smb_base(t)
     else:
-        t = _nfs_target(request.getfixturevalue("nfs_v4"), "4")
+        t = _nfs_target(request.getfixturevalue("ganesha_v4"), "4")
         t.disk().mkdir()
     return t
 
@@ -496,8 +471,8 @@ async def _ctl(endpoint: str, *args: str) -> Any:
     return json.loads(out)
 
 
-async def test_ctl_commands(tmp_path: Path, nfs_v4: GaneshaServer) -> None:
-    t = _nfs_target(nfs_v4, "4")
+async def test_ctl_commands(tmp_path: Path, ganesha_v4: GaneshaServer) -> None:
+    t = _nfs_target(ganesha_v4, "4")
     t.disk().mkdir()
     cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=5)
     sock = tmp_path / "csi.sock"

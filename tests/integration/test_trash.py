@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import pwd
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +26,15 @@ from driver.credentials import Credentials
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from driver.source import Source, parse_source
+from tests.csi_requests import cap
 from tests.harness import Client, running_driver, wait_until
-from tests.integration.conftest import SMB_WRITER
 from tests.servers.ganesha import GaneshaServer
+from tests.servers.plugin import SMB_WRITER
 from tests.servers.samba import SambaServer
 
 pytestmark = pytest.mark.integration
 
-AM = csi_pb2.VolumeCapability.AccessMode
 CONFIG = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=10)
-
-
-@pytest.fixture(scope="module")
-def ganesha(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GaneshaServer]:
-    if os.geteuid() != 0:
-        pytest.skip("nfs-ganesha tests need root")
-    with GaneshaServer(tmp_path_factory.mktemp("trash-nfs"), versions=("4",)) as server:
-        yield server
 
 
 class Share:
@@ -56,13 +48,9 @@ class Share:
         self.flags = ["nfsvers=4"] if protocol == "nfs" else []
 
     def create(self, name: str) -> csi_pb2.CreateVolumeRequest:
-        cap = csi_pb2.VolumeCapability(
-            mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=self.flags),
-            access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-        )
         return csi_pb2.CreateVolumeRequest(
             name=name,
-            volume_capabilities=[cap],
+            volume_capabilities=[cap(*self.flags)],
             parameters={"source": self.source},
             secrets=self.secrets,
         )
@@ -88,7 +76,7 @@ def share(request: pytest.FixtureRequest) -> Share:
         creds = {"username": SMB_WRITER, "password": samba.password(SMB_WRITER)}
         made = Share("smb", disk, source, creds)
     else:
-        server: GaneshaServer = request.getfixturevalue("ganesha")
+        server: GaneshaServer = request.getfixturevalue("ganesha_v4")
         disk = server.export_path / base
         source = f"nfs://{server.host}:{server.port}{server.pseudo_path}/{base}"
         made = Share("nfs", disk, source, {})

@@ -16,20 +16,12 @@ from driver.errors import (
     PermissionDenied,
 )
 from driver.volume_id import parse_volume_id
-from tests.fakes import FakeBackends
+from tests.csi_requests import cap
+from tests.fakes.share import FakeBackends
 
 AM = csi_pb2.VolumeCapability.AccessMode
 SECRETS = {"username": "alice", "password": 'pa$$,w"`rd'}
 CTX: Any = None
-
-
-def cap(
-    mode: int = AM.MULTI_NODE_MULTI_WRITER, flags: tuple[str, ...] = ()
-) -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=mode),
-    )
 
 
 def create_req(name: str = "pvc-1", **params: str) -> csi_pb2.CreateVolumeRequest:
@@ -135,7 +127,7 @@ async def test_nfs_create_with_mode_and_version(
 ) -> None:
     req = csi_pb2.CreateVolumeRequest(
         name="pvc-n",
-        volume_capabilities=[cap(flags=("nfsvers=3", "hard"))],
+        volume_capabilities=[cap("nfsvers=3", "hard")],
         parameters={"source": "nfs.local:/export/k8s", "mountPermissions": "2770"},
     )
     resp = await svc.CreateVolume(req, CTX)
@@ -147,7 +139,7 @@ async def test_nfs_create_with_mode_and_version(
 
 async def test_nfs_kerberos_is_refused(svc: ControllerService) -> None:
     req = csi_pb2.CreateVolumeRequest(
-        name="k", volume_capabilities=[cap(flags=("sec=krb5",))], parameters={"source": "s:/e"}
+        name="k", volume_capabilities=[cap("sec=krb5")], parameters={"source": "s:/e"}
     )
     with pytest.raises(InvalidArgument, match="sec=krb5"):
         await svc.CreateVolume(req, CTX)

@@ -20,7 +20,8 @@ from driver.dual import DualSources
 from driver.errors import InvalidArgument
 from driver.source import Source
 from driver.volume_id import VolumeId, parse_volume_id
-from tests.fakes import FakeBackends
+from tests.csi_requests import cap
+from tests.fakes.share import FakeBackends
 
 AM = csi_pb2.VolumeCapability.AccessMode
 CTX: Any = None
@@ -28,13 +29,6 @@ SECRETS = {"username": "alice", "password": "dual-pa$$word,`x"}
 DUAL = {"smbSource": "//files/data/k8s", "nfsSource": "files:/srv/data/k8s"}
 SMB_KEY = "smb://files/data"
 NFS_KEY = "nfs://files//srv/data/k8s"
-
-
-def cap(*flags: str) -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
 
 
 def create_req(

@@ -16,7 +16,7 @@ from driver.csi import csi_pb2
 from driver.errors import FailedPrecondition, InvalidArgument
 from node.dual import LINUX_HELPERS, locate_dual
 from node.service import NodeService
-from tests.unit.test_node_linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
+from tests.fakes.linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
 from tests.unit.windows.fake import PASSWORD as WIN_PASSWORD
 from tests.unit.windows.fake import (
     ROOT,

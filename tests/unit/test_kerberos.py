@@ -335,6 +335,7 @@ async def test_refused_keytab_leaves_nothing(tmp_path: Path, clock: list[float])
     assert list((tmp_path / "krb5" / "kt").iterdir()) == []
     assert list((tmp_path / "krb5" / "cc").iterdir()) == []
     assert k.due("k") is None
+    await k.aclose()  # the renewal task a refused acquire started
 
 
 async def test_given_cache_is_checked_and_not_renewable_waits(

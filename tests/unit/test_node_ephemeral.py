@@ -4,7 +4,6 @@ service mounting them at the target over the stateful fakes."""
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +16,8 @@ from driver.csi import csi_pb2
 from driver.errors import DriverError, InvalidArgument, NotFound, PermissionDenied
 from node.ephemeral import EPHEMERAL_KEY, ephemeral_volume
 from node.runner import CommandResult
-from tests.unit.test_node_linux import PASSWORD, all_text, options_of
-from tests.unit.test_node_service import CTX, SECRETS, World, cap
+from tests.fakes.linux import PASSWORD, World, all_text, options_of
+from tests.unit.test_node_service import CTX, SECRETS, cap
 
 POD_INFO = {
     EPHEMERAL_KEY: "true",
@@ -29,17 +28,6 @@ POD_INFO = {
 }
 SMB_ATTRS = {"source": "//srv/share/base", "subDir": "reports/2026", "mountOptions": "vers=3.1.1"}
 NFS_ATTRS = {"Source": "srv:/export", "SUBDIR": "data", "mountoptions": "nfsvers=4.1, port=2050"}
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.host.release_all()
-        for task in w.runner.finished:
-            task.cancel()
 
 
 def inline_req(world: World, attrs: dict[str, str], **kw: Any) -> Any:

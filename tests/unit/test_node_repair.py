@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,30 +23,18 @@ from driver.errors import FailedPrecondition, Internal, Unavailable
 from node.linux import mountinfo
 from node.linux.repair import Plan, plan
 from node.runner import CommandResult
-from tests.unit.test_node_linux import PASSWORD, all_text, options_of
+from tests.fakes.linux import PASSWORD, World, all_text, options_of
 from tests.unit.test_node_service import (
     CTX,
     NFS_CONTEXT,
     SECRETS,
     SMB_CONTEXT,
-    World,
     publish_req,
     stage_req,
 )
 
 SMB_SERVER = ("srv", 445)
 NFS_SERVER = ("srv", 2049)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.host.release_all()
-        for task in w.runner.finished:
-            task.cancel()
 
 
 # ---------------------------------------------------------------- the table

@@ -8,7 +8,6 @@ directly (the interceptor maps them to gRPC codes in one place).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,61 +23,14 @@ from driver.errors import (
     NotFound,
     Unimplemented,
 )
-from node.service import NodeService
-from tests.unit.test_node_linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
+from tests.csi_requests import cap
+from tests.fakes.linux import PASSWORD, World, all_text
 
 AM = csi_pb2.VolumeCapability.AccessMode
 CTX: Any = None
 SMB_CONTEXT = {"protocol": "smb", "source": "//srv/share/base", "subDir": "pvc-1"}
 NFS_CONTEXT = {"protocol": "nfs", "source": "srv:/export", "subDir": "pvc-2"}
 SECRETS = {"username": "CORP\\alice", "password": PASSWORD}
-
-
-class World:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.host = FakeHost()
-        self.runner = FakeRunner(self.host)
-        self.secrets_dir = root / "secrets"
-        self.kubelet = root / "kubelet"
-        self.kubelet.mkdir()
-        self.service = self.restart()
-
-    def restart(self) -> NodeService:
-        """A new driver process: new service and platform, same kernel."""
-        self.service = NodeService(
-            "n1",
-            make_platform(self.host, self.runner, self.secrets_dir),
-            kubelet_dir=str(self.kubelet),
-        )
-        return self.service
-
-    def staging(self, name: str = "vol") -> str:
-        csi = self.kubelet / "plugins" / "kubernetes.io" / "csi" / "smb-nfs.csi.io"
-        return str(csi / name / "globalmount")
-
-    def target(self, name: str = "pod") -> str:
-        return str(self.kubelet / "pods" / name / "volumes" / "mount")
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> Iterator[World]:
-    w = World(tmp_path)
-    try:
-        yield w
-    finally:
-        w.host.release_all()
-        for task in w.runner.finished:
-            task.cancel()
-
-
-def cap(mode: int = AM.MULTI_NODE_MULTI_WRITER, *flags: str, group: str = "") -> Any:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(
-            mount_flags=list(flags), volume_mount_group=group
-        ),
-        access_mode=AM(mode=mode),
-    )
 
 
 def stage_req(world: World, **kw: Any) -> csi_pb2.NodeStageVolumeRequest:
@@ -227,7 +179,7 @@ def _bad_stage_requests(world: World) -> list[tuple[str, csi_pb2.NodeStageVolume
         ("absolute", stage_req(world, staging_target_path="relative/path")),
         ("'..'", stage_req(world, staging_target_path=world.staging() + "/../../etc")),
         ("volume_capability", stage_req(world, volume_capability=None)),
-        ("access_mode", stage_req(world, volume_capability=cap(AM.UNKNOWN))),
+        ("access_mode", stage_req(world, volume_capability=cap(mode=AM.UNKNOWN))),
         ("protocol", stage_req(world, volume_context={**SMB_CONTEXT, "protocol": "ftp"})),
         ("contradicts", stage_req(world, volume_context={**SMB_CONTEXT, "protocol": "nfs"})),
         ("subDir", stage_req(world, volume_context={**SMB_CONTEXT, "subDir": "../x"})),
@@ -236,7 +188,7 @@ def _bad_stage_requests(world: World) -> list[tuple[str, csi_pb2.NodeStageVolume
         ("not a directory", stage_req(world, staging_target_path=str(file_path))),
         (
             "not allowed",
-            stage_req(world, volume_capability=cap(AM.SINGLE_NODE_WRITER, "password=x")),
+            stage_req(world, volume_capability=cap("password=x", mode=AM.SINGLE_NODE_WRITER)),
         ),
         ("numeric group", stage_req(world, volume_capability=cap(group="wheel"))),
     ]
@@ -293,10 +245,10 @@ async def test_one_target_modes_refuse_a_second_target(world: World, mode: int) 
     # CSI NodePublishVolume, second table: T1!=T2 is FAILED_PRECONDITION for
     # the non-MULTI_NODE modes other than SINGLE_NODE_MULTI_WRITER.
     svc = world.service
-    await svc.NodeStageVolume(stage_req(world, volume_capability=cap(mode)), CTX)
-    first = publish_req(world, volume_capability=cap(mode))
+    await svc.NodeStageVolume(stage_req(world, volume_capability=cap(mode=mode)), CTX)
+    first = publish_req(world, volume_capability=cap(mode=mode))
     await svc.NodePublishVolume(first, CTX)
-    second = publish_req(world, target_path=world.target("pod-2"), volume_capability=cap(mode))
+    second = publish_req(world, target_path=world.target("pod-2"), volume_capability=cap(mode=mode))
     with pytest.raises(FailedPrecondition, match=rf"published at {world.target()}"):
         await svc.NodePublishVolume(second, CTX)
     assert not world.host.at(world.target("pod-2"))
@@ -304,7 +256,7 @@ async def test_one_target_modes_refuse_a_second_target(world: World, mode: int) 
     if mode != AM.SINGLE_NODE_READER_ONLY:  # (read-only already)
         with pytest.raises(AlreadyExists):  # T1=T2, P1!=P2
             await svc.NodePublishVolume(
-                publish_req(world, volume_capability=cap(mode), readonly=True), CTX
+                publish_req(world, volume_capability=cap(mode=mode), readonly=True), CTX
             )
     # A driver restart keeps the answer: it comes from the mount table.
     with pytest.raises(FailedPrecondition):
@@ -327,10 +279,10 @@ async def test_one_target_modes_refuse_a_second_target(world: World, mode: int) 
 )
 async def test_many_target_modes_publish_twice(world: World, mode: int) -> None:
     svc = world.service
-    await svc.NodeStageVolume(stage_req(world, volume_capability=cap(mode)), CTX)
+    await svc.NodeStageVolume(stage_req(world, volume_capability=cap(mode=mode)), CTX)
     for pod in ("pod-1", "pod-2"):
         await svc.NodePublishVolume(
-            publish_req(world, target_path=world.target(pod), volume_capability=cap(mode)), CTX
+            publish_req(world, target_path=world.target(pod), volume_capability=cap(mode=mode)), CTX
         )
     assert world.host.at(world.target("pod-1"))
     assert world.host.at(world.target("pod-2"))
@@ -345,7 +297,7 @@ async def test_one_target_is_per_volume(world: World) -> None:
                 world,
                 volume_id=vol,
                 staging_target_path=world.staging(vol),
-                volume_capability=cap(mode),
+                volume_capability=cap(mode=mode),
                 volume_context={**SMB_CONTEXT, "subDir": vol},
             ),
             CTX,
@@ -356,7 +308,7 @@ async def test_one_target_is_per_volume(world: World) -> None:
                 volume_id=vol,
                 staging_target_path=world.staging(vol),
                 target_path=world.target(vol),
-                volume_capability=cap(mode),
+                volume_capability=cap(mode=mode),
             ),
             CTX,
         )

@@ -34,7 +34,7 @@ from driver.errors import (
     Unavailable,
 )
 from driver.source import Source
-from tests.fakes import FakeBackends, FakeShare
+from tests.fakes.share import FakeBackends, FakeShare
 
 AM = csi_pb2.VolumeCapability.AccessMode
 CAP = csi_pb2.VolumeCapability(

@@ -12,7 +12,7 @@ from controller.service import ControllerService
 from controller.trash import Trash, trash_dir_for
 from driver.csi import csi_pb2
 from driver.errors import InvalidArgument, PermissionDenied, Unavailable
-from tests.fakes import FakeShare
+from tests.fakes.share import FakeShare
 
 TRASH = f"base/{TRASH_DIR}"
 
@@ -163,7 +163,7 @@ def test_no_volume_may_live_in_the_trash(sub: str) -> None:
 
 
 async def test_delete_volume_uses_the_trash() -> None:
-    from tests.fakes import FakeBackends
+    from tests.fakes.share import FakeBackends
 
     backends = FakeBackends()
     svc = ControllerService(backends)
@@ -209,7 +209,7 @@ async def test_a_failed_trash_listing_is_tried_again() -> None:
 async def test_the_backlog_is_a_metric() -> None:
     from controller.service import ControllerPlugin
     from driver.metrics import Metrics
-    from tests.fakes import FakeBackends
+    from tests.fakes.share import FakeBackends
 
     backends = FakeBackends()
     plugin = ControllerPlugin(backends)

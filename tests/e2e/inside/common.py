@@ -16,6 +16,7 @@ import pytest
 
 from driver.csi import csi_pb2
 from node.linux import mountinfo
+from tests.csi_requests import cap
 from tests.secret_scan import register_secret
 
 if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):
@@ -37,13 +38,6 @@ AM = csi_pb2.VolumeCapability.AccessMode
 # kubelet's layout under the test's kubelet directory (the driver's --kubelet-dir):
 # staging paths below this, pod targets below ``pods``.
 STAGING = "plugins/kubernetes.io/csi/smb-nfs.csi.io"
-
-
-def cap(*flags: str, mode: int = AM.MULTI_NODE_MULTI_WRITER) -> Any:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=mode),
-    )
 
 
 @dataclass

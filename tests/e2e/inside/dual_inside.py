@@ -32,6 +32,7 @@ from driver.csi import csi_pb2
 from driver.volume_id import parse_volume_id
 from node.linux import LinuxPlatform, mountinfo
 from node.service import NodePlugin
+from tests.csi_requests import cap
 from tests.e2e.inside.common import (
     NFS_DIR,
     SMB_DIR,
@@ -40,7 +41,6 @@ from tests.e2e.inside.common import (
     SMB_USER,
     STAGING,
     Volume,
-    cap,
     mounts_under,
 )
 from tests.harness import Client, running_driver, wait_until

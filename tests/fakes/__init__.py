@@ -1,0 +1,1 @@
+"""Stateful fakes that record every action: shares, node platforms, a Linux host."""
