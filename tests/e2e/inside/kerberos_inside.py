@@ -172,22 +172,46 @@ class EnvScan:
     passes: int = 0
     _stop: threading.Event = field(default_factory=threading.Event)
 
+    @staticmethod
+    def _name(pid: str) -> str:
+        """The program's name; a process caught inside execve (the new
+        environment already in place, the command line not yet readable) is
+        named once exec has finished, from its command line or the kernel's
+        task name."""
+        for attempt in range(20):
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    argv0 = f.read().split(b"\0", 1)[0]
+                with open(f"/proc/{pid}/comm", "rb") as f:
+                    comm = f.read().strip()
+            except OSError:
+                return f"<exited {pid}>"
+            if argv0:
+                return os.path.basename(argv0.decode(errors="replace"))
+            if attempt == 19:
+                return comm.decode(errors="replace")
+            time.sleep(0.005)
+        raise AssertionError  # unreachable
+
     def _pass(self) -> None:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
             try:
-                with open(f"/proc/{pid}/cmdline", "rb") as f:
-                    cmdline = f.read()
+                # The environment first: whatever name the process has after
+                # that is the one that owns this environment (or a later exec).
                 with open(f"/proc/{pid}/environ", "rb") as f:
                     environ = f.read()
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmdline = f.read()
             except OSError:
                 continue
-            argv0 = os.path.basename(cmdline.split(b"\0", 1)[0].decode(errors="replace"))
             if self.secret in cmdline or self.secret in environ:
-                self.leaks.append(f"{argv0} (pid {pid})")
+                self.leaks.append(f"{self._name(pid)} (pid {pid})")
             if b"KRB5CCNAME=" in environ:
-                self.ccname_in.add(argv0)
+                name = self._name(pid)
+                if not name.startswith("<exited"):
+                    self.ccname_in.add(name)
         self.passes += 1
 
     def run(self) -> None:
