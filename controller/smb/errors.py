@@ -186,12 +186,10 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
         return failures.error(Failure.UNREACHABLE, where, "the SMB connection was closed")
     kerberos = _kerberos_reason(exc)
     if kerberos:
-        # The KDC's or GSSAPI's reason (no key material is ever in it).
-        if any(s in kerberos.lower() for s in ("contact any kdc", "cannot find kdc")):
-            return failures.error(
-                Failure.UNREACHABLE, where, f"Kerberos: no KDC answers: {kerberos}"
-            )
-        return failures.error(Failure.AUTH_FAILED, where, f"Kerberos: {kerberos}")
+        # The KDC's or GSSAPI's reason, as one of our own phrases: the
+        # library's text itself never reaches the message.
+        failure = Failure.UNREACHABLE if kerberos in _KDC_UNREACHABLE else Failure.AUTH_FAILED
+        return failures.error(failure, where, f"Kerberos: {kerberos}")
     if isinstance(exc, SMBAuthenticationError):
         return failures.error(Failure.AUTH_FAILED, where)
     if _is_connect_failure(exc):
@@ -208,6 +206,23 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
 
 _KERBEROS_HINTS = ("kerberos", "krb5", "gss", "kdc", "preauthentication", "keytab", "ticket")
 
+# Known KDC and GSSAPI reasons: (what the library says, what we say).  First match wins.
+_KERBEROS_REASONS = (
+    ("cannot contact any kdc", "Cannot contact any KDC for the realm"),
+    ("cannot find kdc", "Cannot find a KDC for the realm (DNS SRV records or the kdc key)"),
+    ("preauthentication failed", "Preauthentication failed (is the keytab or cache current?)"),
+    ("client not found in kerberos database", "Client not found in Kerberos database"),
+    ("server not found in kerberos database", "Server not found in Kerberos database"),
+    ("clock skew too great", "Clock skew too great"),
+    ("ticket expired", "Ticket expired"),
+    ("key table entry not found", "Key table entry not found for the principal"),
+    ("no support for encryption type", "KDC has no support for the encryption type"),
+    ("password has expired", "Password has expired"),
+    ("revoked", "Credentials have been revoked"),
+    ("gssapi", "GSSAPI logon failed"),
+)
+_KDC_UNREACHABLE = frozenset(said for _, said in _KERBEROS_REASONS[:2])
+
 
 def _kerberos_reason(exc: BaseException) -> str:
     """The text of a Kerberos logon failure (the Kerberos/GSSAPI libraries'
@@ -220,8 +235,11 @@ def _kerberos_reason(exc: BaseException) -> str:
         and any(h in t.lower() for t in texts for h in _KERBEROS_HINTS)
     ):
         return ""
-    text = " ".join(texts[0].removeprefix("Failed to authenticate with server: ").split())
-    return text[-400:] or type(exc).__name__
+    lowered = " ".join(texts).lower()
+    for heard, said in _KERBEROS_REASONS:
+        if heard in lowered:
+            return said
+    return "logon failed (no reason the driver knows; see the KDC's log)"
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:
