@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from driver.aio import SingleFlight
 from driver.credentials import Credentials
 from driver.errors import AlreadyExists, DriverError
 from driver.log import get_logger
@@ -78,7 +79,7 @@ class ShareMappings:
         self._locks: dict[str, asyncio.Lock] = {}
         # Mapping status for stats, per share root key: (when, problem or None).
         self._status: dict[str, tuple[float, str | None]] = {}
-        self._queries: dict[str, asyncio.Task[str | None]] = {}
+        self._queries: SingleFlight[str, str | None] = SingleFlight()  # root key → lookup
         # Shares found unmapped at start (a node restart): mapped again only by
         # a NodeStageVolume, the one call that carries credentials.
         self._awaiting: set[str] = set()
@@ -163,16 +164,10 @@ class ShareMappings:
             when, problem = cached
             if self._clock() - when < self.settings.status_retry:
                 return problem
-        query = self._queries.get(key)
-        if query is None:
-            query = asyncio.ensure_future(self._query_status(root))
-            self._queries[key] = query
-            query.add_done_callback(lambda _q: self._queries.pop(key, None))
-        return await asyncio.shield(query)
+        return await self._queries.run(key, lambda: self._query_status(root))
 
     def close(self) -> None:
-        for task in self._queries.values():
-            task.cancel()
+        self._queries.cancel_all()
 
     async def _query_status(self, root: str) -> str | None:
         try:

@@ -1,12 +1,15 @@
-"""What a Windows node makes of a volume's source (server name, port) and mount options."""
+"""What a Windows node makes of a volume's source (server name, port), its
+mount options and its read-only request: pure checks, no host calls."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import Literal
 
 from driver.errors import FailedPrecondition, InvalidArgument
 from driver.log import get_logger
 from driver.source import Source
+from node.platform import PublishRequest
 from node.windows.paths import parse_bool
 
 log = get_logger("node.windows")
@@ -65,3 +68,31 @@ def check_server_name(source: Source) -> None:
             "cluster names (Windows error 53); use a name or address the Windows host "
             "resolves (an external DNS record, a LoadBalancer or node address)"
         )
+
+
+def check_read_only(request: PublishRequest, mode: Literal["refuse", "warn"]) -> None:
+    """Read-only is enforced by the container runtime, when kubelet asks it.
+
+    kubelet passes the pod's ``readOnly`` (PVC or PV ``csi.readOnly``) to
+    the runtime as well as to NodePublish (containerd → hcsshim ``ro``), so
+    such publishes are read-only in the container.  A reader-only access
+    mode alone (``readonly`` false) reaches only this driver, and a
+    directory symlink cannot be read-only: nothing would enforce it.
+    ``mode`` is ``--windows-read-only``: refuse such a publish, or warn.
+    """
+    if not request.read_only or request.readonly_flag:
+        return
+    if mode == "warn":
+        log.warning(
+            "reader-only access mode without readOnly on the pod's volume: not enforceable "
+            "on Windows; the volume is writable unless the SMB account is read-only",
+            volume_id=request.volume_id,
+        )
+        return
+    raise InvalidArgument(
+        "NodePublishVolume: the access mode is read-only but the volume is not published "
+        "read-only (readonly=false); on Windows only the container runtime enforces "
+        "read-only, and kubelet asks it to only for readOnly volumes: set readOnly: true "
+        "on the pod's persistentVolumeClaim volume (or csi.readOnly on the PV), or run the "
+        "driver with --windows-read-only=warn to accept such volumes writable"
+    )

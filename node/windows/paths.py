@@ -101,6 +101,16 @@ def unc_host(server: str) -> str:
     return server
 
 
+def share_root(server: str, share: str) -> str:
+    r"""``\\host\share`` of a share (IPv6 servers in the ipv6-literal.net form)."""
+    return f"\\\\{unc_host(server)}\\{share}"
+
+
+def volume_unc(root: str, subdir: str) -> str:
+    r"""The UNC path of a volume: ``subdir`` (``/``-separated) under ``root``."""
+    return root + ("\\" + subdir.replace("/", "\\") if subdir else "")
+
+
 def smb_user(credentials: Credentials, host: str) -> str:
     r"""The user name Windows needs: ``DOMAIN\user``, a UPN, or ``server\user``."""
     if credentials.domain:

@@ -78,3 +78,28 @@ async def test_in_daemon_thread_hands_back_result_and_error() -> None:
     assert names == ["probe x"]
     with pytest.raises(ValueError, match="boom"):
         await in_daemon_thread(fails, name="probe y")
+
+
+async def test_cancel_all_stops_the_work_and_its_waiters() -> None:
+    # What a platform's aclose does with queries stuck on a dead server.
+    flights: SingleFlight[str, int] = SingleFlight()
+    started, never = asyncio.Event(), asyncio.Event()
+    stopped: list[str] = []
+
+    async def work() -> int:
+        started.set()
+        try:
+            await never.wait()
+        except asyncio.CancelledError:
+            stopped.append("work")
+            raise
+        return 1
+
+    waiter = asyncio.ensure_future(flights.run("k", work))
+    await started.wait()
+    assert flights.busy("k")
+    flights.cancel_all()
+    with pytest.raises(asyncio.CancelledError):
+        await waiter
+    assert stopped == ["work"]
+    assert len(flights) == 0

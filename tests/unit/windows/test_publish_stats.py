@@ -173,7 +173,7 @@ async def test_usage_is_bounded_in_time(node: FakeWindows) -> None:
     assert "not returned yet" in usage.health.message
     assert node.disk_calls == 1
     node.disk_hold.set()
-    await wait_for(lambda: not platform._probes)
+    await wait_for(lambda: not platform.probes.in_flight)
     assert not (await platform.usage("pvc-1", stage.staging_path)).health.abnormal
     await platform.aclose()
 
