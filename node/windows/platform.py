@@ -92,27 +92,7 @@ class WindowsPlatform:
         return normalize_path(path, what=what)
 
     async def stage(self, request: StageRequest) -> None:
-        source = request.source
-        if source.protocol != "smb":
-            raise FailedPrecondition(
-                f"{source.protocol.upper()} volumes are not supported on Windows nodes: run pods "
-                "that use them on Linux nodes (nodeSelector kubernetes.io/os: linux) or use SMB"
-            )
-        check_server_name(source)
-        privacy = require_privacy(source, request.mount_options, self.settings.require_privacy)
-        if request.kerberos is not None:
-            # PowerShell's SMB cmdlets take a password credential only; a
-            # domain-joined node negotiates Kerberos with it by itself.
-            raise InvalidArgument(
-                "node-stage secret: Windows nodes cannot use a keytab or credential cache; give "
-                "username (DOMAIN\\user) and password of a domain account: a domain-joined "
-                "node then logs on with Kerberos (docs/kerberos.md)"
-            )
-        if request.credentials is None:
-            raise InvalidArgument("node-stage secret: SMB needs username and password")
-        identity = _Identity(request.credentials, unc_host(source.server), privacy)
-        root = share_root(source.server, source.share)
-        target = volume_unc(root, request.subdir)
+        identity, root, target = self._share_volume(request, "volumes", "node-stage secret")
         staging = request.staging_path
         try:
             await self._map_and_link(identity, root, target, staging, what="staging_target_path")
@@ -171,18 +151,10 @@ class WindowsPlatform:
         volume = request.volume
         if volume is None:
             raise InvalidArgument("an inline ephemeral volume needs volume attributes")
-        source = volume.source
-        if source.protocol != "smb":
-            raise FailedPrecondition(
-                f"{source.protocol.upper()} inline volumes are not supported on Windows nodes"
-            )
-        privacy = require_privacy(source, volume.mount_options, self.settings.require_privacy)
+        identity, root, unc = self._share_volume(
+            volume, "inline volumes", "nodePublishSecretRef secret"
+        )
         check_read_only(request, self.settings.read_only)
-        if volume.credentials is None:
-            raise InvalidArgument("nodePublishSecretRef secret: SMB needs username and password")
-        identity = _Identity(volume.credentials, unc_host(source.server), privacy)
-        root = share_root(source.server, source.share)
-        unc = volume_unc(root, volume.subdir)
         target = request.target_path
         try:
             if await self.links.points_to(target, unc):
@@ -195,6 +167,33 @@ class WindowsPlatform:
                 exc, what="NodePublishVolume", secrets=[identity.credentials.password]
             ) from None
         log.info("published inline volume", volume_id=request.volume_id, target=target, share=unc)
+
+    def _share_volume(
+        self, volume: StageRequest, kind: str, secret: str
+    ) -> tuple[_Identity, str, str]:
+        r"""(identity to map the share with, ``\\host\share``, the volume's UNC
+        path) of an SMB volume; refuses what Windows cannot map."""
+        source = volume.source
+        if source.protocol != "smb":
+            raise FailedPrecondition(
+                f"{source.protocol.upper()} {kind} are not supported on Windows nodes: run pods "
+                "that use them on Linux nodes (nodeSelector kubernetes.io/os: linux) or use SMB"
+            )
+        check_server_name(source)
+        privacy = require_privacy(source, volume.mount_options, self.settings.require_privacy)
+        if volume.kerberos is not None:
+            # PowerShell's SMB cmdlets take a password credential only; a
+            # domain-joined node negotiates Kerberos with it by itself.
+            raise InvalidArgument(
+                f"{secret}: Windows nodes cannot use a keytab or credential cache; give "
+                "username (DOMAIN\\user) and password of a domain account: a domain-joined "
+                "node then logs on with Kerberos (docs/kerberos.md)"
+            )
+        if volume.credentials is None:
+            raise InvalidArgument(f"{secret}: SMB needs username and password")
+        root = share_root(source.server, source.share)
+        identity = _Identity(volume.credentials, unc_host(source.server), privacy)
+        return identity, root, volume_unc(root, volume.subdir)
 
     async def _map_and_link(
         self, identity: _Identity, root: str, unc: str, link: str, *, what: str, keep: bool = False

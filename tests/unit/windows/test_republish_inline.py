@@ -176,6 +176,8 @@ async def test_inline_volume_with_a_disconnected_mapping(
         ({"subdir": "base/missing"}, NotFound, "not a directory"),
         ({"source": Source("nfs", "srv", None, "/export")}, FailedPrecondition, "NFS"),
         ({"credentials": None}, InvalidArgument, "username and password"),
+        # The same checks as a staged volume: a name only cluster DNS resolves.
+        ({"source": Source("smb", "files.ns.svc", None, "share")}, FailedPrecondition, "Service"),
     ],
 )
 async def test_bad_inline_volumes_leave_no_link(
