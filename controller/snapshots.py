@@ -21,10 +21,10 @@ from typing import Final
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller import archive
+from controller.access import SNAPSHOTTER, ShareAccess
 from controller.jobs import Jobs
 from controller.params import default_snapshot_area, parse_snapshot_params
 from controller.share import (
-    BackendFactory,
     FileInfo,
     FileShareBackend,
     cleanup,
@@ -59,9 +59,6 @@ AREAS_MAX: Final = 1_000
 _LIST_CONCURRENCY: Final = 16
 _TOKEN_PREFIX: Final = "n1."  # noqa: S105 - a page token's prefix, not a password
 
-#: ``(source, secrets, nfs_version=, which=) -> backend`` from the service.
-BackendFor = Callable[..., FileShareBackend]
-
 
 def snapshot_name(name: str) -> str:
     """The CSI snapshot name as the archive's file name (without suffix)."""
@@ -95,20 +92,33 @@ def timestamp(ns: int) -> Timestamp:
     return stamp
 
 
+def described(
+    sid: SnapshotId, info: FileInfo, source: str, meta: Mapping[str, str]
+) -> csi_pb2.Snapshot:
+    """A finished snapshot as CSI describes it: its archive's size, and the
+    creation time its header records (else the archive's mtime)."""
+    created = archive.created_ns(meta) or info.mtime_ns or 0
+    return csi_pb2.Snapshot(
+        size_bytes=info.size,
+        snapshot_id=sid.format(),
+        source_volume_id=source,
+        creation_time=timestamp(created),
+        ready_to_use=True,
+    )
+
+
 class Snapshots:
     """The snapshot RPCs' logic; the Controller service delegates to it."""
 
     def __init__(
         self,
         *,
-        backends: BackendFactory,
-        backend_for: BackendFor,
+        access: ShareAccess,
         locks: VolumeLocks,
         jobs: Jobs,
         pool: Callable[[], ThreadPoolExecutor],
     ) -> None:
-        self._backends = backends
-        self._backend_for = backend_for
+        self._access = access
         self._locks = locks
         self._jobs = jobs
         self._pool = pool
@@ -151,8 +161,8 @@ class Snapshots:
         seen = self._recent_snapshots.get(name)
         if seen is not None and seen != source_text:
             raise AlreadyExists(f"snapshot {name!r} already exists for another volume")
-        backend = self._backend_for(
-            vid.source, request.secrets, nfs_version=vid.option("vers"), which="snapshotter secret"
+        backend = self._access.backend(
+            vid.source, request.secrets, nfs_version=vid.option("vers"), which=SNAPSHOTTER
         )
         key = lock_key(vid.source, sid.archive)
         job = self._jobs.get(key)
@@ -199,14 +209,7 @@ class Snapshots:
         source = meta.get("source") or sid.source_volume().format()
         if expect_source is not None and source != expect_source:
             raise AlreadyExists(f"snapshot {sid.name!r} already exists for another volume")
-        created = archive.created_ns(meta) or info.mtime_ns or 0
-        return csi_pb2.Snapshot(
-            size_bytes=info.size,
-            snapshot_id=sid.format(),
-            source_volume_id=source,
-            creation_time=timestamp(created),
-            ready_to_use=True,
-        )
+        return described(sid, info, source, meta)
 
     async def _snapshot_job(
         self, backend: FileShareBackend, sid: SnapshotId, source_text: str
@@ -259,8 +262,8 @@ class Snapshots:
             log.warning("ignoring DeleteSnapshot of a malformed snapshot ID", reason=exc.message)
             return csi_pb2.DeleteSnapshotResponse()
         rpc.set_protocol(sid.source.protocol)
-        backend = self._backend_for(
-            sid.source, request.secrets, nfs_version=sid.option("vers"), which="snapshotter secret"
+        backend = self._access.backend(
+            sid.source, request.secrets, nfs_version=sid.option("vers"), which=SNAPSHOTTER
         )
         with self._locks.acquire(lock_key(sid.source, sid.archive), what="snapshot"):
             info = await backend.stat(sid.archive)
@@ -299,8 +302,8 @@ class Snapshots:
     ) -> FileShareBackend | None:
         if root.protocol == "smb" and not secrets:
             # No secrets: a session an earlier call opened, if any.
-            return self._backends.cached(root)
-        return self._backend_for(root, secrets, nfs_version=nfs_version, which="snapshotter secret")
+            return self._access.cached(root)
+        return self._access.backend(root, secrets, nfs_version=nfs_version, which=SNAPSHOTTER)
 
     async def _list_snapshots(
         self, request: csi_pb2.ListSnapshotsRequest
@@ -370,14 +373,7 @@ class Snapshots:
                 return None
             if not same_share(svid.source, root):
                 return None  # copied here from another share
-            created = archive.created_ns(meta) or info.mtime_ns or 0
-            return csi_pb2.Snapshot(
-                size_bytes=info.size,
-                snapshot_id=sid.format(),
-                source_volume_id=source,
-                creation_time=timestamp(created),
-                ready_to_use=True,
-            )
+            return described(sid, info, source, meta)
 
         candidates = [
             (name, info)

@@ -57,8 +57,7 @@ class DualSources:
 
     def root(self, protocol: Protocol) -> Source:
         """The share root ``protocol`` mounts (base removed)."""
-        tree = self.tree(protocol)
-        return Source(tree.protocol, tree.server, tree.port, tree.share)
+        return self.tree(protocol).share_root
 
     def base(self, protocol: Protocol) -> str:
         return self.tree(protocol).base

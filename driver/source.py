@@ -40,6 +40,11 @@ class Source:
         return host if self.port is None else f"{host}:{self.port}"
 
     @property
+    def share_root(self) -> Source:
+        """The share itself, ``base`` dropped: what backends and mounts are keyed on."""
+        return Source(self.protocol, self.server, self.port, self.share)
+
+    @property
     def effective_port(self) -> int:
         return self.port if self.port is not None else DEFAULT_PORTS[self.protocol]
 

@@ -18,7 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from controller import archive
-from controller.service import ControllerService, temp_dir_for
+from controller.populate import temp_dir_for
+from controller.service import ControllerService
 from controller.share import Features, FileInfo
 from controller.snapshot_id import SnapshotId, parse_snapshot_id
 from controller.snapshots import decode_token, encode_token
