@@ -120,7 +120,7 @@ class Lan:
             proc.wait()
 
     def client(self) -> contextlib.AbstractContextManager[None]:
-        from tests.servers.ganesha import enter_netns
+        from tests.servers.host import enter_netns
 
         return enter_netns(self.client_ns)
 
@@ -256,7 +256,7 @@ def _threaded(n: int, c: int, op: Callable[[int], Any]) -> dict[str, float]:
 
 @contextlib.contextmanager
 def lan_server(lan: Lan) -> Iterator[None]:
-    from tests.servers.ganesha import enter_netns
+    from tests.servers.host import enter_netns
 
     with enter_netns(lan.server_ns):
         yield

@@ -16,7 +16,6 @@ repeats both tables).
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -37,6 +36,7 @@ from driver.failures import Failure
 from driver.source import Source, parse_source
 from tests.fakes.share import FakeBackends
 from tests.servers.ganesha import GaneshaServer
+from tests.servers.host import free_port
 from tests.servers.plugin import SMB_READER, SMB_WRITER, require_root
 from tests.servers.samba import SambaServer
 
@@ -70,12 +70,6 @@ NOT_APPLICABLE = {
     ("server busy: NFS grace period", "nfs-v4"): "see test_nfs_grace.py",
     ("server busy: NFS grace period", "nfs-v3"): "see test_nfs_grace.py",
 }
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -295,7 +289,7 @@ async def kinds(
 ) -> AsyncIterator[dict[str, Kind]]:
     factory = ShareBackends(Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=5))
     g4, g3 = ganesha4, ganesha3
-    down = _free_port()
+    down = free_port()
     fake = FakeBackends()
     fake.share("smb://fake/nosuch").condition = Failure.SHARE_MISSING
     fake.share("smb://down/share").condition = Failure.UNREACHABLE

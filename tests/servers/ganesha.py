@@ -33,26 +33,22 @@ so the client still sees the host's files (``export_path`` included).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import shutil
 import signal
-import socket
 import subprocess
-import threading
 import time
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from tests.servers.host import enter_netns, find_program, free_port, port_open
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
 
 APT_HINT = "apt-get install -y --no-install-recommends nfs-ganesha nfs-ganesha-vfs rpcbind"
-_SBIN = os.pathsep.join(("/usr/sbin", "/sbin", "/usr/bin", "/bin"))
 _START_TIMEOUT = 20.0
 _STOP_TIMEOUT = 10.0
-_CLONE_NEWNET = 0x40000000
 _FSAL_VFS_GLOBS = ("/usr/lib/*/ganesha/libfsalvfs.so", "/usr/lib/ganesha/libfsalvfs.so")
 #: Ports inside the private namespace (v3 shape).
 NS_NFS_PORT = 2049
@@ -69,7 +65,7 @@ class GaneshaNotInstalledError(GaneshaError):
 
 
 def _which(program: str) -> str:
-    found = shutil.which(program, path=os.environ.get("PATH", "") + os.pathsep + _SBIN)
+    found = find_program(program)
     if found is None:
         raise GaneshaNotInstalledError(program)
     return found
@@ -78,67 +74,6 @@ def _which(program: str) -> str:
 def _check_fsal_vfs() -> None:
     if not any(Path("/").glob(g.lstrip("/")) for g in _FSAL_VFS_GLOBS):
         raise GaneshaNotInstalledError("ganesha FSAL VFS (libfsalvfs.so)")
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-_libc = ctypes.CDLL(None, use_errno=True)
-
-
-def _setns(fd: int) -> None:
-    if _libc.setns(fd, _CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"setns(CLONE_NEWNET): {os.strerror(err)}")
-
-
-@contextlib.contextmanager
-def enter_netns(ns_path: str) -> Iterator[None]:
-    """Run the calling thread in the network namespace ``ns_path`` (e.g.
-    ``/proc/<pid>/ns/net``) until the block ends.  Sockets created inside
-    keep that namespace for their whole life."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        target = os.open(ns_path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            _setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            _setns(own)
-    finally:
-        os.close(own)
-
-
-def _port_open(host: str, port: int, ns_path: str | None) -> bool:
-    """TCP connect check, from inside ``ns_path`` if given (in a helper
-    thread, so the caller's namespace is never touched)."""
-
-    def probe() -> bool:
-        try:
-            with socket.create_connection((host, port), timeout=0.5):
-                return True
-        except OSError:
-            return False
-
-    if ns_path is None:
-        return probe()
-    result: list[bool] = []
-
-    def in_ns() -> None:
-        with enter_netns(ns_path):
-            result.append(probe())
-
-    t = threading.Thread(target=in_ns, name="ganesha-probe")
-    t.start()
-    t.join()
-    return bool(result and result[0])
 
 
 class GaneshaServer:
@@ -363,7 +298,7 @@ class GaneshaServer:
                 return False
         except OSError:
             return False
-        return _port_open("127.0.0.1", 111, ns_path)
+        return port_open("127.0.0.1", 111, ns_path)
 
     def _wait_ready(self, ports: list[int], begun: float) -> None:
         deadline = begun + _START_TIMEOUT
@@ -374,7 +309,7 @@ class GaneshaServer:
                 self._proc = None
                 msg = f"ganesha.nfsd exited during start-up:\n{self.log_tail()}"
                 raise GaneshaError(msg)
-            pending = [p for p in pending if not _port_open(self.host, p, ns_path)]
+            pending = [p for p in pending if not port_open(self.host, p, ns_path)]
             if not pending and "NFS SERVER INITIALIZED" in self._log_text():
                 return
             if time.monotonic() > deadline:

@@ -13,19 +13,11 @@ so the DOS read-only attribute *is* the owner's write bit.  A file that was
 over SMB are the same thing, and Samba refuses to delete either
 (``STATUS_CANNOT_DELETE``) until the attribute is cleared.
 
-Command line (``make run``)::
-
-    python -m tests.servers.samba --dir ./run/samba --port 4450
-
-starts an instance with the share ``csi`` and one user, prints the connection
-facts as one JSON line (the password is written to a 0600 file whose path is
-in the line, never printed), and stays in the foreground until SIGINT or
-SIGTERM; it then stops smbd and removes the state it made (share data stays).
+A command line for one instance: ``python -m tests.servers.samba_cli``.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -33,21 +25,20 @@ import pwd
 import secrets
 import shutil
 import signal
-import socket
 import stat
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from tests.servers.host import find_program, free_port, port_open
+
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
 
 APT_HINT = "apt-get install -y --no-install-recommends samba"
-_SBIN = os.pathsep.join(("/usr/sbin", "/sbin", "/usr/bin", "/bin"))
 _START_TIMEOUT = 15.0
 _STOP_TIMEOUT = 10.0
 
@@ -86,18 +77,10 @@ class Share:
 
 
 def _which(program: str) -> str:
-    found = shutil.which(program, path=os.environ.get("PATH", "") + os.pathsep + _SBIN)
+    found = find_program(program)
     if found is None:
         raise SambaNotInstalledError(program)
     return found
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def ensure_system_user(name: str) -> None:
@@ -454,7 +437,6 @@ class SambaServer:
             start_new_session=True,
         )
         deadline = time.monotonic() + _START_TIMEOUT
-        family = socket.AF_INET6 if self._host == "::1" else socket.AF_INET
         while True:
             if self._proc.poll() is not None:
                 code = self._proc.returncode
@@ -462,10 +444,8 @@ class SambaServer:
                 self._close_log()
                 msg = f"smbd exited with {code} during start; log tail:\n{self._log_tail()}"
                 raise SambaError(msg)
-            with socket.socket(family, socket.SOCK_STREAM) as probe:
-                probe.settimeout(0.5)
-                if probe.connect_ex((self._host, self._port)) == 0:
-                    return
+            if port_open(self._host, self._port):
+                return
             if time.monotonic() > deadline:
                 self.kill()
                 msg = (
@@ -481,72 +461,3 @@ class SambaServer:
             with contextlib.suppress(OSError):
                 out += path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:]
         return "\n".join(out)
-
-
-# --- make run ----------------------------------------------------------------
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m tests.servers.samba", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument(
-        "--dir", type=Path, required=True, help="instance directory (state, shares, password file)"
-    )
-    parser.add_argument(
-        "--port", type=int, default=0, help="TCP port on the host (0: pick a free one)"
-    )
-    parser.add_argument("--host", default="127.0.0.1", choices=["127.0.0.1", "::1"])
-    parser.add_argument("--user", default="csitest1")
-    parser.add_argument("--share", default="csi")
-    args = parser.parse_args(argv)
-
-    root: Path = args.dir.absolute()
-    root.mkdir(parents=True, exist_ok=True)
-    password = secrets.token_urlsafe(18)
-    password_file = root / "password"
-    fd = os.open(password_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(password)
-
-    server = SambaServer(
-        root, args.port, {args.user: password}, [Share(args.share)], host=args.host
-    )
-    try:
-        server.start()
-    except SambaError as err:
-        password_file.unlink(missing_ok=True)
-        print(err, file=sys.stderr)
-        return 1
-
-    facts = {
-        "host": server.host,
-        "port": server.port,
-        "share": args.share,
-        "username": args.user,
-        "password_file": str(password_file),
-        "share_path": str(server.share_path(args.share)),
-        "pid": server.pid,
-    }
-    print(json.dumps(facts), flush=True)
-
-    # Block the signals only now: smbd must not inherit a blocked mask.
-    wanted = {signal.SIGINT, signal.SIGTERM, signal.SIGCHLD}
-    signal.pthread_sigmask(signal.SIG_BLOCK, wanted)
-    code = 0
-    try:
-        while server.running:
-            got = signal.sigtimedwait(wanted, 1.0)
-            if got is not None and got.si_signo != signal.SIGCHLD:
-                break
-        else:
-            print("smbd exited on its own; see " + str(server.log_path), file=sys.stderr)
-            code = 1
-    finally:
-        server.cleanup()
-        password_file.unlink(missing_ok=True)
-    return code
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,5 @@
 """Dual-protocol volumes on nodes: the Linux platform over its fake kernel
-(tests/unit/test_node_linux.py) and the Windows platform over its fake host
+(tests/unit/linux/) and the Windows platform over its fake host
 (tests/unit/test_node_windows.py), both behind the real Node service."""
 
 from __future__ import annotations

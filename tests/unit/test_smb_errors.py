@@ -37,6 +37,7 @@ from driver.errors import (
     Unauthenticated,
     Unavailable,
 )
+from tests.servers.host import free_port
 
 UNC = r"\\127.0.0.1\csi\vols\pvc-1"
 SECRET = "s3cr3t-Pa55word"
@@ -52,11 +53,8 @@ def _response_error(status: int) -> SMBResponseException:
 
 def _refused_connect() -> ValueError:
     """A real 'Failed to connect' from smbprotocol's transport (a closed loopback port)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     try:
-        Tcp("127.0.0.1", port, timeout=2).connect()
+        Tcp("127.0.0.1", free_port(), timeout=2).connect()
     except ValueError as exc:
         return exc
     pytest.fail("connecting to a closed port succeeded")

@@ -1,88 +1,29 @@
-"""NfsBackend against a real nfs-ganesha on loopback (v4) and in a private
-network namespace (v3, see tests/servers/ganesha.py for how the client gets
-there).
-
-Needs root and ``apt-get install -y --no-install-recommends nfs-ganesha
-nfs-ganesha-vfs rpcbind libnfs13``.  Every test works in its own directory
-of a module-wide server; the fault tests get a server of their own.
-"""
+"""NfsBackend against a real nfs-ganesha (v4 and v3): mkdir with modes, rename,
+remove_tree (read-only entries, ownership), exists, capacity, path defence."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import stat
-import statistics
 import time
-import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from controller.nfs.backend import DEFAULT_DIR_MODE, NfsBackend, NfsBackendPool, Version
+from controller.nfs.backend import DEFAULT_DIR_MODE, NfsBackend
 from controller.share import ShareBackend
 from driver.errors import (
     AlreadyExists,
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     NotFound,
     PermissionDenied,
-    Unavailable,
 )
-from tests.servers.ganesha import GaneshaServer
-from tests.servers.plugin import require_root
+from tests.integration.nfs_backend.support import TIMEOUT, UID, Target
 
 pytestmark = pytest.mark.integration
-
-TIMEOUT = 5.0
-FAULT_TIMEOUT = 1.5
-UID = 4242  # an unprivileged owner for permission tests (no account needed)
-
-
-@dataclass
-class Target:
-    """A server plus how to build a backend for one NFS version."""
-
-    server: GaneshaServer
-    version: Version
-
-    def backend(self, timeout: float = TIMEOUT, **kwargs: int) -> NfsBackend:
-        s = self.server
-        if self.version == "3":
-            return NfsBackend(s.host, None, s.export, "3", timeout, **kwargs)
-        port = None if s.namespaced else s.port
-        return NfsBackend(s.host, port, s.pseudo_path, self.version, timeout, **kwargs)
-
-    def disk(self, rel: str = "") -> Path:
-        return self.server.export_path / rel if rel else self.server.export_path
-
-
-@pytest.fixture(params=["4", "3"], ids=["v4", "v3"])
-def target(request: pytest.FixtureRequest) -> Iterator[Target]:
-    version: Version = request.param
-    server: GaneshaServer = request.getfixturevalue(f"ganesha_v{version}")
-    # v3: this (main) thread joins the server's network namespace for the
-    # test; the event loop runs here, so libnfs' sockets are created inside.
-    with server.client_netns():
-        yield Target(server, version)
-
-
-@pytest.fixture
-async def backend(target: Target) -> AsyncIterator[NfsBackend]:
-    b = target.backend()
-    yield b
-    await b.aclose()
-
-
-@pytest.fixture
-def base(target: Target) -> str:
-    """A fresh directory name (relative to the export) for one test."""
-    name = f"t-{uuid.uuid4().hex[:12]}"
-    target.disk(name).mkdir()
-    return name
 
 
 def _mode(p: Path) -> int:
@@ -326,186 +267,3 @@ async def test_path_defence(backend: NfsBackend, bad: str) -> None:
         with pytest.raises(InvalidArgument):
             await call()  # type: ignore[misc]
     assert backend.connects == 0  # refused before any network traffic
-
-
-# -- connection problems -----------------------------------------------------------
-
-
-async def test_connection_refused_is_unavailable(target: Target) -> None:
-    if target.version == "3":
-        b = NfsBackend("127.0.0.1", 1, "/x", "3", FAULT_TIMEOUT, mount_port=1)
-    else:
-        b = NfsBackend("127.0.0.1", 1, "/x", "4", FAULT_TIMEOUT)
-    started = time.monotonic()
-    with pytest.raises(Unavailable):
-        await b.exists("a")
-    assert time.monotonic() - started < FAULT_TIMEOUT
-    await b.aclose()
-
-
-async def test_unknown_export(target: Target) -> None:
-    s = target.server
-    if target.version == "3":
-        b = NfsBackend(s.host, None, "/no/such/export", "3", TIMEOUT)
-    else:
-        b = NfsBackend(s.host, None if s.namespaced else s.port, "/nosuch", "4", TIMEOUT)
-    # A missing export is a configuration problem (as a missing SMB share):
-    # never NotFound, which DeleteVolume would take for "already gone".
-    with pytest.raises(FailedPrecondition):
-        await b.exists("a")
-    await b.aclose()
-
-
-async def test_version_41_talks_40(ganesha_v4: GaneshaServer) -> None:
-    b = NfsBackend(ganesha_v4.host, ganesha_v4.port, ganesha_v4.pseudo_path, "4.1", TIMEOUT)
-    name = f"v41-{uuid.uuid4().hex[:8]}"
-    assert await b.mkdir(name) is True
-    assert (ganesha_v4.export_path / name).is_dir()
-    await b.aclose()
-
-
-@pytest.fixture(params=["4", "3"], ids=["v4", "v3"])
-def faulty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Target]:
-    """A server of its own (fixed names, kills and pauses): not the session's."""
-    require_root("nfs-ganesha tests need root")
-    version: Version = request.param
-    versions = ("4",) if version == "4" else ("3", "4")
-    with GaneshaServer(tmp_path / "g", versions=versions) as server, server.client_netns():
-        yield Target(server, version)
-
-
-async def _ticker(counter: list[int]) -> None:
-    while True:
-        await asyncio.sleep(0.01)
-        counter[0] += 1
-
-
-async def test_server_killed_then_restarted(faulty: Target) -> None:
-    b = faulty.backend(timeout=FAULT_TIMEOUT)
-    try:
-        assert await b.mkdir("before") is True
-        faulty.server.kill()
-        started = time.monotonic()
-        with pytest.raises(Unavailable):
-            await b.mkdir("during")
-        assert time.monotonic() - started < FAULT_TIMEOUT
-        # Still down: fails fast again, never hangs.
-        with pytest.raises(Unavailable):
-            await b.exists("before")
-        faulty.server.start()
-        assert await b.mkdir("after") is True
-        assert await b.exists("before") is True
-        assert (faulty.disk("after")).is_dir()
-    finally:
-        await b.aclose()
-
-
-async def test_server_restarted_behind_idle_connection(faulty: Target) -> None:
-    # No loop iteration between kill and start: the client meets the dead
-    # socket only with the next call, which reconnects and retries once.
-    b = faulty.backend(timeout=FAULT_TIMEOUT)
-    try:
-        assert await b.mkdir("before") is True
-        faulty.server.kill()
-        faulty.server.start()
-        assert await b.mkdir("after") is True
-        assert await b.exists("before") is True
-        assert b.connects == 2
-    finally:
-        await b.aclose()
-
-
-async def test_server_killed_during_call(faulty: Target) -> None:
-    b = faulty.backend(timeout=FAULT_TIMEOUT * 4)
-    try:
-        assert await b.exists("x") is False
-        faulty.server.pause()
-        call = asyncio.ensure_future(b.mkdir("x"))
-        await asyncio.sleep(0.1)
-        assert not call.done()
-        started = time.monotonic()
-        faulty.server.kill()
-        with pytest.raises(Unavailable):
-            await call
-        assert time.monotonic() - started < FAULT_TIMEOUT
-        faulty.server.start()
-        assert await b.mkdir("x") in (True, False)  # the first may have landed
-        assert faulty.disk("x").is_dir()
-    finally:
-        await b.aclose()
-
-
-async def test_server_paused_deadline_and_loop_stays_responsive(faulty: Target) -> None:
-    b = faulty.backend(timeout=FAULT_TIMEOUT)
-    ticks = [0]
-    ticker = asyncio.ensure_future(_ticker(ticks))
-    try:
-        assert await b.mkdir("before") is True
-        faulty.server.pause()
-        started = time.monotonic()
-        with pytest.raises(DeadlineExceeded):
-            await b.mkdir("during")
-        elapsed = time.monotonic() - started
-        assert FAULT_TIMEOUT * 0.9 <= elapsed < FAULT_TIMEOUT + 0.5
-        # 10 ms ticks kept coming while the call waited (not blocked).
-        assert ticks[0] >= FAULT_TIMEOUT / 0.01 * 0.5
-        # Concurrent calls are bounded the same way.
-        started = time.monotonic()
-        results = await asyncio.gather(
-            *(b.exists(f"x{i}") for i in range(5)), return_exceptions=True
-        )
-        assert all(isinstance(r, DeadlineExceeded) for r in results), results
-        assert time.monotonic() - started < FAULT_TIMEOUT + 0.5
-        faulty.server.resume()
-        assert await b.mkdir("after") is True
-        assert await b.exists("before") is True
-    finally:
-        ticker.cancel()
-        faulty.server.resume()
-        await b.aclose()
-
-
-async def test_backend_reusable_after_aclose(backend: NfsBackend, base: str) -> None:
-    assert await backend.exists(base) is True
-    await backend.aclose()
-    assert await backend.exists(base) is True
-    assert backend.connects == 2
-
-
-# -- pool --------------------------------------------------------------------------
-
-
-async def test_pool_one_backend_per_key(ganesha_v4: GaneshaServer) -> None:
-    pool = NfsBackendPool(timeout=TIMEOUT)
-    s = ganesha_v4
-    a = pool.get(s.host, s.port, s.pseudo_path, "4")
-    assert pool.get(s.host, s.port, s.pseudo_path, "4") is a
-    other = pool.get(s.host, s.port, s.pseudo_path, "4.1")
-    assert other is not a
-    assert len(pool) == 2
-    assert await a.exists("nothing-here") is False
-    await pool.aclose()
-    assert len(pool) == 0
-    assert pool.get(s.host, s.port, s.pseudo_path, "4") is not a
-
-
-# -- measurements (printed with -s; asserted loosely) --------------------------------
-
-
-async def test_measure_mkdir_latency(target: Target, base: str) -> None:
-    b = target.backend()
-    try:
-        await b.exists(base)
-        samples = []
-        for i in range(100):
-            started = time.perf_counter()
-            await b.mkdir(f"{base}/m{i}")
-            samples.append(time.perf_counter() - started)
-    finally:
-        await b.aclose()
-    median_ms = statistics.median(samples) * 1000
-    print(
-        f"\nNFSv{target.version}: median mkdir {median_ms:.2f} ms; "
-        f"ganesha start {target.server.last_start_seconds * 1000:.0f} ms"
-    )
-    assert median_ms < 50
