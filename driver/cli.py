@@ -9,12 +9,14 @@ from collections.abc import Sequence
 
 from driver import log
 from driver.config import add_serve_arguments, config_from_args
-from driver.ctl import main as ctl
 from driver.errors import InvalidArgument
 from driver.version import package_version
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, ctl_commands: bool = True) -> argparse.ArgumentParser:
+    """The whole command line.  ``ctl_commands=False`` leaves ``ctl``'s own
+    arguments out: ``serve`` never parses them, and their modules (about a
+    tenth of the driver's start-up imports) are not loaded then."""
     parser = argparse.ArgumentParser(
         prog="csi-smb-nfs",
         description="CSI driver for subdirectory volumes on SMB and NFS shares.",
@@ -23,14 +25,25 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the CSI driver")
     add_serve_arguments(serve)
-    ctl.add_arguments(sub.add_parser("ctl", help="a CSI client for operators (JSON output)"))
+    ctl_parser = sub.add_parser("ctl", help="a CSI client for operators (JSON output)")
+    if ctl_commands:
+        from driver.ctl import main as ctl
+
+        ctl.add_arguments(ctl_parser)
     return parser
 
 
+def parse(argv: Sequence[str]) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
+    # Only `serve ...` may skip the ctl commands; --help and ctl need them.
+    parser = build_parser(ctl_commands=list(argv[:1]) != ["serve"])
+    return parser, parser.parse_args(argv)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    parser, args = parse(sys.argv[1:] if argv is None else argv)
     if args.command == "ctl":
+        from driver.ctl import main as ctl
+
         return ctl.run(args)
     try:
         config = config_from_args(args)

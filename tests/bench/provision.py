@@ -363,8 +363,8 @@ def _report(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         print(
             f"  {client} client: CreateVolume median at c=1"
             f" {r['median_c1_driver_over_raw']:.2f}x raw"
-            f" (target <= 2), throughput at c=64 {r['throughput_c64_driver_over_raw']:.2f}x raw"
-            f" (target >= 0.5); an empty Probe alone: {r['probe_c1_over_raw_median']:.2f}x the raw"
+            f" (target <= 1.3), throughput at c=64 {r['throughput_c64_driver_over_raw']:.2f}x raw"
+            f" (target >= 0.8); an empty Probe alone: {r['probe_c1_over_raw_median']:.2f}x the raw"
             f" median, {r['probe_c64_over_raw_throughput']:.2f}x the raw throughput at c=64"
         )
     write(f"provision-{name}", {"rows": rows, "ratios": ratios})

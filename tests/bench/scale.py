@@ -46,7 +46,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,6 +90,8 @@ class Burst:
     retries: int = 0
     errors: int = 0
     error_codes: dict[str, int] = field(default_factory=dict)
+    #: CPU milliseconds per completed operation, by process group (CpuMeter).
+    cpu_ms_per_op: dict[str, float] = field(default_factory=dict)
 
     @property
     def wall(self) -> float:
@@ -120,11 +122,63 @@ class Burst:
             "retries": self.retries,
             "errors": self.errors,
             "error_codes": self.error_codes,
+            "cpu_ms_per_op": self.cpu_ms_per_op,
         }
 
 
-async def run_burst(n: int, concurrency: int, op: Callable[[int], Awaitable[None]]) -> Burst:
-    """``op(i)`` for i in range(n), ``concurrency`` at a time, retried like csi-provisioner."""
+class CpuMeter:
+    """CPU seconds (user + system) that groups of processes spend in a span.
+
+    A group is a process with all its descendants (the driver with its SMB
+    worker, smbd with its per-connection children); the group named
+    ``client`` is this process alone (the driver and servers are its
+    children).  On a machine with few cores a burst is CPU-bound, so CPU
+    per operation, not wall time, says what each side costs: the same work
+    done by fewer CPU milliseconds is the only way to a higher ceiling.
+    """
+
+    def __init__(self, groups: Mapping[str, int | None]) -> None:
+        self._groups = {name: pid for name, pid in groups.items() if pid is not None}
+        self._start: dict[str, dict[int, float]] = {}
+        self.seconds: dict[str, float] = {}
+
+    @staticmethod
+    def _read(pid: int, *, alone: bool = False) -> dict[int, float]:
+        out: dict[int, float] = {}
+        with contextlib.suppress(psutil.Error):
+            root = psutil.Process(pid)
+            for proc in [root, *([] if alone else root.children(recursive=True))]:
+                with contextlib.suppress(psutil.Error):
+                    t = proc.cpu_times()
+                    out[proc.pid] = t.user + t.system
+        return out
+
+    def __enter__(self) -> CpuMeter:
+        self._start = {
+            name: self._read(pid, alone=name == "client") for name, pid in self._groups.items()
+        }
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for name, pid in self._groups.items():
+            end = self._read(pid, alone=name == "client")
+            start = self._start[name]
+            # Processes that ended in between are not counted (a short-lived
+            # helper at most); new ones count from zero.
+            self.seconds[name] = sum(t - start.get(p, 0.0) for p, t in end.items())
+
+    def per_op_ms(self, ops: int) -> dict[str, float]:
+        return {name: 1000 * sec / max(ops, 1) for name, sec in self.seconds.items()}
+
+
+async def run_burst(
+    n: int,
+    concurrency: int,
+    op: Callable[[int], Awaitable[None]],
+    cpu_of: Mapping[str, int | None] | None = None,
+) -> Burst:
+    """``op(i)`` for i in range(n), ``concurrency`` at a time, retried like
+    csi-provisioner; with the CPU each group of ``cpu_of`` spent per operation."""
     burst = Burst(n)
     sem = asyncio.Semaphore(concurrency)
 
@@ -152,8 +206,10 @@ async def run_burst(n: int, concurrency: int, op: Callable[[int], Awaitable[None
             await asyncio.sleep(delay)  # outside the semaphore, like a requeued work item
             delay = min(delay * 2, BACKOFF_MAX)
 
-    burst.started = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n)))
+    with CpuMeter(cpu_of or {}) as cpu:
+        burst.started = time.perf_counter()
+        await asyncio.gather(*(one(i) for i in range(n)))
+    burst.cpu_ms_per_op = cpu.per_op_ms(len(burst.done))
     return burst
 
 
@@ -221,8 +277,10 @@ async def driver_rows(
     secrets_: dict[str, str],
     flags: list[str],
     tag: str,
+    server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Creates then deletes ``n`` volumes through the driver; with the driver's RSS."""
+    cpu_of = {"client": os.getpid(), "driver": pid, "server": server_pid}
     ids: dict[int, str] = {}
     async with LeanChannel(endpoint) as channel:
 
@@ -245,18 +303,23 @@ async def driver_rows(
         warm = _create_request(f"warm-{tag}", params | {"subDir": f"warm-{tag}"}, secrets_, flags)
         await channel.unary("/csi.v1.Controller/CreateVolume", warm, csi_pb2.CreateVolumeResponse)
         with RssSampler(pid) as rss:
-            creates = await run_burst(n, CONCURRENCY, create)
+            creates = await run_burst(n, CONCURRENCY, create, cpu_of)
             created = sorted(ids)
-            deletes = await run_burst(len(created), CONCURRENCY, lambda k: delete(created[k]))
+            deletes = await run_burst(
+                len(created), CONCURRENCY, lambda k: delete(created[k]), cpu_of
+            )
     return {"create": creates.summary(), "delete": deletes.summary(), **rss.summary()}
 
 
 # -- SMB ----------------------------------------------------------------------------
 
 
-def _smb_raw(host: str, port: int, user: str, password: str, n: int) -> dict[str, Any]:
+def _smb_raw(
+    host: str, port: int, user: str, password: str, n: int, server_pid: int | None
+) -> dict[str, Any]:
     import smbclient
 
+    cpu_of = {"client": os.getpid(), "server": server_pid}
     cache: dict[str, Any] = {}
     kw = {"username": user, "password": password, "port": port, "connection_cache": cache}
     base = rf"\\{host}\csi\raw"
@@ -273,8 +336,8 @@ def _smb_raw(host: str, port: int, user: str, password: str, n: int) -> dict[str
                 await loop.run_in_executor(pool, lambda: smbclient.rmdir(rf"{base}\{i:05d}", **kw))
 
             return (
-                await run_burst(n, CONCURRENCY, mkdir),
-                await run_burst(n, CONCURRENCY, rmdir),
+                await run_burst(n, CONCURRENCY, mkdir, cpu_of),
+                await run_burst(n, CONCURRENCY, rmdir, cpu_of),
             )
 
     try:
@@ -310,12 +373,14 @@ def _samba(case_sensitive: bool, netns: Any = None) -> Iterator[tuple[Any, str, 
 def bench_smb(n: int, tmp: Path, *, case_sensitive: bool, tree_files: int) -> dict[str, Any]:
     name = "smb-case-sensitive" if case_sensitive else "smb"
     with _samba(case_sensitive) as (samba, user, password):
-        raw = _smb_raw(samba.host, samba.port, user, password, n)
+        raw = _smb_raw(samba.host, samba.port, user, password, n, samba.pid)
         proc, endpoint = _driver(tmp)
         try:
             params = {"source": f"//{samba.host}:{samba.port}/csi/vols"}
             secrets_ = {"username": user, "password": password}
-            drv = asyncio.run(driver_rows(endpoint, proc.pid, n, params, secrets_, [], name))
+            drv = asyncio.run(
+                driver_rows(endpoint, proc.pid, n, params, secrets_, [], name, samba.pid)
+            )
             tree = {}
             if tree_files:
                 tree = asyncio.run(
@@ -353,8 +418,9 @@ def bench_nfs(n: int, tmp: Path, *, tree_files: int) -> dict[str, Any]:
                 async def rmdir(i: int) -> None:
                     await backend.remove_empty_dir(f"raw/{i:05d}")  # one RMDIR
 
-                creates = await run_burst(n, CONCURRENCY, mkdir)
-                deletes = await run_burst(n, CONCURRENCY, rmdir)
+                cpu_of = {"client": os.getpid(), "server": server.pid}
+                creates = await run_burst(n, CONCURRENCY, mkdir, cpu_of)
+                deletes = await run_burst(n, CONCURRENCY, rmdir, cpu_of)
             finally:
                 await backend.aclose()
             return {"create": creates.summary(), "delete": deletes.summary()}
@@ -363,7 +429,9 @@ def bench_nfs(n: int, tmp: Path, *, tree_files: int) -> dict[str, Any]:
         proc, endpoint = _driver(tmp)
         try:
             params = {"source": f"nfs://{server.host}:{server.port}{server.pseudo_path}/vols"}
-            drv = asyncio.run(driver_rows(endpoint, proc.pid, n, params, {}, ["nfsvers=4"], "nfs"))
+            drv = asyncio.run(
+                driver_rows(endpoint, proc.pid, n, params, {}, ["nfsvers=4"], "nfs", server.pid)
+            )
             tree = {}
             if tree_files:
                 tree = asyncio.run(
@@ -509,6 +577,16 @@ def report(
             f" {tree['purge_files_per_second']:.0f} files/s ({tree['purge_files_left']} left"
             f" after {tree['purge_s']:.0f} s)"
         )
+    cpu = cpu_report(raw, drv)
+    ratios.update(cpu)
+    print(
+        f"  CPU per create (ms): raw client {cpu['raw_client_ms']:.2f} + server"
+        f" {cpu['raw_server_ms']:.2f}; through the driver: client {cpu['driver_client_ms']:.2f}"
+        f" + driver {cpu['driver_ms']:.2f} + server {cpu['driver_server_ms']:.2f}."
+        f" On {cpu['cores']} cores a CPU-bound burst tops out at"
+        f" {cpu['raw_ceiling_per_s']:.0f}/s raw vs {cpu['driver_ceiling_per_s']:.0f}/s through"
+        f" the driver ({cpu['ceiling_ratio']:.2f}x)"
+    )
     print(f"  load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     result = {
         "volumes": n,
@@ -521,6 +599,33 @@ def report(
     }
     write(f"scale-{name}", result)
     return result
+
+
+def cpu_report(raw: dict[str, Any], drv: dict[str, Any]) -> dict[str, float]:
+    """Where the CPU of a create goes, and the throughput it allows.
+
+    With every core busy, throughput <= cores / (CPU seconds per create, all
+    processes together): the ceiling the driver's own CPU leaves, whatever the
+    scheduling.  The lean client is cheap; the driver's share is what it adds
+    over the raw client (parsing, gRPC, the worker hop, logging).
+    """
+    r, d = raw["create"]["cpu_ms_per_op"], drv["create"]["cpu_ms_per_op"]
+    cores = os.cpu_count() or 1
+    raw_total = r.get("client", 0.0) + r.get("server", 0.0)
+    drv_total = d.get("client", 0.0) + d.get("driver", 0.0) + d.get("server", 0.0)
+    raw_ceiling = 1000 * cores / raw_total if raw_total else float("nan")
+    drv_ceiling = 1000 * cores / drv_total if drv_total else float("nan")
+    return {
+        "cores": cores,
+        "raw_client_ms": r.get("client", 0.0),
+        "raw_server_ms": r.get("server", 0.0),
+        "driver_client_ms": d.get("client", 0.0),
+        "driver_ms": d.get("driver", 0.0),
+        "driver_server_ms": d.get("server", 0.0),
+        "raw_ceiling_per_s": raw_ceiling,
+        "driver_ceiling_per_s": drv_ceiling,
+        "ceiling_ratio": drv_ceiling / raw_ceiling,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -22,10 +22,10 @@ ROOT = Path(__file__).resolve().parents[2]
 
 _PROBE = """
 import json, sys
-from driver.cli import build_parser
+from driver.cli import parse
 from driver.config import config_from_args
 from driver.server import DriverServer
-args = build_parser().parse_args(["serve", "--endpoint", "unix:///unused.sock", *sys.argv[1:]])
+_parser, args = parse(["serve", "--endpoint", "unix:///unused.sock", *sys.argv[1:]])
 DriverServer(config_from_args(args))
 print(json.dumps(sorted(sys.modules)))
 """
@@ -52,6 +52,7 @@ LATE = (
     "controller.snapshots",
     "tarfile",
     "psutil",
+    "driver.ctl.main",  # the operator's client: `ctl` only, never `serve`
 )
 
 
