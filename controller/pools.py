@@ -16,7 +16,7 @@ from driver.errors import InvalidArgument
 from driver.source import Source
 
 if TYPE_CHECKING:
-    from controller.nfs.backend import NfsBackendPool
+    from controller.nfs.pool import NfsBackendPool
     from controller.smb.backend import SmbBackendPool
 
 # Served over NFSv4.0: libnfs 4.0 has no 4.1 sessions (see controller/nfs/backend.py).
@@ -45,7 +45,7 @@ class ShareBackends:
 
     def _nfs_pool(self) -> NfsBackendPool:
         if self._nfs is None:
-            from controller.nfs.backend import NfsBackendPool
+            from controller.nfs.pool import NfsBackendPool
 
             self._nfs = NfsBackendPool(timeout=self._timeout)
         return self._nfs

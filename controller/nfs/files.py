@@ -78,7 +78,41 @@ def info_from_dirstat(e: structs.DirStat) -> FileInfo:
     )
 
 
-class NfsReader:
+class _OpenFile:
+    """What reads and writes share: one open handle, valid on one connection."""
+
+    def __init__(self, backend: HandleCalls, path: str, fh: int, generation: int) -> None:
+        self._backend = backend
+        self._path = path
+        self._fh: int | None = fh
+        self._generation = generation
+
+    def _check_open(self, op: str) -> None:
+        if self._fh is None:
+            raise InvalidArgument(f"nfs {op} {self._path!r}: the file is closed")
+
+    def _in_flight(self, op: str, call: Callable[[NfsOps, int], Awaitable[T]]) -> asyncio.Task[T]:
+        """Start ``call(nfs, fh)`` on this file; nobody need wait for its end."""
+        fh = self._fh
+        assert fh is not None  # noqa: S101 -- only called while open
+        task = asyncio.ensure_future(
+            self._backend.on_handle(op, lambda nfs: call(nfs, fh), self._generation)
+        )
+        task.add_done_callback(forget_late_result)
+        return task
+
+    async def _release(self, tasks: list[asyncio.Task[T]], *, strict: bool = False) -> None:
+        """Closed at once for new calls; ``tasks`` cancelled and waited for,
+        then the handle closed (once)."""
+        fh, self._fh = self._fh, None
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if fh is not None:
+            await self._backend.close_handle(fh, self._path, self._generation, strict=strict)
+
+
+class NfsReader(_OpenFile):
     """A file open for reading, with up to ``READ_AHEAD`` preads in flight."""
 
     def __init__(  # noqa: PLR0917 - the facts of one open file
@@ -90,10 +124,7 @@ class NfsReader:
         chunk: int,
         size_hint: int | None,
     ) -> None:
-        self._backend = backend
-        self._path = path
-        self._fh: int | None = fh
-        self._generation = generation
+        super().__init__(backend, path, fh, generation)
         self._chunk = chunk
         self._hint = size_hint
         self._next = 0
@@ -102,15 +133,7 @@ class NfsReader:
         self._pending: collections.deque[tuple[int, int, asyncio.Task[bytes]]] = collections.deque()
 
     def _request(self, offset: int, count: int) -> asyncio.Task[bytes]:
-        fh, path = self._fh, self._path
-        assert fh is not None  # noqa: S101 -- only called while open
-        task = asyncio.ensure_future(
-            self._backend.on_handle(
-                "read", lambda nfs: nfs.pread(fh, path, offset, count), self._generation
-            )
-        )
-        task.add_done_callback(forget_late_result)
-        return task
+        return self._in_flight("read", lambda nfs, fh: nfs.pread(fh, self._path, offset, count))
 
     def _fill(self) -> None:
         while len(self._pending) < READ_AHEAD and (
@@ -120,8 +143,7 @@ class NfsReader:
             self._next += self._chunk
 
     async def read(self, size: int) -> bytes:
-        if self._fh is None:
-            raise InvalidArgument(f"nfs read {self._path!r}: the file is closed")
+        self._check_open("read")
         while not self._buf and not self._eof:
             self._fill()
             offset, count, task = self._pending.popleft()
@@ -137,21 +159,18 @@ class NfsReader:
         out, self._buf = self._buf[:size], self._buf[size:]
         return out
 
-    def _drop_pending(self) -> None:
-        for _, _, task in self._pending:
+    def _drop_pending(self) -> list[asyncio.Task[bytes]]:
+        tasks = [task for _, _, task in self._pending]
+        for task in tasks:
             task.cancel()
         self._pending.clear()
+        return tasks
 
     async def aclose(self) -> None:
-        fh, self._fh = self._fh, None
-        tasks = [t for _, _, t in self._pending]
-        self._drop_pending()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if fh is not None:
-            await self._backend.close_handle(fh, self._path, self._generation)
+        await self._release(self._drop_pending())
 
 
-class NfsWriter:
+class NfsWriter(_OpenFile):
     """A file open for writing, with up to ``window`` pwrites in flight."""
 
     def __init__(  # noqa: PLR0917 - the facts of one open file
@@ -163,10 +182,7 @@ class NfsWriter:
         chunk: int,
         window: int,
     ) -> None:
-        self._backend = backend
-        self._path = path
-        self._fh: int | None = fh
-        self._generation = generation
+        super().__init__(backend, path, fh, generation)
         self._chunk = chunk
         self._window = window
         self._offset = 0
@@ -175,19 +191,10 @@ class NfsWriter:
         )
 
     def _pwrite(self, offset: int, data: bytes) -> asyncio.Task[int]:
-        fh, path = self._fh, self._path
-        assert fh is not None  # noqa: S101 -- only called while open
-        task = asyncio.ensure_future(
-            self._backend.on_handle(
-                "write", lambda nfs: nfs.pwrite(fh, path, offset, data), self._generation
-            )
-        )
-        task.add_done_callback(forget_late_result)
-        return task
+        return self._in_flight("write", lambda nfs, fh: nfs.pwrite(fh, self._path, offset, data))
 
     async def write(self, data: bytes) -> None:
-        if self._fh is None:
-            raise InvalidArgument(f"nfs write {self._path!r}: the file is closed")
+        self._check_open("write")
         view = memoryview(data)
         for start in range(0, len(view), self._chunk):
             part = bytes(view[start : start + self._chunk])
@@ -217,16 +224,9 @@ class NfsWriter:
         except BaseException:
             await self.abort()
             raise
-        fh, self._fh = self._fh, None
-        if fh is not None:
-            await self._backend.close_handle(fh, self._path, self._generation, strict=True)
+        await self._release([], strict=True)
 
     async def abort(self) -> None:
-        tasks = [t for _, _, t in self._inflight]
-        for task in tasks:
-            task.cancel()
+        tasks = [task for _, _, task in self._inflight]
         self._inflight.clear()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        fh, self._fh = self._fh, None
-        if fh is not None:
-            await self._backend.close_handle(fh, self._path, self._generation)
+        await self._release(tasks)

@@ -10,7 +10,8 @@ import uuid
 
 import pytest
 
-from controller.nfs.backend import NfsBackend, NfsBackendPool
+from controller.nfs.backend import NfsBackend
+from controller.nfs.pool import NfsBackendPool
 from driver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
 from tests.integration.nfs_backend.support import FAULT_TIMEOUT, TIMEOUT, Target
 from tests.servers.ganesha import GaneshaServer
