@@ -35,7 +35,7 @@ class ShareBackends:
     def _smb_pool(self) -> SmbBackendPool:
         if self._smb is None:
             from controller.smb.backend import SmbBackendPool
-            from controller.smb.channel import SmbSettings
+            from controller.smb.connection import SmbSettings
             from controller.smb.worker import SmbWorker
 
             # smbprotocol's CPU goes to a process of its own: see controller/smb/worker.py.

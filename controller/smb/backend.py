@@ -32,15 +32,8 @@ from typing import Any, Final, TypeVar
 from controller import tree
 from controller.share import Capacity, Features, FileInfo, RemoveResult
 from controller.smb import steps
-from controller.smb.channel import (
-    Channel,
-    ChannelMaker,
-    CredentialKey,
-    SmbSettings,
-    ThreadChannel,
-    ThreadChannels,
-    password_digest,
-)
+from controller.smb.channel import Channel, ChannelMaker, ThreadChannel, ThreadChannels
+from controller.smb.connection import CredentialKey, SmbSettings, password_digest
 from controller.smb.kerberos import KerberosLogon
 from controller.smb.steps import ATTR_DIRECTORY, ATTR_READONLY, IO_CHUNK, Entry, MkdirResult
 from driver import failures, paths

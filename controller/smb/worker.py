@@ -5,7 +5,7 @@ CPU per mkdir (measured).  In the gRPC process that CPU shares one
 interpreter lock with the grpc.aio event loop, which capped CreateVolume at
 about half the raw client's rate at 64 in flight.  Here the same steps
 (``controller.smb.steps``) run in one child process per pool, on the same
-private connection per credential key (``controller.smb.channel.Connection``),
+private connection per credential key (``controller.smb.connection.Connection``),
 with the same bounded threads.  The gRPC process keeps the slots and the
 timeouts (a ``Gate`` per channel), and only sends each step's name with its
 arguments.
@@ -41,7 +41,8 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
-from controller.smb.channel import Connection, CredentialKey, Gate, Secret, SmbSettings
+from controller.smb.channel import Gate
+from controller.smb.connection import Connection, CredentialKey, Secret, SmbSettings
 from controller.smb.errors import detach
 from controller.smb.kerberos import KerberosLogon
 from controller.smb.steps import STEPS, Step

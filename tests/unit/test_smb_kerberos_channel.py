@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from smbprotocol.exceptions import SMBOSError
 
-from controller.smb import channel as channel_module
-from controller.smb.channel import Connection, CredentialKey, SmbSettings
+from controller.smb import connection as connection_module
+from controller.smb.connection import Connection, CredentialKey, SmbSettings
 from controller.smb.errors import Status
 from controller.smb.kerberos import KerberosLogon
 from controller.smb.steps import Step
@@ -43,7 +43,7 @@ class Credential:
 @pytest.fixture
 def smb(monkeypatch: pytest.MonkeyPatch) -> FakeSmbClient:
     fake = FakeSmbClient()
-    monkeypatch.setattr(channel_module, "smbclient", fake)
+    monkeypatch.setattr(connection_module, "smbclient", fake)
     monkeypatch.setattr(KerberosLogon, "credential", lambda self: Credential(self.principal))
     monkeypatch.setattr(KerberosLogon, "forget", lambda self: None)
     return fake
