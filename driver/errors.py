@@ -2,15 +2,39 @@
 
 Services raise these; exactly one place (``driver.boundary``) turns them into
 gRPC status codes.  Messages must never contain a secret: they are returned to
-the caller and logged.
+the caller and logged.  :class:`Failure` names what went wrong in the shared
+vocabulary; ``driver.failures`` maps each failure to its error type, so this
+module imports nothing of the driver's.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+import enum
 
-if TYPE_CHECKING:
-    from driver.failures import Failure
+
+class Failure(enum.Enum):
+    """What went wrong, in words every adapter shares (mapped in ``driver.failures``)."""
+
+    SHARE_MISSING = "the share or export does not exist on the server"
+    SHARE_REFUSED = (
+        "the server does not export this path to this client (not exported, or not to this host)"
+    )
+    PATH_MISSING = "not found"
+    EXISTS = "already exists"
+    NOT_A_DIRECTORY = "a path component is not a directory"
+    IS_A_DIRECTORY = "is a directory"
+    NOT_EMPTY = "directory not empty"
+    DENIED = "permission denied"
+    AUTH_FAILED = "the server rejected the credentials"
+    NO_SPACE = "out of space or resources"
+    BAD_NAME = "the server refused the name"
+    UNREACHABLE = "the server cannot be reached"
+    BUSY = "the server asks to try again later"
+    STALE = "the server lost the handle (restarted?)"
+    TIMED_OUT = "the server did not answer in time"
+    UNSUPPORTED = "the server does not support the operation"
+    CONFLICT = "conflicts with what is already set up"
+    UNKNOWN = "failed"
 
 
 class DriverError(Exception):

@@ -25,7 +25,6 @@ Choices that matter to a CO:
 
 from __future__ import annotations
 
-import enum
 import errno
 from collections.abc import Mapping
 from typing import Final
@@ -35,6 +34,7 @@ from driver.errors import (
     DeadlineExceeded,
     DriverError,
     FailedPrecondition,
+    Failure,
     Internal,
     InvalidArgument,
     NotFound,
@@ -44,28 +44,9 @@ from driver.errors import (
     Unavailable,
 )
 
-
-class Failure(enum.Enum):
-    SHARE_MISSING = "the share or export does not exist on the server"
-    SHARE_REFUSED = (
-        "the server does not export this path to this client (not exported, or not to this host)"
-    )
-    PATH_MISSING = "not found"
-    EXISTS = "already exists"
-    NOT_A_DIRECTORY = "a path component is not a directory"
-    IS_A_DIRECTORY = "is a directory"
-    NOT_EMPTY = "directory not empty"
-    DENIED = "permission denied"
-    AUTH_FAILED = "the server rejected the credentials"
-    NO_SPACE = "out of space or resources"
-    BAD_NAME = "the server refused the name"
-    UNREACHABLE = "the server cannot be reached"
-    BUSY = "the server asks to try again later"
-    STALE = "the server lost the handle (restarted?)"
-    TIMED_OUT = "the server did not answer in time"
-    UNSUPPORTED = "the server does not support the operation"
-    CONFLICT = "conflicts with what is already set up"
-    UNKNOWN = "failed"
+# ``Failure`` is defined beside the errors that carry one (``driver.errors``,
+# which imports nothing of ours); adapters name it from here, with its tables.
+__all__ = ["ERRNO", "Failure", "code_of", "error", "failure_of", "from_errno"]
 
 
 _ERROR_TYPES: Final[Mapping[Failure, type[DriverError]]] = {
