@@ -211,14 +211,14 @@ _STATUS_DLL_INIT_FAILED = 0xC0000142
 
 def windows_error_code(error: Mapping[str, Any]) -> int | None:
     """The Win32 error code of a script's error object, where there is one."""
-    code = error.get("Code")
-    if isinstance(code, int) and not isinstance(code, bool) and code > 0:
+    code = _integer(error.get("Code"))
+    if code is not None and code > 0:
         return code
     found = _FQID_CODE.search(str(error.get("FullyQualifiedErrorId") or ""))
     if found:
         return int(found.group(1))
-    hresult = error.get("HResult")
-    if isinstance(hresult, int) and not isinstance(hresult, bool):
+    hresult = _integer(error.get("HResult"))
+    if hresult is not None:
         unsigned = hresult & 0xFFFFFFFF
         if unsigned >> 16 == 0x8007:  # HRESULT_FROM_WIN32
             return unsigned & 0xFFFF
@@ -232,7 +232,7 @@ def map_windows_error(
     error: Mapping[str, Any], *, what: str, secrets: Iterable[str] = ()
 ) -> DriverError:
     """A domain error for a script's error object; secrets scrubbed."""
-    message = scrub(_clip(str(error.get("Message") or "").strip()), secrets)
+    message = _quote(str(error.get("Message") or "").strip(), secrets)
     kind = str(error.get("Type") or "error")
     return map_windows_code(windows_error_code(error), message, what=what, unknown=kind)
 
@@ -252,8 +252,15 @@ def map_windows_code(
     return Internal(f"{what}: {detail}: {message or 'no message'}")
 
 
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
+def _integer(value: object) -> int | None:
+    """A JSON number that is an integer (``true`` is no error code)."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _quote(text: str, secrets: Iterable[str]) -> str:
+    """A child's text as an error message may quote it: clipped, secrets scrubbed."""
+    clipped = text if len(text) <= _MAX_TEXT else text[:_MAX_TEXT] + "..."
+    return scrub(clipped, secrets)
 
 
 def _decode(data: bytes) -> str:
@@ -380,7 +387,7 @@ class PowerShell:
             return Unavailable(
                 f"{what}: PowerShell failed to start (0xC0000142, too many processes at once?)"
             )
-        text = scrub(_clip((stderr.strip() or stdout.strip()) or "no output"), secrets)
+        text = _quote((stderr.strip() or stdout.strip()) or "no output", secrets)
         return Internal(f"{what}: PowerShell exited with {returncode} without an answer: {text}")
 
     @staticmethod
