@@ -145,10 +145,27 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                     lock.release_after(finished)
                 raise
 
-    def _require_platform(self, method: str) -> NodePlatform:
+    def _require_platform(self, method: str, **required: str) -> NodePlatform:
+        """The platform for ``method``, once every field in ``required`` is set
+        (InvalidArgument names the first that is empty)."""
         if self._platform is None:
             raise Unimplemented(f"{method}: no mounter for this platform ({sys.platform})")
+        for name, value in required.items():
+            if not value:
+                raise InvalidArgument(f"{name}: required")
         return self._platform
+
+    def _staging_path(self, platform: NodePlatform, path: str) -> str:
+        """kubelet's staging path, normalised and checked to be under its plugin directory."""
+        staging = platform.check_path(path, what="staging_target_path")
+        self.kubelet.check_staging(staging, what="staging_target_path")
+        return staging
+
+    def _target_path(self, platform: NodePlatform, path: str) -> str:
+        """A pod's target path, normalised and checked to be under kubelet's pods directory."""
+        target = platform.check_path(path, what="target_path")
+        self.kubelet.check_target(target, what="target_path")
+        return target
 
     def _stage_request(
         self,
@@ -186,13 +203,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     async def NodeStageVolume(
         self, request: csi_pb2.NodeStageVolumeRequest, context: Ctx
     ) -> csi_pb2.NodeStageVolumeResponse:
-        platform = self._require_platform("NodeStageVolume")
-        if not request.volume_id:
-            raise InvalidArgument("volume_id: required")
-        if not request.staging_target_path:
-            raise InvalidArgument("staging_target_path: required")
-        staging = platform.check_path(request.staging_target_path, what="staging_target_path")
-        self.kubelet.check_staging(staging, what="staging_target_path")
+        platform = self._require_platform(
+            "NodeStageVolume",
+            volume_id=request.volume_id,
+            staging_target_path=request.staging_target_path,
+        )
+        staging = self._staging_path(platform, request.staging_target_path)
         cap = request.volume_capability
         check_capability(cap)
         stage, which = self._stage_request(
@@ -212,13 +228,12 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     async def NodeUnstageVolume(
         self, request: csi_pb2.NodeUnstageVolumeRequest, context: Ctx
     ) -> csi_pb2.NodeUnstageVolumeResponse:
-        platform = self._require_platform("NodeUnstageVolume")
-        if not request.volume_id:
-            raise InvalidArgument("volume_id: required")
-        if not request.staging_target_path:
-            raise InvalidArgument("staging_target_path: required")
-        staging = platform.check_path(request.staging_target_path, what="staging_target_path")
-        self.kubelet.check_staging(staging, what="staging_target_path")
+        platform = self._require_platform(
+            "NodeUnstageVolume",
+            volume_id=request.volume_id,
+            staging_target_path=request.staging_target_path,
+        )
+        staging = self._staging_path(platform, request.staging_target_path)
         with self._locked(request.volume_id):
             await platform.unstage(request.volume_id, staging)
         return csi_pb2.NodeUnstageVolumeResponse()
@@ -226,11 +241,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     async def NodePublishVolume(
         self, request: csi_pb2.NodePublishVolumeRequest, context: Ctx
     ) -> csi_pb2.NodePublishVolumeResponse:
-        platform = self._require_platform("NodePublishVolume")
-        if not request.volume_id:
-            raise InvalidArgument("volume_id: required")
-        if not request.target_path:
-            raise InvalidArgument("target_path: required")
+        platform = self._require_platform(
+            "NodePublishVolume", volume_id=request.volume_id, target_path=request.target_path
+        )
         ephemeral = is_ephemeral(request.volume_context)
         if not ephemeral and not request.staging_target_path:
             # CSI's own row for this case ("Staging target path not set").
@@ -238,8 +251,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 "staging_target_path: not set, and this driver stages volumes: "
                 "NodeStageVolume first"
             )
-        target = platform.check_path(request.target_path, what="target_path")
-        self.kubelet.check_target(target, what="target_path")
+        target = self._target_path(platform, request.target_path)
         cap = request.volume_capability
         check_capability(cap)
         read_only = request.readonly or cap.access_mode.mode in _READ_ONLY_MODES
@@ -255,8 +267,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 mount_group=cap.mount.volume_mount_group,
             )
         else:
-            staging = platform.check_path(request.staging_target_path, what="staging_target_path")
-            self.kubelet.check_staging(staging, what="staging_target_path")
+            staging = self._staging_path(platform, request.staging_target_path)
             try:
                 volume, _ = self._stage_request(
                     platform, request.volume_id, request.volume_context, cap, staging
@@ -304,13 +315,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     async def NodeUnpublishVolume(
         self, request: csi_pb2.NodeUnpublishVolumeRequest, context: Ctx
     ) -> csi_pb2.NodeUnpublishVolumeResponse:
-        platform = self._require_platform("NodeUnpublishVolume")
-        if not request.volume_id:
-            raise InvalidArgument("volume_id: required")
-        if not request.target_path:
-            raise InvalidArgument("target_path: required")
-        target = platform.check_path(request.target_path, what="target_path")
-        self.kubelet.check_target(target, what="target_path")
+        platform = self._require_platform(
+            "NodeUnpublishVolume", volume_id=request.volume_id, target_path=request.target_path
+        )
+        target = self._target_path(platform, request.target_path)
         with self._locked(f"{request.volume_id}@{target}", what="target"):
             await platform.unpublish(request.volume_id, target)
         return csi_pb2.NodeUnpublishVolumeResponse()
@@ -318,11 +326,9 @@ class NodeService(csi_pb2_grpc.NodeServicer):
     async def NodeGetVolumeStats(
         self, request: csi_pb2.NodeGetVolumeStatsRequest, context: Ctx
     ) -> csi_pb2.NodeGetVolumeStatsResponse:
-        platform = self._require_platform("NodeGetVolumeStats")
-        if not request.volume_id:
-            raise InvalidArgument("volume_id: required")
-        if not request.volume_path:
-            raise InvalidArgument("volume_path: required")
+        platform = self._require_platform(
+            "NodeGetVolumeStats", volume_id=request.volume_id, volume_path=request.volume_path
+        )
         try:
             path = platform.check_path(request.volume_path, what="volume_path")
             self.kubelet.check_volume_path(path, what="volume_path")

@@ -8,7 +8,7 @@ user's ``mountOptions`` before any side effect.  No I/O.
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from driver.credentials import Credentials
@@ -199,28 +199,29 @@ def _server_port(options: Sequence[str], default: int) -> int:
     return default
 
 
+# Per protocol: the kernel file system type, its options, its device, its default port.
+_PROTOCOLS: dict[
+    str,
+    tuple[str, Callable[[StageRequest], list[str]], Callable[[Source, str], str], int],
+] = {
+    "smb": ("cifs", smb_options, smb_device, SMB_PORT),
+    "nfs": ("nfs", nfs_options, nfs_device, NFS_PORT),
+}
+
+
 def mount_spec(request: StageRequest) -> MountSpec:
-    if request.source.protocol == "smb":
-        options = smb_options(request)
+    protocol = _PROTOCOLS.get(request.source.protocol)
+    if protocol is not None:
+        fstype, make_options, make_device, default_port = protocol
+        options = make_options(request)
         return MountSpec(
-            "smb",
-            "cifs",
-            smb_device(request.source, request.subdir),
+            request.source.protocol,
+            fstype,
+            make_device(request.source, request.subdir),
             tuple(options),
             request.read_only,
             request.source.server,
-            _server_port(options, SMB_PORT),
-        )
-    if request.source.protocol == "nfs":
-        options = nfs_options(request)
-        return MountSpec(
-            "nfs",
-            "nfs",
-            nfs_device(request.source, request.subdir),
-            tuple(options),
-            request.read_only,
-            request.source.server,
-            _server_port(options, NFS_PORT),
+            _server_port(options, default_port),
         )
     raise InvalidArgument(f"protocol {request.source.protocol!r} is not smb or nfs")
 
