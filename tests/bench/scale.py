@@ -132,7 +132,8 @@ class CpuMeter:
     A group is a process with all its descendants (the driver with its SMB
     worker, smbd with its per-connection children); the group named
     ``client`` is this process alone (the driver and servers are its
-    children).  On a machine with few cores a burst is CPU-bound, so CPU
+    children), and so is ``driver``, whose descendants (the SMB worker) are
+    the group ``driver children``.  On a machine with few cores a burst is CPU-bound, so CPU
     per operation, not wall time, says what each side costs: the same work
     done by fewer CPU milliseconds is the only way to a higher ceiling.
     """
@@ -143,25 +144,29 @@ class CpuMeter:
         self.seconds: dict[str, float] = {}
 
     @staticmethod
-    def _read(pid: int, *, alone: bool = False) -> dict[int, float]:
+    def _read(name: str, pid: int) -> dict[int, float]:
         out: dict[int, float] = {}
         with contextlib.suppress(psutil.Error):
             root = psutil.Process(pid)
-            for proc in [root, *([] if alone else root.children(recursive=True))]:
+            if name in ("client", "driver"):
+                procs = [root]
+            elif name.endswith(" children"):
+                procs = root.children(recursive=True)
+            else:
+                procs = [root, *root.children(recursive=True)]
+            for proc in procs:
                 with contextlib.suppress(psutil.Error):
                     t = proc.cpu_times()
                     out[proc.pid] = t.user + t.system
         return out
 
     def __enter__(self) -> CpuMeter:
-        self._start = {
-            name: self._read(pid, alone=name == "client") for name, pid in self._groups.items()
-        }
+        self._start = {name: self._read(name, pid) for name, pid in self._groups.items()}
         return self
 
     def __exit__(self, *exc: object) -> None:
         for name, pid in self._groups.items():
-            end = self._read(pid, alone=name == "client")
+            end = self._read(name, pid)
             start = self._start[name]
             # Processes that ended in between are not counted (a short-lived
             # helper at most); new ones count from zero.
@@ -280,7 +285,12 @@ async def driver_rows(
     server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Creates then deletes ``n`` volumes through the driver; with the driver's RSS."""
-    cpu_of = {"client": os.getpid(), "driver": pid, "server": server_pid}
+    cpu_of = {
+        "client": os.getpid(),
+        "driver": pid,
+        "driver children": pid,
+        "server": server_pid,
+    }
     ids: dict[int, str] = {}
     async with LeanChannel(endpoint) as channel:
 
@@ -302,13 +312,27 @@ async def driver_rows(
         # Session set-up is not measured (its volume lies beside the burst's).
         warm = _create_request(f"warm-{tag}", params | {"subDir": f"warm-{tag}"}, secrets_, flags)
         await channel.unary("/csi.v1.Controller/CreateVolume", warm, csi_pb2.CreateVolumeResponse)
+        # The gRPC floor: an empty Probe, as many and as concurrent as the creates.
+        probes = await run_burst(
+            n,
+            CONCURRENCY,
+            lambda _i: channel.unary(
+                "/csi.v1.Identity/Probe", csi_pb2.ProbeRequest(), csi_pb2.ProbeResponse
+            ),
+            cpu_of,
+        )
         with RssSampler(pid) as rss:
             creates = await run_burst(n, CONCURRENCY, create, cpu_of)
             created = sorted(ids)
             deletes = await run_burst(
                 len(created), CONCURRENCY, lambda k: delete(created[k]), cpu_of
             )
-    return {"create": creates.summary(), "delete": deletes.summary(), **rss.summary()}
+    return {
+        "probe": probes.summary(),
+        "create": creates.summary(),
+        "delete": deletes.summary(),
+        **rss.summary(),
+    }
 
 
 # -- SMB ----------------------------------------------------------------------------
@@ -582,10 +606,13 @@ def report(
     print(
         f"  CPU per create (ms): raw client {cpu['raw_client_ms']:.2f} + server"
         f" {cpu['raw_server_ms']:.2f}; through the driver: client {cpu['driver_client_ms']:.2f}"
-        f" + driver {cpu['driver_ms']:.2f} + server {cpu['driver_server_ms']:.2f}."
+        f" + driver {cpu['driver_ms']:.2f} (its SMB worker {cpu['driver_worker_ms']:.2f}) + server"
+        f" {cpu['driver_server_ms']:.2f}."
         f" On {cpu['cores']} cores a CPU-bound burst tops out at"
         f" {cpu['raw_ceiling_per_s']:.0f}/s raw vs {cpu['driver_ceiling_per_s']:.0f}/s through"
-        f" the driver ({cpu['ceiling_ratio']:.2f}x)"
+        f" the driver ({cpu['ceiling_ratio']:.2f}x). An empty Probe costs the driver"
+        f" {cpu['probe_driver_ms']:.2f} ms (the gRPC server's own floor; client"
+        f" {cpu['probe_client_ms']:.2f} ms)"
     )
     print(f"  load average during the run: {load[0]:.1f} {load[1]:.1f} {load[2]:.1f}")
     result = {
@@ -612,7 +639,12 @@ def cpu_report(raw: dict[str, Any], drv: dict[str, Any]) -> dict[str, float]:
     r, d = raw["create"]["cpu_ms_per_op"], drv["create"]["cpu_ms_per_op"]
     cores = os.cpu_count() or 1
     raw_total = r.get("client", 0.0) + r.get("server", 0.0)
-    drv_total = d.get("client", 0.0) + d.get("driver", 0.0) + d.get("server", 0.0)
+    drv_total = (
+        d.get("client", 0.0)
+        + d.get("driver", 0.0)
+        + d.get("driver children", 0.0)
+        + d.get("server", 0.0)
+    )
     raw_ceiling = 1000 * cores / raw_total if raw_total else float("nan")
     drv_ceiling = 1000 * cores / drv_total if drv_total else float("nan")
     return {
@@ -621,7 +653,10 @@ def cpu_report(raw: dict[str, Any], drv: dict[str, Any]) -> dict[str, float]:
         "raw_server_ms": r.get("server", 0.0),
         "driver_client_ms": d.get("client", 0.0),
         "driver_ms": d.get("driver", 0.0),
+        "driver_worker_ms": d.get("driver children", 0.0),
         "driver_server_ms": d.get("server", 0.0),
+        "probe_driver_ms": drv["probe"]["cpu_ms_per_op"].get("driver", 0.0),
+        "probe_client_ms": drv["probe"]["cpu_ms_per_op"].get("client", 0.0),
         "raw_ceiling_per_s": raw_ceiling,
         "driver_ceiling_per_s": drv_ceiling,
         "ceiling_ratio": drv_ceiling / raw_ceiling,
