@@ -5,15 +5,18 @@ The second caller gets ABORTED at once instead of queueing behind the first.
 A lock may outlive the RPC that took it: when a mount times out, the RPC
 returns but the lock stays held until the mount process has really ended
 (:meth:`VolumeLock.release_after`), so kubelet retries cannot pile up mounts.
+:meth:`VolumeLocks.hold` does that hand-over for work whose timeout or
+cancellation says what is still running (a ``finished`` attribute).
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable
+import contextlib
+from collections.abc import Awaitable, Iterator
 from types import TracebackType
 
-from driver.errors import Aborted
+from driver.errors import Aborted, DeadlineExceeded
 
 
 class VolumeLocks:
@@ -33,6 +36,21 @@ class VolumeLocks:
             raise Aborted(f"an operation on {what} {key} is already in progress")
         self._held.add(key)
         return VolumeLock(self, key)
+
+    @contextlib.contextmanager
+    def hold(self, key: str, *, what: str = "volume") -> Iterator[VolumeLock]:
+        """:meth:`acquire`, kept past the ``with`` block by work that outlives
+        it: a DeadlineExceeded (or cancellation) carrying a ``finished``
+        awaitable, e.g. a killed mount still stuck in the kernel, hands the
+        lock over until that has finished."""
+        with self.acquire(key, what=what) as lock:
+            try:
+                yield lock
+            except (DeadlineExceeded, asyncio.CancelledError) as exc:
+                finished = getattr(exc, "finished", None)
+                if finished is not None:
+                    lock.release_after(finished)
+                raise
 
     def _release(self, key: str) -> None:
         self._held.discard(key)

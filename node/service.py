@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import dataclasses
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import grpc
@@ -24,7 +24,6 @@ from driver.credentials import KerberosCredentials, smb_auth
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.dual import scoped_options
 from driver.errors import (
-    DeadlineExceeded,
     DriverError,
     FailedPrecondition,
     InvalidArgument,
@@ -130,21 +129,6 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             self.kubelet = KubeletPaths(root, windows=platform.name == "windows")
         self._helpers = helpers  # finds mount helpers (dual volumes pick a protocol by them)
 
-    @contextlib.contextmanager
-    def _locked(self, key: str, *, what: str = "volume") -> Iterator[None]:
-        """The try-lock for ``key`` (ABORTED when taken).  Work that outlives
-        the RPC keeps it: a DeadlineExceeded (or cancellation) carrying a
-        ``finished`` awaitable, e.g. a killed mount still stuck in the kernel,
-        hands the lock over until that has finished."""
-        with self._locks.acquire(key, what=what) as lock:
-            try:
-                yield
-            except (DeadlineExceeded, asyncio.CancelledError) as exc:
-                finished = getattr(exc, "finished", None)
-                if finished is not None:
-                    lock.release_after(finished)
-                raise
-
     def _require_platform(self, method: str, **required: str) -> NodePlatform:
         """The platform for ``method``, once every field in ``required`` is set
         (InvalidArgument names the first that is empty)."""
@@ -221,7 +205,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
                 stage = dataclasses.replace(stage, kerberos=auth)
             else:
                 stage = dataclasses.replace(stage, credentials=auth)
-        with self._locked(request.volume_id):
+        with self._locks.hold(request.volume_id):
             await platform.stage(stage)
         return csi_pb2.NodeStageVolumeResponse()
 
@@ -234,7 +218,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             staging_target_path=request.staging_target_path,
         )
         staging = self._staging_path(platform, request.staging_target_path)
-        with self._locked(request.volume_id):
+        with self._locks.hold(request.volume_id):
             await platform.unstage(request.volume_id, staging)
         return csi_pb2.NodeUnstageVolumeResponse()
 
@@ -287,11 +271,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             ephemeral=ephemeral,
         )
         with contextlib.ExitStack() as held:
-            held.enter_context(self._locked(f"{request.volume_id}@{target}", what="target"))
+            held.enter_context(self._locks.hold(f"{request.volume_id}@{target}", what="target"))
             if cap.access_mode.mode in _ONE_TARGET_MODES and not ephemeral:
                 # One check-and-publish at a time per volume, or two targets
                 # could each see the other not yet published.
-                held.enter_context(self._locked(f"{request.volume_id}@one-target"))
+                held.enter_context(self._locks.hold(f"{request.volume_id}@one-target"))
                 await self._check_one_target(platform, request.volume_id, staging, target, cap)
             await platform.publish(publish)
         return csi_pb2.NodePublishVolumeResponse()
@@ -319,7 +303,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             "NodeUnpublishVolume", volume_id=request.volume_id, target_path=request.target_path
         )
         target = self._target_path(platform, request.target_path)
-        with self._locked(f"{request.volume_id}@{target}", what="target"):
+        with self._locks.hold(f"{request.volume_id}@{target}", what="target"):
             await platform.unpublish(request.volume_id, target)
         return csi_pb2.NodeUnpublishVolumeResponse()
 

@@ -4,7 +4,7 @@ import asyncio
 
 import pytest
 
-from driver.errors import Aborted
+from driver.errors import Aborted, DeadlineExceeded
 from driver.locks import VolumeLocks
 
 
@@ -44,4 +44,30 @@ async def test_lock_outlives_rpc_until_work_ends() -> None:
         locks.acquire("v")
     finish.set()
     await locks.wait_idle()
+    assert "v" not in locks
+
+
+async def test_hold_hands_the_lock_to_work_that_outlives_a_timeout() -> None:
+    locks = VolumeLocks()
+    finish = asyncio.Event()
+    still_running = asyncio.ensure_future(finish.wait())
+    timeout = DeadlineExceeded("mount timed out")
+    timeout.finished = still_running  # type: ignore[attr-defined]  # what the runner attaches
+    with pytest.raises(DeadlineExceeded), locks.hold("v"):
+        raise timeout
+    assert "v" in locks  # the killed mount has not ended: retries abort
+    with pytest.raises(Aborted):
+        locks.acquire("v")
+    finish.set()
+    await locks.wait_idle()
+    assert "v" not in locks
+
+
+def test_hold_releases_on_other_errors_and_plain_timeouts() -> None:
+    locks = VolumeLocks()
+    with pytest.raises(RuntimeError), locks.hold("v"):
+        raise RuntimeError("boom")
+    assert "v" not in locks
+    with pytest.raises(DeadlineExceeded), locks.hold("v"):
+        raise DeadlineExceeded("nothing left running")
     assert "v" not in locks
