@@ -59,20 +59,17 @@ def _from_context(context: Mapping[str, str]) -> tuple[DualSources, str]:
         raise InvalidArgument(
             "volume_context: 'source'/'protocol' and 'smbSource'/'nfsSource' exclude each other"
         )
-    texts: dict[str, str] = {}
-    for key in ("smbSource", "nfsSource"):
-        text = ctx.get(key.lower(), "")
-        if not text.strip():
+    keys: dict[Protocol, str] = {"smb": "smbSource", "nfs": "nfsSource"}
+    for key in keys.values():
+        if not ctx.get(key.lower(), "").strip():
             raise InvalidArgument(f"volume_context: {key!r} is required for a dual-protocol volume")
-        texts[key[:3]] = text
-    try:
-        smb = parse_source(texts["smb"], "smb")
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"volume_context smbSource: {exc.message}") from None
-    try:
-        nfs = parse_source(texts["nfs"], "nfs")
-    except InvalidArgument as exc:
-        raise InvalidArgument(f"volume_context nfsSource: {exc.message}") from None
+    sources: dict[Protocol, Source] = {}
+    for protocol, key in keys.items():
+        try:
+            sources[protocol] = parse_source(ctx[key.lower()], protocol)
+        except InvalidArgument as exc:
+            raise InvalidArgument(f"volume_context {key}: {exc.message}") from None
+    smb, nfs = sources["smb"], sources["nfs"]
     linux_text = ctx.get("linuxprotocol", "").strip()
     linux = protocol_value(linux_text, what="volume_context linuxProtocol") if linux_text else "nfs"
     subdir = ctx.get("subdir", "").strip("/")
