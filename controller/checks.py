@@ -13,6 +13,9 @@ from typing import Final, TypeVar
 
 from driver.csi import csi_pb2
 from driver.errors import InvalidArgument, NotFound
+from driver.log import get_logger
+
+log = get_logger("controller")
 
 T = TypeVar("T")
 
@@ -96,3 +99,15 @@ def existing(text: str, parse: Callable[[str], T], what: str) -> T:
         return parse(text)
     except InvalidArgument as exc:
         raise NotFound(f"{what} {text!r} does not exist ({exc.message})") from exc
+
+
+def to_delete(text: str, parse: Callable[[str], T], what: str) -> T | None:
+    """``text`` parsed as the ID a Delete RPC names; None when it cannot name
+    anything: the spec makes deleting what cannot exist a success."""
+    if not text:
+        raise InvalidArgument(f"{what}_id: required")
+    try:
+        return parse(text)
+    except InvalidArgument as exc:
+        log.warning("ignoring the delete of a malformed ID", kind=what, reason=exc.message)
+        return None

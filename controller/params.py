@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 from controller.dual import DUAL_KEYS, check_dual_mount_flags, parse_dual, scoped_mount_options
@@ -121,22 +122,34 @@ def nfs_version_from(options: Mapping[str, str]) -> str | None:
     return "4.0" if version == "4" else version
 
 
-def parse_params(
-    name: str, parameters: Mapping[str, str], mount_flags: Sequence[str] = ()
-) -> VolumeParams:
+def _lowered(
+    parameters: Mapping[str, str], known: AbstractSet[str], what: str, known_text: str
+) -> dict[str, str]:
+    """The parameters by lower-cased key, the CO's reserved ones left out;
+    an unknown or twice-given key is InvalidArgument."""
     lowered: dict[str, str] = {}
     for key, value in parameters.items():
         low = key.lower()
         if low.startswith(RESERVED_PREFIX):
             continue
-        if low not in _KNOWN:
-            raise InvalidArgument(
-                f"unknown parameter {key!r} (known: source, protocol, subDir, onDelete, "
-                "mountPermissions, smbSource, nfsSource, provisionVia, linuxProtocol)"
-            )
+        if low not in known:
+            raise InvalidArgument(f"unknown {what} {key!r} (known: {known_text})")
         if low in lowered:
             raise InvalidArgument(f"parameter {key!r} given twice (keys are case-insensitive)")
         lowered[low] = value
+    return lowered
+
+
+def parse_params(
+    name: str, parameters: Mapping[str, str], mount_flags: Sequence[str] = ()
+) -> VolumeParams:
+    lowered = _lowered(
+        parameters,
+        _KNOWN,
+        "parameter",
+        "source, protocol, subDir, onDelete, mountPermissions, smbSource, nfsSource, "
+        "provisionVia, linuxProtocol",
+    )
     metadata = {
         k.lower(): v for k, v in parameters.items() if k.lower().startswith(RESERVED_PREFIX)
     }
@@ -205,16 +218,7 @@ def parse_snapshot_params(parameters: Mapping[str, str]) -> SnapshotParams:
     ``snapshotDir``: the directory, relative to the share root, that holds
     the archives.  Default: ``.snapshots`` beside the volume's directory.
     """
-    lowered: dict[str, str] = {}
-    for key, value in parameters.items():
-        low = key.lower()
-        if low.startswith(RESERVED_PREFIX):
-            continue
-        if low not in _SNAPSHOT_KNOWN:
-            raise InvalidArgument(f"unknown snapshot parameter {key!r} (known: snapshotDir)")
-        if low in lowered:
-            raise InvalidArgument(f"parameter {key!r} given twice (keys are case-insensitive)")
-        lowered[low] = value
+    lowered = _lowered(parameters, _SNAPSHOT_KNOWN, "snapshot parameter", "snapshotDir")
     text = lowered.get("snapshotdir", "").strip().strip("/")
     if not text:
         return SnapshotParams(None)

@@ -24,7 +24,13 @@ import grpc
 
 from controller import dual
 from controller.access import PROVISIONER, ShareAccess, provisioner_secret
-from controller.checks import capabilities_response, check_capabilities, existing, requested_bytes
+from controller.checks import (
+    capabilities_response,
+    check_capabilities,
+    existing,
+    requested_bytes,
+    to_delete,
+)
 from controller.jobs import Jobs
 from controller.params import VolumeParams, options_from_mount_flags, parse_params
 from controller.populate import Origin, Populator, content_origin
@@ -171,13 +177,8 @@ class ControllerService(csi_pb2_grpc.ControllerServicer):
     async def DeleteVolume(
         self, request: csi_pb2.DeleteVolumeRequest, context: Ctx
     ) -> csi_pb2.DeleteVolumeResponse:
-        if not request.volume_id:
-            raise InvalidArgument("volume_id: required")
-        try:
-            vid = parse_volume_id(request.volume_id)
-        except InvalidArgument as exc:
-            # The spec: deleting something that cannot exist is success.
-            log.warning("ignoring DeleteVolume of a malformed volume ID", reason=exc.message)
+        vid = to_delete(request.volume_id, parse_volume_id, "volume")
+        if vid is None:
             return csi_pb2.DeleteVolumeResponse()
         rpc.set_protocol(vid.source.protocol)
         if vid.on_delete == "retain":

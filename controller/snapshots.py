@@ -22,6 +22,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from controller import archive
 from controller.access import SNAPSHOTTER, ShareAccess
+from controller.checks import to_delete
 from controller.jobs import Jobs
 from controller.params import default_snapshot_area, parse_snapshot_params
 from controller.share import (
@@ -254,12 +255,8 @@ class Snapshots:
     async def delete(
         self, request: csi_pb2.DeleteSnapshotRequest
     ) -> csi_pb2.DeleteSnapshotResponse:
-        if not request.snapshot_id:
-            raise InvalidArgument("snapshot_id: required")
-        try:
-            sid = parse_snapshot_id(request.snapshot_id)
-        except InvalidArgument as exc:
-            log.warning("ignoring DeleteSnapshot of a malformed snapshot ID", reason=exc.message)
+        sid = to_delete(request.snapshot_id, parse_snapshot_id, "snapshot")
+        if sid is None:
             return csi_pb2.DeleteSnapshotResponse()
         rpc.set_protocol(sid.source.protocol)
         backend = self._access.backend(

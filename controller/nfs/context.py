@@ -280,19 +280,9 @@ class NfsContext:
             if err < 0:
                 detail = structs.error_from(data) or (self._lib.get_error(ctx) if ctx else "")
                 value = rpc_failure(err, pending.op, pending.path, detail)
-            elif pending.kind == "dir" and data:
+            elif pending.kind in ("dir", "dirstats") and data:
                 # Read and free the handle even if nobody waits any more.
-                raw = self._lib.readdir_all(ctx or 0, data)
-                self._lib.closedir(ctx or 0, data)
-                value = [
-                    Entry(name, kind == structs.NF3DIR, mode & 0o7777)
-                    for name, kind, mode in raw
-                    if name not in (".", "..")
-                ]
-            elif pending.kind == "dirstats" and data:
-                stats = self._lib.readdir_stats(ctx or 0, data)
-                self._lib.closedir(ctx or 0, data)
-                value = [e for e in stats if e.name not in (".", "..")]
+                value = self._entries(pending.kind, ctx or 0, data)
             elif pending.kind == "fh" and data:
                 if pending.future.done() and ctx:
                     # Opened after the caller gave up: close it again.
@@ -317,6 +307,19 @@ class NfsContext:
                 pending.future.set_result(value)
         except Exception:  # pragma: no cover - defensive, see above
             log.exception("nfs: error in libnfs callback")
+
+    def _entries(self, kind: _Kind, ctx: int, nfsdir: int) -> list[Entry] | list[structs.DirStat]:
+        """An opened directory's entries (``.`` and ``..`` left out), then closed."""
+        try:
+            if kind == "dir":
+                return [
+                    Entry(name, type_ == structs.NF3DIR, mode & 0o7777)
+                    for name, type_, mode in self._lib.readdir_all(ctx, nfsdir)
+                    if name not in (".", "..")
+                ]
+            return [e for e in self._lib.readdir_stats(ctx, nfsdir) if e.name not in (".", "..")]
+        finally:
+            self._lib.closedir(ctx, nfsdir)
 
     def _on_rpc_reply(
         self, _rpc: int | None, status: int, data: int | None, token: int | None

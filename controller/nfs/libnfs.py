@@ -23,7 +23,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from ctypes import CFUNCTYPE, POINTER, c_char_p, c_int, c_uint16, c_uint32, c_uint64, c_void_p
 from typing import Final
 
@@ -444,38 +444,31 @@ class LibNfs:
     def readdir_all(self, ctx: int, nfsdir: int) -> list[tuple[str, int, int]]:
         """All entries of an opened directory as (name, type, mode); no
         network traffic (opendir already read everything)."""
-        entries: list[tuple[str, int, int]] = []
-        while True:
-            ent = self._lib.nfs_readdir(ctx, nfsdir)
-            if not ent:
-                return entries
-            d: NfsDirent = ent.contents
-            name: bytes = d.name or b""
-            entries.append((name.decode(errors="surrogateescape"), int(d.type), int(d.mode)))
+        return [(name, int(d.type), int(d.mode)) for name, d in self._dirents(ctx, nfsdir)]
 
     def readdir_stats(self, ctx: int, nfsdir: int) -> list[DirStat]:
         """All entries of an opened directory with their attributes (no
         network traffic: opendir already read everything)."""
-        entries: list[DirStat] = []
-        while True:
-            ent = self._lib.nfs_readdir(ctx, nfsdir)
-            if not ent:
-                return entries
+        return [
+            DirStat(
+                name=name,
+                type=int(d.type),
+                mode=int(d.mode) & 0o7777,
+                size=int(d.size),
+                uid=int(d.uid),
+                gid=int(d.gid),
+                inode=int(d.inode),
+                atime_ns=int(d.atime.tv_sec) * 1_000_000_000 + int(d.atime_nsec),
+                mtime_ns=int(d.mtime.tv_sec) * 1_000_000_000 + int(d.mtime_nsec),
+            )
+            for name, d in self._dirents(ctx, nfsdir)
+        ]
+
+    def _dirents(self, ctx: int, nfsdir: int) -> Iterator[tuple[str, NfsDirent]]:
+        while ent := self._lib.nfs_readdir(ctx, nfsdir):
             d: NfsDirent = ent.contents
             name: bytes = d.name or b""
-            entries.append(
-                DirStat(
-                    name=name.decode(errors="surrogateescape"),
-                    type=int(d.type),
-                    mode=int(d.mode) & 0o7777,
-                    size=int(d.size),
-                    uid=int(d.uid),
-                    gid=int(d.gid),
-                    inode=int(d.inode),
-                    atime_ns=int(d.atime.tv_sec) * 1_000_000_000 + int(d.atime_nsec),
-                    mtime_ns=int(d.mtime.tv_sec) * 1_000_000_000 + int(d.mtime_nsec),
-                )
-            )
+            yield name.decode(errors="surrogateescape"), d
 
     def closedir(self, ctx: int, nfsdir: int) -> None:
         self._lib.nfs_closedir(ctx, nfsdir)

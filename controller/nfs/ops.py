@@ -8,6 +8,7 @@ export root.
 from __future__ import annotations
 
 import ctypes
+from typing import Any, Literal
 
 from controller.nfs import libnfs, structs, xdr
 from controller.nfs.context import Entry, NfsContext, nfs_path
@@ -85,20 +86,18 @@ class NfsOps:
         return result
 
     async def listdir(self, path: str) -> list[Entry]:
-        lib = self._ctx.lib
-        p = nfs_path(path)
-        result = await self._ctx.submit(
-            "opendir", path, "dir", lambda c, cb, t: lib.opendir_async(c, p, cb, t)
-        )
-        assert isinstance(result, list)  # noqa: S101 -- set by _on_reply
-        return result
+        return await self._opendir(path, "dir")
 
     async def listdir_stats(self, path: str) -> list[structs.DirStat]:
         """Entries with their attributes (``.`` and ``..`` left out)."""
+        return await self._opendir(path, "dirstats")
+
+    async def _opendir(self, path: str, kind: Literal["dir", "dirstats"]) -> list[Any]:
+        """One OPENDIR (with READDIRPLUS); ``kind`` says what each entry becomes."""
         lib = self._ctx.lib
         p = nfs_path(path)
         result = await self._ctx.submit(
-            "opendir", path, "dirstats", lambda c, cb, t: lib.opendir_async(c, p, cb, t)
+            "opendir", path, kind, lambda c, cb, t: lib.opendir_async(c, p, cb, t)
         )
         assert isinstance(result, list)  # noqa: S101 -- set by _on_reply
         return result

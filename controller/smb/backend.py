@@ -308,66 +308,64 @@ class _SmbTree:
         return True
 
 
-class SmbReader:
+class _OpenSmbFile:
+    """What reads and writes share: one open handle, used in the channel's threads.
+
+    Calls on it are never retried: the handle does not survive a reconnect.
+    """
+
+    def __init__(self, backend: SmbBackend, path: str, handle: Any) -> None:
+        self._backend = backend
+        self._path = path
+        self._handle: Any = handle
+
+    def _open_handle(self, op: str) -> Any:
+        if self._handle is None:
+            msg = f"SMB {op} {self._path!r}: the file is closed"
+            raise InvalidArgument(msg)
+        return self._handle
+
+    async def _on_handle(self, op: str, step: steps.Step[T], *args: Any) -> T:
+        handle = self._open_handle(op)
+        return await self._backend.run(op, self._path, step, handle, *args, retry=False)
+
+    async def _close(self, *, strict: bool) -> None:
+        """Close once; a failure counts only with ``strict`` (after writing)."""
+        handle, self._handle = self._handle, None
+        if handle is None:
+            return
+        try:
+            await self._backend.run("close", self._path, steps.CLOSE, handle, retry=False)
+        except DriverError:
+            if strict:
+                raise
+            log.debug("closing a file failed", path=self._path, exc_info=True)
+
+
+class SmbReader(_OpenSmbFile):
     """A file open for reading; each read is one SMB READ in the channel's threads."""
 
-    def __init__(self, backend: SmbBackend, path: str, handle: Any) -> None:
-        self._backend = backend
-        self._path = path
-        self._handle: Any = handle
-
     async def read(self, size: int) -> bytes:
-        if self._handle is None:
-            msg = f"SMB read {self._path!r}: the file is closed"
-            raise InvalidArgument(msg)
-        return await self._backend.run(
-            "read", self._path, steps.READ, self._handle, min(size, IO_CHUNK), retry=False
-        )
+        return await self._on_handle("read", steps.READ, min(size, IO_CHUNK))
 
     async def aclose(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                await self._backend.run("close", self._path, steps.CLOSE, handle, retry=False)
-            except DriverError:
-                log.debug("closing a file failed", path=self._path, exc_info=True)
+        await self._close(strict=False)
 
 
-class SmbWriter:
+class SmbWriter(_OpenSmbFile):
     """A file open for writing; each write runs in the channel's threads."""
 
-    def __init__(self, backend: SmbBackend, path: str, handle: Any) -> None:
-        self._backend = backend
-        self._path = path
-        self._handle: Any = handle
-
     async def write(self, data: bytes) -> None:
-        if self._handle is None:
-            msg = f"SMB write {self._path!r}: the file is closed"
-            raise InvalidArgument(msg)
+        self._open_handle("write")
         view = memoryview(data)
         for start in range(0, len(view), IO_CHUNK):
-            await self._backend.run(
-                "write",
-                self._path,
-                steps.WRITE,
-                self._handle,
-                bytes(view[start : start + IO_CHUNK]),
-                retry=False,
-            )
+            await self._on_handle("write", steps.WRITE, bytes(view[start : start + IO_CHUNK]))
 
     async def aclose(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            await self._backend.run("close", self._path, steps.CLOSE, handle, retry=False)
+        await self._close(strict=True)
 
     async def abort(self) -> None:
-        handle, self._handle = self._handle, None
-        if handle is not None:
-            try:
-                await self._backend.run("close", self._path, steps.CLOSE, handle, retry=False)
-            except DriverError:
-                log.debug("closing a file failed", path=self._path, exc_info=True)
+        await self._close(strict=False)
 
 
 def _credential_key(server: str, port: int, creds: SmbAuth) -> CredentialKey:
