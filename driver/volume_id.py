@@ -121,7 +121,11 @@ def encode_id(
 ) -> str:
     """``version#protocol#server[:port]#share#<middle...>[#k=v,...]``, each
     field percent-encoded."""
-    fields = [version, source.protocol, source.host_port, source.share, *middle]
+    return _join([version, source.protocol, source.host_port, source.share, *middle], options)
+
+
+def _join(fields: list[str], options: Sequence[tuple[str, str]]) -> str:
+    """The fields, then the options as one ``k=v,...`` field, percent-encoded."""
     if options:
         fields.append(",".join(f"{k}={v}" for k, v in options))
     return "#".join(quote(f, safe=_SAFE) for f in fields)
@@ -177,9 +181,7 @@ def encode_dual_id(
         nfs.share,
         *middle,
     ]
-    if options:
-        fields.append(",".join(f"{k}={v}" for k, v in options))
-    return "#".join(quote(f, safe=_SAFE) for f in fields)
+    return _join(fields, options)
 
 
 @dataclass(frozen=True, slots=True)
