@@ -17,7 +17,7 @@ from driver.source import Source
 
 if TYPE_CHECKING:
     from controller.nfs.pool import NfsBackendPool
-    from controller.smb.backend import SmbBackendPool
+    from controller.smb.pool import SmbBackendPool
 
 # Served over NFSv4.0: libnfs 4.0 has no 4.1 sessions (see controller/nfs/backend.py).
 DEFAULT_NFS_VERSION = "4.1"
@@ -34,8 +34,8 @@ class ShareBackends:
 
     def _smb_pool(self) -> SmbBackendPool:
         if self._smb is None:
-            from controller.smb.backend import SmbBackendPool
             from controller.smb.connection import SmbSettings
+            from controller.smb.pool import SmbBackendPool
             from controller.smb.worker import SmbWorker
 
             # smbprotocol's CPU goes to a process of its own: see controller/smb/worker.py.

@@ -1,12 +1,13 @@
 """SMB share backend: ``ShareBackend`` over smbprotocol's ``smbclient`` API.
 
 The package's pieces: ``errors`` (NTSTATUS tables, mapping, scrubbing),
-``steps`` (the blocking calls, by name), ``channel`` (how steps reach the
-server: connection cache, warm-up, slots, timeouts, reconnect), ``worker``
-(the same channels in a child process) and this module, which turns
-``ShareBackend`` calls into steps.
+``steps`` (the blocking calls, by name), ``connection`` (one credential
+key's connection cache, warm-up and reconnect), ``channel`` (how steps reach
+the server: slots, timeouts), ``worker`` (the same channels in a child
+process), this module, which turns ``ShareBackend`` calls into steps, and
+``pool`` (one backend per share and identity, one channel per identity).
 
-* **A worker process, in the controller.** ``SmbBackendPool(channels=SmbWorker())``
+* **A worker process, in the controller.** ``pool.SmbBackendPool(channels=SmbWorker())``
   runs the steps in one child process (``controller.smb.worker``):
   smbprotocol's Python CPU then does not share the gRPC process's
   interpreter lock.  Slots and timeouts stay on this side; a backend made
@@ -26,18 +27,16 @@ server: connection cache, warm-up, slots, timeouts, reconnect), ``worker``
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any, Final, TypeVar
 
 from controller import tree
 from controller.share import Capacity, Features, FileInfo, RemoveResult
 from controller.smb import steps
-from controller.smb.channel import Channel, ChannelMaker, ThreadChannel, ThreadChannels
-from controller.smb.connection import CredentialKey, SmbSettings, password_digest
-from controller.smb.kerberos import KerberosLogon
+from controller.smb.channel import Channel, ThreadChannel
+from controller.smb.connection import CredentialKey, SmbSettings, check_name, credential_key
 from controller.smb.steps import ATTR_DIRECTORY, ATTR_READONLY, IO_CHUNK, Entry, MkdirResult
 from driver import failures, paths
-from driver.credentials import Credentials, KerberosCredentials, SmbAuth
+from driver.credentials import Credentials
 from driver.errors import AlreadyExists, DriverError, FailedPrecondition, InvalidArgument, NotFound
 from driver.failures import Failure
 from driver.log import get_logger
@@ -45,7 +44,6 @@ from driver.log import get_logger
 __all__ = [
     "SMB_FEATURES",
     "SmbBackend",
-    "SmbBackendPool",
     "SmbReader",
     "SmbWriter",
     "check_path",
@@ -67,13 +65,6 @@ def check_path(path: str) -> tuple[str, ...]:
     return paths.share_parts(path, forbid="\\\x00:")
 
 
-def _check_name(what: str, value: str) -> str:
-    if not value or any(c in value for c in "\\/\x00") or value.strip() != value:
-        msg = f"invalid SMB {what} {value!r}"
-        raise InvalidArgument(msg)
-    return value
-
-
 class SmbBackend:
     """``ShareBackend`` for one SMB share and one identity.
 
@@ -93,7 +84,7 @@ class SmbBackend:
         settings: SmbSettings | None = None,
     ) -> None:
         settings = settings or SmbSettings()
-        key = _credential_key(server, port, Credentials(username, password, domain or ""))
+        key = credential_key(server, port, Credentials(username, password, domain or ""))
         self._init(key, share, ThreadChannel(key, password, settings), owns_channel=True)
 
     @classmethod
@@ -107,7 +98,7 @@ class SmbBackend:
         self, key: CredentialKey, share: str, channel: Channel, *, owns_channel: bool
     ) -> None:
         self._key = key
-        self._share = _check_name("share", share)
+        self._share = check_name("share", share)
         self._share_unc = f"\\\\{key.server}\\{share}"
         self._channel = channel
         self._owns_channel = owns_channel
@@ -234,7 +225,7 @@ class SmbBackend:
     async def aclose(self) -> None:
         """Close the connection and threads (reopened on next use).
 
-        A backend handed out by :class:`SmbBackendPool` shares its connection
+        A backend handed out by ``controller.smb.pool`` shares its connection
         with the pool's other backends of the same credentials: the pool
         closes it, this is a no-op.
         """
@@ -366,102 +357,3 @@ class SmbWriter(_OpenSmbFile):
 
     async def abort(self) -> None:
         await self._close(strict=False)
-
-
-def _credential_key(server: str, port: int, creds: SmbAuth) -> CredentialKey:
-    _check_name("server", server)
-    if not 0 < port < 65536:
-        msg = f"invalid SMB port {port}"
-        raise InvalidArgument(msg)
-    if isinstance(creds, KerberosCredentials):
-        # A new keytab or cache is a new key (like a changed password).
-        material = creds.keytab if creds.keytab is not None else creds.ccache or b""
-        return CredentialKey(
-            server=server.lower(),
-            port=port,
-            domain=None,
-            username=creds.principal,
-            password_digest="krb5:" + password_digest(material.hex()),
-        )
-    _check_name("user name", creds.username)
-    if not creds.password:
-        msg = "an SMB password is required"
-        raise InvalidArgument(msg)
-    return CredentialKey(
-        server=server.lower(),
-        port=port,
-        domain=creds.domain or None,
-        username=creds.username,
-        password_digest=password_digest(creds.password),
-    )
-
-
-class SmbBackendPool:
-    """Hands out one backend per (server, port, credentials, share).
-
-    Backends of the same credential key share one channel: one TCP connection,
-    one session, one set of slots and threads.  ``get`` is cheap when cached.
-    A changed password is a new key; the old key's connection lives until
-    :meth:`aclose`.
-    """
-
-    def __init__(
-        self,
-        settings: SmbSettings | None = None,
-        *,
-        channels: ChannelMaker | None = None,
-        ticket_lifetime: str | None = None,
-    ) -> None:
-        """``ticket_lifetime``: of the Kerberos tickets the pool asks for (tests)."""
-        self._settings = settings or SmbSettings()
-        self._ticket_lifetime = ticket_lifetime
-        # Where the steps run: this process's threads unless told (the
-        # controller passes controller.smb.worker.SmbWorker).
-        self._maker = channels or ThreadChannels()
-        self._channels: dict[CredentialKey, Channel] = {}
-        self._backends: dict[tuple[CredentialKey, str], SmbBackend] = {}
-
-    def __repr__(self) -> str:
-        return f"SmbBackendPool({len(self._channels)} connections, {len(self._backends)} shares)"
-
-    def __len__(self) -> int:
-        return len(self._backends)
-
-    @property
-    def keys(self) -> list[CredentialKey]:
-        return list(self._channels)
-
-    def get(self, server: str, port: int, share: str, creds: SmbAuth) -> SmbBackend:
-        """The backend for ``share`` as ``creds`` (a password or Kerberos)."""
-        key = _credential_key(server, port, creds)
-        share = _check_name("share", share)
-        backend = self._backends.get((key, share.lower()))
-        if backend is not None:
-            return backend
-        channel = self._channels.get(key)
-        if channel is None:
-            if isinstance(creds, KerberosCredentials):
-                logon = KerberosLogon.from_credentials(creds, lifetime=self._ticket_lifetime)
-                channel = self._maker.channel(key, "", self._settings, logon)
-            else:
-                channel = self._maker.channel(key, creds.password, self._settings)
-            self._channels[key] = channel
-        backend = SmbBackend.on_channel(channel, share)
-        self._backends[(key, share.lower())] = backend
-        return backend
-
-    def cached(self, server: str, port: int, share: str) -> SmbBackend | None:
-        """A backend already handed out for this share (any identity), if any."""
-        server, share = server.lower(), share.lower()
-        for (key, name), backend in reversed(self._backends.items()):
-            if key.server == server and key.port == port and name == share:
-                return backend
-        return None
-
-    async def aclose(self) -> None:
-        """Close every connection; the pool can be used again afterwards."""
-        channels = list(self._channels.values())
-        self._channels.clear()
-        self._backends.clear()
-        await asyncio.gather(*(channel.aclose() for channel in channels))
-        await self._maker.aclose()

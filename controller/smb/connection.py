@@ -23,14 +23,23 @@ from smbprotocol.exceptions import SMBConnectionClosed, SMBResponseException
 
 from controller.smb.errors import Status, detach, ntstatus
 from controller.smb.kerberos import KerberosLogon
-from driver.errors import DriverError
+from driver.credentials import KerberosCredentials, SmbAuth
+from driver.errors import DriverError, InvalidArgument
 from driver.log import get_logger
 from driver.retry import on_broken_connection
 
 if TYPE_CHECKING:
     from controller.smb.steps import Step
 
-__all__ = ["Connection", "CredentialKey", "Secret", "SmbSettings", "password_digest"]
+__all__ = [
+    "Connection",
+    "CredentialKey",
+    "Secret",
+    "SmbSettings",
+    "check_name",
+    "credential_key",
+    "password_digest",
+]
 
 T = TypeVar("T")
 log = get_logger(__name__)
@@ -82,6 +91,43 @@ class CredentialKey:
     domain: str | None
     username: str
     password_digest: str
+
+
+def check_name(what: str, value: str) -> str:
+    """A server, share or user name: not empty, no separators or NUL, not padded."""
+    if not value or any(c in value for c in "\\/\x00") or value.strip() != value:
+        msg = f"invalid SMB {what} {value!r}"
+        raise InvalidArgument(msg)
+    return value
+
+
+def credential_key(server: str, port: int, creds: SmbAuth) -> CredentialKey:
+    """The key of the connection cache ``creds`` log on through (safe to log)."""
+    check_name("server", server)
+    if not 0 < port < 65536:
+        msg = f"invalid SMB port {port}"
+        raise InvalidArgument(msg)
+    if isinstance(creds, KerberosCredentials):
+        # A new keytab or cache is a new key (like a changed password).
+        material = creds.keytab if creds.keytab is not None else creds.ccache or b""
+        return CredentialKey(
+            server=server.lower(),
+            port=port,
+            domain=None,
+            username=creds.principal,
+            password_digest="krb5:" + password_digest(material.hex()),
+        )
+    check_name("user name", creds.username)
+    if not creds.password:
+        msg = "an SMB password is required"
+        raise InvalidArgument(msg)
+    return CredentialKey(
+        server=server.lower(),
+        port=port,
+        domain=creds.domain or None,
+        username=creds.username,
+        password_digest=password_digest(creds.password),
+    )
 
 
 class Secret:

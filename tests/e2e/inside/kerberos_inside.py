@@ -27,8 +27,8 @@ import grpc
 import pytest
 
 from controller.service import build as build_controller
-from controller.smb.backend import SmbBackendPool
 from controller.smb.channel import SmbSettings
+from controller.smb.pool import SmbBackendPool
 from driver.ccache import parse_ccache
 from driver.config import Config, parse_endpoint
 from driver.credentials import smb_auth

@@ -10,8 +10,9 @@ from collections.abc import Callable
 
 import pytest
 
-from controller.smb.backend import SmbBackend, SmbBackendPool
+from controller.smb.backend import SmbBackend
 from controller.smb.channel import SmbSettings
+from controller.smb.pool import SmbBackendPool
 from driver.credentials import Credentials
 from driver.errors import (
     DeadlineExceeded,

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from controller.smb.backend import SmbBackend, SmbBackendPool
+from controller.smb.backend import SmbBackend
+from controller.smb.pool import SmbBackendPool
 from driver.credentials import Credentials
 from driver.errors import InvalidArgument
 from tests.integration.smb_backend.support import HOST, SETTINGS, fails, tcp_to, unique
