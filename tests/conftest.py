@@ -8,8 +8,14 @@ import logging
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 
 from tests import leaks, secret_scan
+
+# Property tests check behaviour, not speed: no per-example deadline, so that
+# a loaded machine (2 cores shared by several runs) cannot fail them on time.
+settings.register_profile("project", deadline=None)
+settings.load_profile("project")
 
 # The real servers (samba, ganesha_v3, ganesha_v4) and the ``root`` marker.
 pytest_plugins = ["tests.servers.plugin"]

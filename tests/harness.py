@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import subprocess
@@ -149,8 +150,15 @@ def run_ctl(endpoint: str, *args: str, timeout: float = 60) -> subprocess.Comple
 
 
 async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    """Poll ``predicate`` (a function, sync or async) until it is true; the
+    deadline is generous because it only matters when the test fails."""
     deadline = time.monotonic() + timeout
-    while not predicate():
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return
         if time.monotonic() > deadline:
-            raise TimeoutError("condition not met")
+            raise TimeoutError(f"condition not met within {timeout:g} s: {predicate!r}")
         await asyncio.sleep(0.01)

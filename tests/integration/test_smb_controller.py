@@ -15,7 +15,7 @@ import grpc
 import psutil
 import pytest
 
-from controller.service import build
+from controller.service import ControllerPlugin, build
 from driver import log as driver_log
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
@@ -288,19 +288,6 @@ async def test_server_down_then_restarted(
     assert (samba.share_path("csi") / "k8s" / "pvc-down").is_dir()
 
 
-def _unread_at(port: int) -> int:
-    """Bytes waiting, unread, in the receive queues of sockets listening side ``port``."""
-    total = 0
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            local_port = int(fields[1].rsplit(":", 1)[1], 16)
-            rx_queue = int(fields[4].split(":")[1], 16)
-            if local_port == port:
-                total += rx_queue
-    return total
-
-
 def _smb_workers() -> list[psutil.Process]:
     """The SMB worker processes started by this (test) process's driver."""
     return [
@@ -344,14 +331,20 @@ async def test_smb_steps_run_in_one_worker_process(
 async def test_smb_worker_killed_fails_steps_in_flight_then_is_replaced(
     driver: tuple[DriverServer, Client], samba: SambaServer
 ) -> None:
-    _, c = driver
+    server, c = driver
     await c.controller.CreateVolume(create(samba, "pvc-k1"))
     (worker,) = _smb_workers()
+    # The create started the trash's background listing: let it end, so that the
+    # only request that can reach the server from now on is the one under test.
+    (plugin,) = server.plugins
+    assert isinstance(plugin, ControllerPlugin)
+    await plugin.service.trash.drain()
+    assert samba.unread_bytes() == 0
     samba.pause()  # the next step hangs in the worker
     try:
         in_flight = asyncio.ensure_future(c.controller.CreateVolume(create(samba, "pvc-k2")))
         # The request has left the worker: it waits, unread, at the stopped server.
-        await wait_until(lambda: _unread_at(samba.port) > 0)
+        await wait_until(lambda: samba.unread_bytes() > 0)
         assert not in_flight.done()
         worker.kill()
         # UNAVAILABLE at once, not DEADLINE_EXCEEDED after the 10 s backend timeout.

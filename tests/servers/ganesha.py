@@ -41,7 +41,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from tests.servers.host import enter_netns, find_program, free_port, port_open
+from tests.servers.host import enter_netns, find_program, free_port, port_open, unread_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Iterator
@@ -152,6 +152,10 @@ class GaneshaServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def unread_bytes(self) -> int:
+        """Bytes of requests that reached the server and wait, unread (paused)."""
+        return unread_bytes(self.port, self.netns_path)
 
     # -- config -----------------------------------------------------------
 

@@ -10,6 +10,7 @@ import os
 import shutil
 import socket
 import threading
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -82,3 +83,19 @@ def port_open(host: str, port: int, ns_path: str | None = None) -> bool:
     t.start()
     t.join()
     return bool(result and result[0])
+
+
+def unread_bytes(port: int, netns_path: str | None = None) -> int:
+    """Bytes that arrived for the sockets on the local side ``port`` and that
+    nobody has read yet: the requests waiting at a stopped server.  The table
+    is read in the network namespace ``netns_path`` (``/proc/<pid>/ns/net``)
+    if given, else in this process's."""
+    proc = str(Path(netns_path).parent.parent) if netns_path else "/proc/self"
+    total = 0
+    for table in ("tcp", "tcp6"):
+        for line in Path(proc, "net", table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local_port = int(fields[1].rsplit(":", 1)[1], 16)
+            if local_port == port:
+                total += int(fields[4].split(":")[1], 16)  # rx_queue
+    return total

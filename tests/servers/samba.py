@@ -33,7 +33,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from tests.servers.host import find_program, free_port, port_open
+from tests.servers.host import find_program, free_port, port_open, unread_bytes
 
 if TYPE_CHECKING:
     from collections.abc import Iterable, Mapping
@@ -193,6 +193,10 @@ class SambaServer:
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
+
+    def unread_bytes(self) -> int:
+        """Bytes of requests that reached smbd and wait, unread (paused)."""
+        return unread_bytes(self._port)
 
     def share_path(self, name: str = "csi") -> Path:
         """Local directory backing share ``name``."""

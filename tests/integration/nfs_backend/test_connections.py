@@ -13,6 +13,7 @@ import pytest
 from controller.nfs.backend import NfsBackend
 from controller.nfs.pool import NfsBackendPool
 from driver.errors import DeadlineExceeded, FailedPrecondition, Unavailable
+from tests.harness import wait_until
 from tests.integration.nfs_backend.support import FAULT_TIMEOUT, TIMEOUT, Target
 from tests.servers.ganesha import GaneshaServer
 
@@ -102,7 +103,8 @@ async def test_server_killed_during_call(faulty: Target) -> None:
         assert await b.exists("x") is False
         faulty.server.pause()
         call = asyncio.ensure_future(b.mkdir("x"))
-        await asyncio.sleep(0.1)
+        # The request has reached the stopped server: it waits there, unread.
+        await wait_until(lambda: faulty.server.unread_bytes() > 0)
         assert not call.done()
         started = time.monotonic()
         faulty.server.kill()

@@ -10,6 +10,7 @@ import pytest
 
 from driver.errors import DeadlineExceeded, Internal
 from node.runner import AsyncioRunner, CommandTimeout
+from tests.harness import wait_until
 
 # ---------------------------------------------------------------- real runner
 
@@ -57,15 +58,21 @@ async def test_runner_hands_back_a_finished_awaitable(tmp_path: Path) -> None:
     assert runner.stuck == 0
 
 
-async def test_runner_cancellation_kills_and_attaches_finished(runner: AsyncioRunner) -> None:
-    task = asyncio.ensure_future(runner.run(["sleep", "30"], timeout=30))
-    await asyncio.sleep(0.1)
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process state via /proc")
+async def test_runner_cancellation_kills_and_attaches_finished(
+    runner: AsyncioRunner, tmp_path: Path
+) -> None:
+    pidfile = tmp_path / "pid"
+    script = f"echo $$ > {pidfile}.new && mv {pidfile}.new {pidfile} && exec sleep 30"
+    task = asyncio.ensure_future(runner.run(["sh", "-c", script], timeout=30))
+    await wait_until(pidfile.exists)  # the command runs: the runner waits for its end
     task.cancel()
     with pytest.raises(asyncio.CancelledError) as info:
         await task
     finished = getattr(info.value, "finished", None)
     assert finished is not None
     await asyncio.wait_for(finished, 10)
+    assert not _alive(int(pidfile.read_text()))
 
 
 def _alive(pid: int) -> bool:

@@ -11,6 +11,7 @@ import pytest
 from driver.errors import NotFound
 from node.linux import LinuxPlatform, Prober, ProbesExhausted, ProbeTimeout
 from tests.fakes.linux import SHARE, config
+from tests.harness import wait_until
 from tests.unit.linux.support import Node, nfs_request, publish_request, smb_request, staged
 
 # ---------------------------------------------------------------- usage / health
@@ -49,12 +50,11 @@ async def test_usage_of_hung_mount_is_bounded_and_probes_once(node: Node) -> Non
         assert "did not answer" in usage.health.message
     assert node.host.statvfs_calls == calls + 1  # one stuck thread, not three
     gate.set()
-    for _ in range(100):
-        usage = await node.platform.usage("smb-vol", str(staging))
-        if not usage.health.abnormal:
-            break
-        await asyncio.sleep(0.01)
-    assert not usage.health.abnormal
+
+    async def answers_healthy() -> bool:  # once the released probe thread has ended
+        return not (await node.platform.usage("smb-vol", str(staging))).health.abnormal
+
+    await wait_until(answers_healthy)
 
 
 async def test_a_probe_stuck_on_a_replaced_mount_does_not_answer_for_the_new_one(
@@ -109,11 +109,7 @@ async def test_prober_bounds_threads() -> None:
             await prober.call("c", lambda: True, 1)
     finally:
         gate.set()
-    for _ in range(200):
-        if prober.in_flight == 0:
-            break
-        await asyncio.sleep(0.005)
-    assert prober.in_flight == 0
+    await wait_until(lambda: prober.in_flight == 0)
     assert await prober.call("c", lambda: 42, 1) == 42
 
 

@@ -23,10 +23,7 @@ from driver.config import Config, parse_endpoint
 from driver.credentials import Credentials
 from driver.source import Source
 from node.platform import StageRequest
-from node.powershell import (
-    POWERSHELL_FLAGS,
-    PowerShell,
-)
+from node.powershell import POWERSHELL_FLAGS, PowerShell
 from node.windows import (
     OP_GET_MAPPING,
     OP_NEW_MAPPING,
@@ -438,11 +435,3 @@ def stage_request(
 
 def runner(node: FakeWindows, **kwargs: Any) -> PowerShell:
     return PowerShell(node.spawn, executable=r"C:\Windows\powershell.exe", base_env={}, **kwargs)
-
-
-async def wait_for(condition: Any) -> None:
-    for _ in range(1000):
-        if condition():
-            return
-        await asyncio.sleep(0.001)
-    raise AssertionError("condition never became true")

@@ -26,7 +26,8 @@ from driver.console import (
     CTRL_SHUTDOWN_EVENT,
     ConsoleStop,
 )
-from tests.unit.windows.fake import CONFIG, wait_for
+from tests.harness import wait_until
+from tests.unit.windows.fake import CONFIG
 
 
 class Registry:
@@ -46,6 +47,18 @@ class Registry:
         return remove
 
 
+class WatchedDrain:
+    """The event that says the drain is done, telling when a handler waits on it."""
+
+    def __init__(self, inner: threading.Event) -> None:
+        self.inner = inner
+        self.waiting = threading.Event()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waiting.set()
+        return self.inner.wait(timeout)
+
+
 def test_handled_events_request_a_stop_and_logoff_is_passed_on() -> None:
     stops: list[str] = []
     stopped = threading.Event()
@@ -63,10 +76,11 @@ def test_handled_events_request_a_stop_and_logoff_is_passed_on() -> None:
 async def test_an_ending_event_is_held_until_the_drain_is_done(event: int) -> None:
     stopped = threading.Event()
     requested = threading.Event()
-    handler = ConsoleStop(requested.set, stopped, wait=60)
+    drain = WatchedDrain(stopped)
+    handler = ConsoleStop(requested.set, drain, wait=60)  # type: ignore[arg-type]
     answer = asyncio.ensure_future(asyncio.to_thread(handler, event))
-    await wait_for(requested.is_set)
-    await asyncio.sleep(0.01)
+    await wait_until(requested.is_set)
+    await wait_until(drain.waiting.is_set)
     assert not answer.done()  # Windows would end the process on return
     stopped.set()
     assert await answer is True
@@ -103,16 +117,26 @@ async def test_serve_drains_on_ctrl_shutdown(monkeypatch: pytest.MonkeyPatch) ->
             await in_flight.wait()  # an in-flight NodeStage finishing
             events.append("stopped")
 
+    drains: list[WatchedDrain] = []
+
+    def watched_console_stop(
+        request_stop: Callable[[], None], stopped: threading.Event, wait: float
+    ) -> ConsoleStop:
+        drains.append(WatchedDrain(stopped))
+        return ConsoleStop(request_stop, drains[-1], wait)  # type: ignore[arg-type]
+
     monkeypatch.setattr(server_module, "DriverServer", StubServer)
+    monkeypatch.setattr(console, "ConsoleStop", watched_console_stop)
     registry = Registry()
     serving = asyncio.ensure_future(
         server_module.serve(CONFIG, [], console_registrar=registry.register)
     )
-    await wait_for(lambda: events == ["start"])
+    await wait_until(lambda: events == ["start"])
     (handler,) = registry.handlers
     answer = asyncio.ensure_future(asyncio.to_thread(handler, CTRL_SHUTDOWN_EVENT))
-    await wait_for(lambda: events == ["start", "drain"])
-    await asyncio.sleep(0.01)
+    await wait_until(lambda: events == ["start", "drain"])
+    (drain,) = drains
+    await wait_until(drain.waiting.is_set)  # the handler waits for the drain's end
     assert not answer.done()  # still draining: the process must not end yet
     in_flight.set()
     assert await asyncio.wait_for(answer, 30) is True

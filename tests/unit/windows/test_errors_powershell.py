@@ -35,6 +35,7 @@ from node.windows import (
     SCRIPTS,
     WindowsPlatform,
 )
+from tests.harness import wait_until
 from tests.unit.windows.fake import (
     CMDLET,
     CREDS,
@@ -46,7 +47,6 @@ from tests.unit.windows.fake import (
     runner,
     stage_request,
     staging_of,
-    wait_for,
 )
 
 # ------------------------------------------------------------------ errors and secrets
@@ -170,7 +170,7 @@ async def test_at_most_three_powershell_processes(node: FakeWindows) -> None:
         )
         for _ in range(10)
     ]
-    await wait_for(lambda: node.alive == 3)
+    await wait_until(lambda: node.alive == 3)
     for _ in range(20):
         await asyncio.sleep(0)
     assert node.alive == 3
@@ -200,7 +200,7 @@ async def test_stages_of_many_shares_stay_within_the_bound(
         )
     node.hold = asyncio.Event()
     staging = asyncio.gather(*(platform.stage(r) for r in requests))
-    await wait_for(lambda: node.alive == 3)
+    await wait_until(lambda: node.alive == 3)
     node.hold.set()
     await staging
     assert node.max_alive == 3
@@ -226,7 +226,7 @@ async def test_the_slot_is_held_until_the_killed_process_ends(node: FakeWindows)
         ps.run(OP_GET_MAPPING, SCRIPTS[OP_GET_MAPPING], env=env, time_limit=0.01)
     )
     queued = asyncio.ensure_future(ps.run(OP_REMOVE_MAPPING, SCRIPTS[OP_REMOVE_MAPPING], env=env))
-    await wait_for(lambda: node.killed)
+    await wait_until(lambda: node.killed)
     for _ in range(20):
         await asyncio.sleep(0)
     assert node.ops() == [OP_GET_MAPPING]  # the killed process has not ended yet
@@ -243,11 +243,11 @@ async def test_a_cancelled_caller_kills_its_powershell(node: FakeWindows) -> Non
     task = asyncio.ensure_future(
         ps.run(OP_GET_MAPPING, SCRIPTS[OP_GET_MAPPING], env={"CSI_REMOTE_PATH": ROOT})
     )
-    await wait_for(lambda: node.alive == 1)
+    await wait_until(lambda: node.alive == 1)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    await wait_for(lambda: node.alive == 0)
+    await wait_until(lambda: node.alive == 0)
     assert node.killed == [OP_GET_MAPPING]
 
 

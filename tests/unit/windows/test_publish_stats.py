@@ -6,15 +6,10 @@ import asyncio
 
 import pytest
 
-from driver.errors import (
-    FailedPrecondition,
-    NotFound,
-)
+from driver.errors import FailedPrecondition, NotFound
 from node.platform import PublishRequest
-from node.windows import (
-    OP_GET_MAPPING,
-    WindowsPlatform,
-)
+from node.windows import OP_GET_MAPPING, WindowsPlatform
+from tests.harness import wait_until
 from tests.unit.windows.fake import (
     ROOT,
     FakeWindows,
@@ -24,7 +19,6 @@ from tests.unit.windows.fake import (
     stage_request,
     staging_of,
     target_of,
-    wait_for,
 )
 
 # ------------------------------------------------------------------ publish / unpublish
@@ -173,7 +167,7 @@ async def test_usage_is_bounded_in_time(node: FakeWindows) -> None:
     assert "not returned yet" in usage.health.message
     assert node.disk_calls == 1
     node.disk_hold.set()
-    await wait_for(lambda: not platform.probes.in_flight)
+    await wait_until(lambda: not platform.probes.in_flight)
     assert not (await platform.usage("pvc-1", stage.staging_path)).health.abnormal
     await platform.aclose()
 
@@ -188,7 +182,7 @@ async def test_a_dead_share_costs_one_status_lookup_at_a_time(
     calls = len(node.calls)
     node.hold = asyncio.Event()
     checks = asyncio.gather(*(platform.usage(r.volume_id, r.staging_path) for r in requests * 3))
-    await wait_for(lambda: len(node.calls) > calls)
+    await wait_until(lambda: len(node.calls) > calls)
     node.hold.set()
     usages = await checks
     assert all(u.health.abnormal for u in usages)

@@ -11,15 +11,10 @@ import pytest
 
 from driver.config import Config
 from driver.csi import csi_pb2
-from driver.errors import (
-    FailedPrecondition,
-    InvalidArgument,
-)
+from driver.errors import FailedPrecondition, InvalidArgument
 from node.service import NodeService
-from node.windows import (
-    RealWindowsHost,
-    WindowsPlatform,
-)
+from node.windows import RealWindowsHost, WindowsPlatform
+from tests.harness import wait_until
 from tests.unit.windows.fake import (
     CONFIG,
     PASSWORD,
@@ -30,7 +25,6 @@ from tests.unit.windows.fake import (
     make_platform,
     staging_of,
     target_of,
-    wait_for,
 )
 
 # ------------------------------------------------------------------ the Node service
@@ -300,7 +294,7 @@ async def test_serve_falls_back_to_signal_handlers(monkeypatch: pytest.MonkeyPat
     saved = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         serving = asyncio.ensure_future(server_module.serve(CONFIG, []))
-        await wait_for(lambda: events == ["start"])
+        await wait_until(lambda: events == ["start"])
         assert signal.getsignal(signal.SIGTERM) is not saved[signal.SIGTERM]
         signal.raise_signal(signal.SIGTERM)
         await asyncio.wait_for(serving, 5)
