@@ -25,21 +25,16 @@ import asyncio
 import os
 import secrets
 import shutil
-import signal
 import statistics
 import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from driver.csi import csi_pb2, csi_pb2_grpc
-from tests.bench.common import summary, table, write
-from tests.harness import wait_for_socket
+from tests.bench.common import start_driver, stop_driver, table, timed, write
 
 VOLUMES = 300
 CONCURRENCY = (1, 16)
@@ -49,27 +44,6 @@ CAP = csi_pb2.VolumeCapability(
     mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=["nfs:nfsvers=4.1"]),
     access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
 )
-
-
-async def timed(n: int, concurrency: int, op: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
-    slots = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(i: int) -> None:
-        nonlocal errors
-        async with slots:
-            t0 = time.perf_counter()
-            try:
-                await op(i)
-            except grpc.aio.AioRpcError:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - t0)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n)))
-    return summary(latencies, time.perf_counter() - start, errors)
 
 
 def classes(smb: str, nfs: str) -> dict[str, dict[str, str]]:
@@ -127,7 +101,7 @@ async def measure(
                             "class": name,
                             "round": r,
                             "concurrency": c,
-                            **await timed(volumes, c, create),
+                            **await timed(volumes, c, create, errors=(grpc.aio.AioRpcError,)),
                         }
                     )
     return rows
@@ -190,18 +164,11 @@ def main(argv: list[str] | None = None) -> None:
         tree.chmod(0o777)
         smb = f"//{samba.host}:{samba.port}/export/vols"
         nfs = f"nfs://{ganesha.host}:{ganesha.port}{ganesha.pseudo_path}/vols"
-        sock = root / "bench.sock"
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "driver", "serve", "--mode", "controller",
-             "--endpoint", f"unix://{sock}", "-v", "2"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_for_socket(sock, proc)
+        proc, endpoint = start_driver(root)
         print(f"\ndual-protocol CreateVolume: {args.volumes} volumes per row, {args.rounds} rounds")
         rows = asyncio.run(
             measure(
-                f"unix://{sock}",
+                endpoint,
                 classes(smb, nfs),
                 {"username": user, "password": password},
                 args.volumes,
@@ -211,12 +178,7 @@ def main(argv: list[str] | None = None) -> None:
         report(rows)
     finally:
         if proc is not None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_driver(proc)
         ganesha.close()
         samba.cleanup()
         shutil.rmtree(root, ignore_errors=True)

@@ -28,28 +28,34 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import secrets
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.bench.common import RESULTS, summary, table, write
+from tests.bench.common import (
+    bench_in_guest,
+    create_request,
+    find_row,
+    in_guest,
+    start_driver,
+    stop_driver,
+    table,
+    timed,
+    timed_in_threads,
+    write,
+)
 
 NAME = "lan"
 DELAY = "250us"
 SERVER_ADDR, CLIENT_ADDR = "10.231.0.1", "10.231.0.2"
 OPS = {1: 200, 16: 400}
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _in_guest() -> bool:
-    return os.path.exists("/run/e2e-guest")
 
 
 def _run(*argv: str) -> None:
@@ -136,39 +142,17 @@ class Lan:
             return (time.perf_counter() - t0) * 1000
 
 
-async def _timed(n: int, c: int, op: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
-    sem = asyncio.Semaphore(c)
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(i: int) -> None:
-        nonlocal errors
-        async with sem:
-            t0 = time.perf_counter()
-            try:
-                await op(i)
-            except Exception:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - t0)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n)))
-    return summary(latencies, time.perf_counter() - start, errors)
-
-
 async def _driver_rows(
     endpoint: str, params: dict[str, str], secrets_: dict[str, str], flags: list[str], tag: str
 ) -> list[dict[str, Any]]:
     from driver.csi import csi_pb2
     from tests.bench.lean_client import LeanChannel
-    from tests.bench.scale import _create_request
 
     rows = []
     async with LeanChannel(endpoint) as channel:
 
         async def create(name: str, row: str) -> None:
-            request = _create_request(name, params | {"subDir": f"{row}/{name}"}, secrets_, flags)
+            request = create_request(name, params | {"subDir": f"{row}/{name}"}, secrets_, flags)
             await channel.unary(
                 "/csi.v1.Controller/CreateVolume", request, csi_pb2.CreateVolumeResponse
             )
@@ -181,7 +165,7 @@ async def _driver_rows(
                     "protocol": tag,
                     "client": "driver CreateVolume",
                     "concurrency": c,
-                    **await _timed(n, c, lambda i, row=row: create(f"{row}-{i:04d}", row)),
+                    **await timed(n, c, lambda i, row=row: create(f"{row}-{i:04d}", row)),
                 }
             )
     return rows
@@ -190,7 +174,6 @@ async def _driver_rows(
 def _smb_rows(lan: Lan, tmp: Path) -> list[dict[str, Any]]:
     import smbclient
 
-    from tests.bench.provision import _driver, _stop
     from tests.servers.samba import SambaServer, Share
 
     user, password = "csibench", secrets.token_urlsafe(16)
@@ -217,13 +200,13 @@ def _smb_rows(lan: Lan, tmp: Path) -> list[dict[str, Any]]:
                         "protocol": "smb",
                         "client": "raw smbclient.mkdir",
                         "concurrency": c,
-                        **_threaded(
+                        **timed_in_threads(
                             n, c, lambda i, c=c: smbclient.mkdir(rf"{root}\raw-c{c}\{i:04d}", **kw)
                         ),
                     }
                 )
             smbclient.reset_connection_cache(connection_cache=cache)
-        proc, endpoint = _driver(tmp, ["nsenter", f"--net={lan.client_ns}"])
+        proc, endpoint = start_driver(tmp, prefix=["nsenter", f"--net={lan.client_ns}"])
         try:
             rows += asyncio.run(
                 _driver_rows(
@@ -235,23 +218,11 @@ def _smb_rows(lan: Lan, tmp: Path) -> list[dict[str, Any]]:
                 )
             )
         finally:
-            _stop(proc)
+            stop_driver(proc)
     finally:
         samba.stop()
         samba.cleanup()
     return rows
-
-
-def _threaded(n: int, c: int, op: Callable[[int], Any]) -> dict[str, float]:
-    """``op`` from min(c, 8) threads started in this thread (so in its namespace)."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    async def go() -> dict[str, float]:
-        loop = asyncio.get_running_loop()
-        with ThreadPoolExecutor(min(c, 8)) as pool:
-            return await _timed(n, c, lambda i: loop.run_in_executor(pool, op, i))
-
-    return asyncio.run(go())
 
 
 @contextlib.contextmanager
@@ -264,7 +235,6 @@ def lan_server(lan: Lan) -> Iterator[None]:
 
 def _nfs_rows(tmp: Path) -> list[dict[str, Any]]:
     from controller.nfs.backend import NfsBackend
-    from tests.bench.provision import _driver, _stop
     from tests.servers.ganesha import GaneshaServer
 
     rows: list[dict[str, Any]] = []
@@ -285,7 +255,7 @@ def _nfs_rows(tmp: Path) -> list[dict[str, Any]]:
                                 "protocol": "nfs4",
                                 "client": "raw libnfs mkdir",
                                 "concurrency": c,
-                                **await _timed(
+                                **await timed(
                                     n, c, lambda i, c=c: backend.mkdir(f"raw-c{c}/{i:04d}")
                                 ),
                             }
@@ -296,7 +266,7 @@ def _nfs_rows(tmp: Path) -> list[dict[str, Any]]:
 
             with lan.client():
                 rows += asyncio.run(raw())
-            proc, endpoint = _driver(tmp, ["nsenter", f"--net={lan.client_ns}"])
+            proc, endpoint = start_driver(tmp, prefix=["nsenter", f"--net={lan.client_ns}"])
             try:
                 rows += asyncio.run(
                     _driver_rows(
@@ -308,7 +278,7 @@ def _nfs_rows(tmp: Path) -> list[dict[str, Any]]:
                     )
                 )
             finally:
-                _stop(proc)
+                stop_driver(proc)
     return rows
 
 
@@ -327,13 +297,7 @@ def _measure() -> dict[str, Any]:
     for proto in ("smb", "nfs4"):
 
         def row(client: str, c: int, proto: str = proto) -> dict[str, Any]:
-            return next(
-                r
-                for r in rows
-                if r["protocol"] == proto
-                and r["client"].startswith(client)
-                and r["concurrency"] == c
-            )
+            return find_row(rows, client, c, protocol=proto)
 
         ratios[proto] = {
             "create_c1_median_over_raw": row("driver", 1)["median_ms"] / row("raw", 1)["median_ms"],
@@ -360,43 +324,12 @@ def _measure() -> dict[str, Any]:
     return results
 
 
-def _via_guest() -> dict[str, Any]:
-    from tests.e2e.uml.guest import GuestSetupError, run_in_guest
-
-    if os.geteuid() != 0:
-        print("\nLAN benchmark: skipped (the UML guest needs root)")
-        return {}
-    with tempfile.TemporaryDirectory(prefix="bench-lan-") as tmp:
-        workdir = Path(tmp)
-        try:
-            res = run_in_guest(
-                [".venv/bin/python", "-m", "tests.bench.lan"],
-                workdir=workdir,
-                env={"BENCH_RESULTS": str(workdir)},
-                timeout=1200,
-            )
-        except GuestSetupError as exc:
-            print(f"\nLAN benchmark: no guest ({exc})")
-            return {}
-        produced = workdir / f"{NAME}.json"
-        if res.returncode != 0 or not produced.exists():
-            print(f"\nLAN benchmark failed in the guest (exit {res.returncode}):")
-            print("\n".join(res.output.splitlines()[-40:]))
-            return {}
-        out = res.output.splitlines()
-        first = next(i for i, line in enumerate(out) if line.startswith("CreateVolume over"))
-        print()
-        print("\n".join(out[first : first + 2 + 8 + 2]))
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(produced, RESULTS / produced.name)
-        data: dict[str, Any] = json.loads(produced.read_text())
-        return data
-
-
 def main() -> dict[str, Any]:
-    if _in_guest():
+    if in_guest():
         return _measure()
-    return _via_guest()
+    return bench_in_guest(
+        NAME, "LAN benchmark", table_from="CreateVolume over", table_lines=2 + 8 + 2, timeout=1200
+    )
 
 
 if __name__ == "__main__":

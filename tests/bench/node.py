@@ -19,7 +19,6 @@ Reported: medians (and p90) in ms and the driver/floor ratio.
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import shutil
 import statistics
@@ -29,15 +28,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.bench.common import RESULTS, percentile, table, write
+from tests.bench.common import bench_in_guest, in_guest, percentile, table, write
 
 RUNS = 20
 NAME = "node"
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _in_guest() -> bool:
-    return os.path.exists("/run/e2e-guest")
 
 
 def _ms(values: list[float]) -> dict[str, float]:
@@ -219,46 +214,17 @@ async def _measure() -> dict[str, Any]:
     return results
 
 
-def _via_guest() -> dict[str, Any]:
-    from tests.e2e.uml.guest import GuestSetupError, run_in_guest
-
-    if os.geteuid() != 0:
-        print("\nnode benchmark: skipped (the UML guest needs root)")
-        return {}
-    with tempfile.TemporaryDirectory(prefix="bench-node-") as tmp:
-        workdir = Path(tmp)
-        try:
-            res = run_in_guest(
-                [".venv/bin/python", "-m", "tests.bench.node"],
-                workdir=workdir,
-                samba=True,
-                nfs=True,
-                env={"BENCH_RESULTS": str(workdir)},
-                timeout=900,
-            )
-        except GuestSetupError as exc:
-            print(f"\nnode benchmark: no guest ({exc})")
-            return {}
-        produced = workdir / f"{NAME}.json"
-        if res.returncode != 0 or not produced.exists():
-            print(f"\nnode benchmark failed in the guest (exit {res.returncode}):")
-            print("\n".join(res.output.splitlines()[-40:]))
-            return {}
-        # The guest's console: print just the table (header line and rows).
-        out = res.output.splitlines()
-        first = next(i for i, line in enumerate(out) if line.startswith("node stage+publish"))
-        print()
-        print("\n".join(out[first : first + 2 + 3]))
-        RESULTS.mkdir(parents=True, exist_ok=True)
-        shutil.copy(produced, RESULTS / produced.name)
-        data: dict[str, Any] = json.loads(produced.read_text())
-        return data
-
-
 def main() -> dict[str, Any]:
-    if _in_guest():
+    if in_guest():
         return asyncio.run(_measure())
-    return _via_guest()
+    return bench_in_guest(
+        NAME,
+        "node benchmark",
+        table_from="node stage+publish",
+        table_lines=2 + 3,
+        timeout=900,
+        servers=True,
+    )
 
 
 if __name__ == "__main__":

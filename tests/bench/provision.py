@@ -25,79 +25,28 @@ import asyncio
 import contextlib
 import os
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import grpc
 
 from driver.csi import csi_pb2, csi_pb2_grpc
-from tests.bench.common import summary, table, write
+from tests.bench.common import (
+    create_request,
+    find_row,
+    start_driver,
+    stop_driver,
+    table,
+    timed,
+    timed_in_threads,
+    write,
+)
 from tests.bench.lean_client import LeanChannel
-from tests.harness import wait_for_socket
 
 VOLUMES = 500
 CONCURRENCY = (1, 16, 64)
-AM = csi_pb2.VolumeCapability.AccessMode
-
-
-async def _timed(n: int, concurrency: int, op: Callable[[int], Awaitable[Any]]) -> dict[str, float]:
-    sem = asyncio.Semaphore(concurrency)
-    latencies: list[float] = []
-    errors = 0
-
-    async def one(i: int) -> None:
-        nonlocal errors
-        async with sem:
-            t0 = time.perf_counter()
-            try:
-                await op(i)
-            except Exception:
-                errors += 1
-                return
-            latencies.append(time.perf_counter() - t0)
-
-    start = time.perf_counter()
-    await asyncio.gather(*(one(i) for i in range(n)))
-    return summary(latencies, time.perf_counter() - start, errors)
-
-
-def _driver(tmp: Path, prefix: list[str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    sock = tmp / "bench.sock"
-    proc = subprocess.Popen(
-        [
-            *(prefix or []),
-            sys.executable,
-            "-m",
-            "driver",
-            "serve",
-            "--mode",
-            "controller",
-            "--endpoint",
-            f"unix://{sock}",
-            "-v",
-            os.environ.get("BENCH_DRIVER_VERBOSITY", "2"),  # the operator's default
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_socket(sock, proc)
-    return proc, f"unix://{sock}"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 class _Calls:
@@ -157,17 +106,11 @@ async def _through_driver(
     *,
     row_dirs: bool = False,
 ) -> list[dict[str, Any]]:
-    cap = csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=flags),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
 
     def request(name: str, row: str = "") -> csi_pb2.CreateVolumeRequest:
         # row_dirs: each row's volumes go into a new directory (subDir row/name).
         extra = {"subDir": f"{row}/{name}"} if row_dirs and row else {}
-        return csi_pb2.CreateVolumeRequest(
-            name=name, volume_capabilities=[cap], parameters=params | extra, secrets=secrets_
-        )
+        return create_request(name, params | extra, secrets_, flags)
 
     rows = []
     for client, connect in CLIENTS.items():
@@ -184,7 +127,7 @@ async def _through_driver(
                     {
                         "client": f"Probe (gRPC floor, {client} client)",
                         "concurrency": c,
-                        **await _timed(VOLUMES, c, probe),
+                        **await timed(VOLUMES, c, probe),
                     }
                 )
             for c in CONCURRENCY:
@@ -203,7 +146,7 @@ async def _through_driver(
                     {
                         "client": f"CreateVolume (gRPC, {client} client)",
                         "concurrency": c,
-                        **await _timed(VOLUMES, c, create),
+                        **await timed(VOLUMES, c, create),
                     }
                 )
                 await asyncio.gather(
@@ -228,26 +171,18 @@ def _raw_smb(host: str, port: int, share: str, user: str, password: str) -> list
     smbclient.mkdir(rf"{root}\raw-warm", **kw)
     rows = []
     for c in CONCURRENCY:
-        with ThreadPoolExecutor(min(c, 8)) as pool:
-            loop = asyncio.new_event_loop()
-            try:
-                smbclient.mkdir(rf"{root}\raw-c{c}", **kw)
+        smbclient.mkdir(rf"{root}\raw-c{c}", **kw)
 
-                async def op(i: int, c: int = c, pool: ThreadPoolExecutor = pool) -> None:
-                    path = rf"{root}\raw-c{c}\{i:04d}"
-                    await asyncio.get_running_loop().run_in_executor(
-                        pool, lambda: smbclient.mkdir(path, **kw)
-                    )
+        def op(i: int, c: int = c) -> None:
+            smbclient.mkdir(rf"{root}\raw-c{c}\{i:04d}", **kw)
 
-                rows.append(
-                    {
-                        "client": "raw smbclient.mkdir",
-                        "concurrency": c,
-                        **loop.run_until_complete(_timed(VOLUMES, c, op)),
-                    }
-                )
-            finally:
-                loop.close()
+        rows.append(
+            {
+                "client": "raw smbclient.mkdir",
+                "concurrency": c,
+                **timed_in_threads(VOLUMES, c, op),
+            }
+        )
     smbclient.reset_connection_cache(connection_cache=cache)
     return rows
 
@@ -260,7 +195,7 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
         Path(tempfile.mkdtemp(prefix="bench-samba-")), 0, {user: password}, [Share("csi")]
     ) as samba:
         rows = _raw_smb(samba.host, samba.port, "csi", user, password)
-        proc, endpoint = _driver(tmp)
+        proc, endpoint = start_driver(tmp)
         try:
             rows += asyncio.run(
                 _through_driver(
@@ -273,7 +208,7 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
                 )
             )
         finally:
-            _stop(proc)
+            stop_driver(proc)
     return _report("smb", rows)
 
 
@@ -313,7 +248,7 @@ def bench_nfs(tmp: Path, version: str) -> dict[str, Any]:
                         {
                             "client": "raw libnfs mkdir",
                             "concurrency": c,
-                            **await _timed(VOLUMES, c, op),
+                            **await timed(VOLUMES, c, op),
                         }
                     )
             finally:
@@ -323,7 +258,7 @@ def bench_nfs(tmp: Path, version: str) -> dict[str, Any]:
         with server.client_netns():
             rows = asyncio.run(raw())
         prefix = ["nsenter", f"--net={server.netns_path}"] if server.netns_path else None
-        proc, endpoint = _driver(tmp, prefix)
+        proc, endpoint = start_driver(tmp, prefix=prefix or ())
         try:
             rows += asyncio.run(
                 _through_driver(
@@ -331,13 +266,13 @@ def bench_nfs(tmp: Path, version: str) -> dict[str, Any]:
                 )
             )
         finally:
-            _stop(proc)
+            stop_driver(proc)
     return _report(f"nfs-v{version}", rows)
 
 
 def _report(name: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
     def row(prefix: str, c: int) -> dict[str, Any]:
-        return next(r for r in rows if r["client"].startswith(prefix) and r["concurrency"] == c)
+        return find_row(rows, prefix, c)
 
     raw1, raw64 = row("raw", 1), row("raw", 64)
     ratios: dict[str, Any] = {"errors_total": sum(r["errors"] for r in rows)}

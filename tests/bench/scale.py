@@ -56,9 +56,8 @@ import grpc
 import psutil
 
 from driver.csi import csi_pb2
-from tests.bench.common import table, write
+from tests.bench.common import create_request, start_driver, stop_driver, table, write
 from tests.bench.lean_client import LeanChannel, LeanRpcError
-from tests.bench.provision import _driver, _stop
 
 VOLUMES = 10_000
 CONCURRENCY = 64
@@ -77,7 +76,6 @@ BACKOFF_MAX = 300.0
 MAX_ATTEMPTS = 8
 #: Seconds the purge of the large tree is watched for its rate.
 PURGE_WINDOW = 120.0
-AM = csi_pb2.VolumeCapability.AccessMode
 
 
 @dataclass
@@ -262,18 +260,6 @@ class RssSampler:
 # -- through the driver -----------------------------------------------------------
 
 
-def _create_request(
-    name: str, params: dict[str, str], secrets_: dict[str, str], flags: list[str]
-) -> csi_pb2.CreateVolumeRequest:
-    cap = csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=flags),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
-    return csi_pb2.CreateVolumeRequest(
-        name=name, volume_capabilities=[cap], parameters=params, secrets=secrets_
-    )
-
-
 async def driver_rows(
     endpoint: str,
     pid: int,
@@ -297,7 +283,7 @@ async def driver_rows(
         async def create(i: int) -> None:
             response = await channel.unary(
                 "/csi.v1.Controller/CreateVolume",
-                _create_request(f"pvc-{tag}-{i:05d}", params, secrets_, flags),
+                create_request(f"pvc-{tag}-{i:05d}", params, secrets_, flags),
                 csi_pb2.CreateVolumeResponse,
             )
             ids[i] = response.volume.volume_id
@@ -310,7 +296,7 @@ async def driver_rows(
             )
 
         # Session set-up is not measured (its volume lies beside the burst's).
-        warm = _create_request(f"warm-{tag}", params | {"subDir": f"warm-{tag}"}, secrets_, flags)
+        warm = create_request(f"warm-{tag}", params | {"subDir": f"warm-{tag}"}, secrets_, flags)
         await channel.unary("/csi.v1.Controller/CreateVolume", warm, csi_pb2.CreateVolumeResponse)
         # The gRPC floor: an empty Probe, as many and as concurrent as the creates.
         probes = await run_burst(
@@ -398,7 +384,7 @@ def bench_smb(n: int, tmp: Path, *, case_sensitive: bool, tree_files: int) -> di
     name = "smb-case-sensitive" if case_sensitive else "smb"
     with _samba(case_sensitive) as (samba, user, password):
         raw = _smb_raw(samba.host, samba.port, user, password, n, samba.pid)
-        proc, endpoint = _driver(tmp)
+        proc, endpoint = start_driver(tmp)
         try:
             params = {"source": f"//{samba.host}:{samba.port}/csi/vols"}
             secrets_ = {"username": user, "password": password}
@@ -413,7 +399,7 @@ def bench_smb(n: int, tmp: Path, *, case_sensitive: bool, tree_files: int) -> di
                     )
                 )
         finally:
-            _stop(proc)
+            stop_driver(proc)
     return report(name, n, raw, drv, tree)
 
 
@@ -450,7 +436,7 @@ def bench_nfs(n: int, tmp: Path, *, tree_files: int) -> dict[str, Any]:
             return {"create": creates.summary(), "delete": deletes.summary()}
 
         raw = asyncio.run(raw_bursts())
-        proc, endpoint = _driver(tmp)
+        proc, endpoint = start_driver(tmp)
         try:
             params = {"source": f"nfs://{server.host}:{server.port}{server.pseudo_path}/vols"}
             drv = asyncio.run(
@@ -464,7 +450,7 @@ def bench_nfs(n: int, tmp: Path, *, tree_files: int) -> dict[str, Any]:
                     )
                 )
         finally:
-            _stop(proc)
+            stop_driver(proc)
     return report("nfs-v4", n, raw, drv, tree)
 
 
@@ -502,7 +488,7 @@ async def tree_delete(
 ) -> dict[str, Any]:
     """DeleteVolume of a volume holding ``files`` files; then the purge's pace."""
     async with LeanChannel(endpoint) as channel:
-        request = _create_request("pvc-big-tree", params, secrets_, flags)
+        request = create_request("pvc-big-tree", params, secrets_, flags)
         created = await channel.unary(
             "/csi.v1.Controller/CreateVolume", request, csi_pb2.CreateVolumeResponse
         )

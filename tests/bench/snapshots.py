@@ -24,9 +24,6 @@ import asyncio
 import os
 import pwd
 import secrets
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -37,8 +34,7 @@ from typing import Any
 import grpc
 
 from driver.csi import csi_pb2, csi_pb2_grpc
-from tests.bench.common import table, write
-from tests.harness import wait_for_socket
+from tests.bench.common import start_driver, stop_driver, table, write
 
 FILES = 1000
 FILE_SIZE = 100_000
@@ -61,39 +57,6 @@ def make_tree(root: Path, owner: tuple[int, int] | None = None) -> int:
         for p in [root, *root.rglob("*")]:
             os.chown(p, *owner)
     return total
-
-
-def _driver(tmp: Path) -> tuple[subprocess.Popen[bytes], str]:
-    sock = tmp / "snap-bench.sock"
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "driver",
-            "serve",
-            "--mode",
-            "controller",
-            "--endpoint",
-            f"unix://{sock}",
-            "--backend-timeout",
-            "60",
-            "-v",
-            "0",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    wait_for_socket(sock, proc)
-    return proc, f"unix://{sock}"
-
-
-def _stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
 
 
 def _row(what: str, seconds: float, total: int) -> dict[str, Any]:
@@ -214,7 +177,9 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
         _raw_smb_copy(samba.host, samba.port, user, password, r"vols\tree", r"vols\raw-copy")
         rows = [_row("raw smbclient copyfile (server side)", time.perf_counter() - started, total)]
-        proc, endpoint = _driver(tmp)
+        proc, endpoint = start_driver(
+            tmp, "--backend-timeout", "60", sock="snap-bench.sock", verbosity="0"
+        )
         try:
             more, archive = asyncio.run(
                 _through_driver(
@@ -226,7 +191,7 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
                 )
             )
         finally:
-            _stop(proc)
+            stop_driver(proc, timeout=60)
     return _report("smb", rows + more, total, archive)
 
 
@@ -262,7 +227,9 @@ def bench_nfs4(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
         asyncio.run(raw())
         rows = [_row("raw libnfs read+write loop", time.perf_counter() - started, total)]
-        proc, endpoint = _driver(tmp)
+        proc, endpoint = start_driver(
+            tmp, "--backend-timeout", "60", sock="snap-bench.sock", verbosity="0"
+        )
         try:
             more, archive = asyncio.run(
                 _through_driver(
@@ -274,7 +241,7 @@ def bench_nfs4(tmp: Path) -> dict[str, Any]:
                 )
             )
         finally:
-            _stop(proc)
+            stop_driver(proc, timeout=60)
     return _report("nfs-v4", rows + more, total, archive)
 
 
