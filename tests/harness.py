@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2, csi_pb2_grpc
@@ -162,3 +164,19 @@ async def wait_until(predicate: Any, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"condition not met within {timeout:g} s: {predicate!r}")
         await asyncio.sleep(0.01)
+
+
+async def expect_code(call: Any, *codes: grpc.StatusCode) -> str:
+    """Await an RPC that must fail with one of ``codes``; its details."""
+    with pytest.raises(grpc.aio.AioRpcError) as err:
+        await call
+    assert err.value.code() in codes, err.value.details()
+    return err.value.details() or ""
+
+
+async def scrape_metrics(port: int | None) -> str:
+    """The driver's Prometheus page, as a scraper reads it."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    return await asyncio.to_thread(
+        lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+    )

@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from driver.csi import csi_pb2
+from tests.csi_requests import cap
 from tests.faults.test_fuzz_rpc import ALLOWED, SECRET, SETTINGS, Server, nasty_text
 
 pytestmark = pytest.mark.faults
@@ -26,12 +27,7 @@ pytestmark = pytest.mark.faults
 COUNTS: Counter[str] = Counter()
 CODES: Counter[str] = Counter()
 SMB_SECRETS = {"username": "u", "password": SECRET}
-CAP = csi_pb2.VolumeCapability(
-    mount=csi_pb2.VolumeCapability.MountVolume(),
-    access_mode=csi_pb2.VolumeCapability.AccessMode(
-        mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER
-    ),
-)
+CAP = cap()
 VOLUMES = {
     "smb": ("//srv/share/base", "v1#smb#srv#share#base/src#delete"),
     "nfs": ("srv:/export", "v1#nfs#srv#/export#src#delete"),

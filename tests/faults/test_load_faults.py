@@ -27,6 +27,7 @@ import pytest
 
 from driver.csi import csi_pb2, csi_pb2_grpc
 from tests.bench.common import write
+from tests.csi_requests import cap
 from tests.faults.conftest import SMB_USER, Driver
 from tests.harness import wait_until
 from tests.servers.ganesha import GaneshaServer
@@ -43,12 +44,7 @@ PER_PROTOCOL = 500
 # The retrying client's own deadline: how long a recovery may take at most.
 RECOVERY_BOUND = 180.0
 CONCURRENCY = 32
-CAP = csi_pb2.VolumeCapability(
-    mount=csi_pb2.VolumeCapability.MountVolume(),
-    access_mode=csi_pb2.VolumeCapability.AccessMode(
-        mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER
-    ),
-)
+CAP = cap()
 
 
 @dataclass

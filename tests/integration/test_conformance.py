@@ -34,6 +34,7 @@ from driver.csi import csi_pb2
 from driver.errors import DriverError
 from driver.failures import Failure
 from driver.source import Source, parse_source
+from tests.csi_requests import cap
 from tests.fakes.share import FakeBackends
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.host import free_port
@@ -42,7 +43,6 @@ from tests.servers.samba import SambaServer
 
 pytestmark = pytest.mark.integration
 
-AM = csi_pb2.VolumeCapability.AccessMode
 CTX: Any = None
 KINDS = ("smb", "nfs-v4", "nfs-v3", "fake")
 
@@ -93,10 +93,7 @@ class Kind:
         return ControllerService(self.factory)
 
     def cap(self) -> csi_pb2.VolumeCapability:
-        return csi_pb2.VolumeCapability(
-            mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(self.flags)),
-            access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-        )
+        return cap(*self.flags)
 
     def create(
         self, name: str, *, root: str | None = None, secrets: dict[str, str] | None = None, **p: str

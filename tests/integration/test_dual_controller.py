@@ -14,7 +14,6 @@ import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -26,7 +25,7 @@ from driver.csi import csi_pb2
 from driver.server import DriverServer
 from driver.volume_id import parse_volume_id
 from tests.csi_requests import cap
-from tests.harness import Client, running_driver, wait_until
+from tests.harness import Client, expect_code, running_driver, wait_until
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.samba import SambaServer, Share
 
@@ -103,13 +102,6 @@ async def driver(tmp_path: Path) -> AsyncIterator[tuple[DriverServer, Client]]:
     cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=10)
     async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as pair:
         yield pair
-
-
-async def expect_code(call: Any, code: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, err.value.details()
-    return err.value.details() or ""
 
 
 @pytest.mark.parametrize("via", ["nfs", "smb"])

@@ -9,7 +9,6 @@ import stat
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -19,7 +18,7 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from tests.csi_requests import cap
-from tests.harness import Client, running_driver
+from tests.harness import Client, expect_code, running_driver
 from tests.servers.ganesha import GaneshaServer
 
 pytestmark = pytest.mark.integration
@@ -67,13 +66,6 @@ async def driver(tmp_path: Path, nfs: Nfs) -> AsyncIterator[tuple[DriverServer, 
     cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=5)
     async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as pair:
         yield pair
-
-
-async def expect_code(call: Any, code: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, err.value.details()
-    return err.value.details() or ""
 
 
 async def test_create_delete_with_mode(driver: tuple[DriverServer, Client], nfs: Nfs) -> None:

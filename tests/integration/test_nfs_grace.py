@@ -24,6 +24,7 @@ from controller.nfs.backend import NfsBackend
 from controller.service import build
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
+from tests.csi_requests import cap
 from tests.harness import running_driver
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.plugin import require_root
@@ -31,7 +32,6 @@ from tests.servers.plugin import require_root
 pytestmark = pytest.mark.integration
 
 GRACE = 12  # seconds of grace after each restart
-AM = csi_pb2.VolumeCapability.AccessMode
 
 
 @pytest.fixture(params=["4", "3"], ids=["v4", "v3"])
@@ -53,12 +53,8 @@ def _create(server: GaneshaServer, name: str) -> csi_pb2.CreateVolumeRequest:
         source, flag = f"{server.host}:{server.export}/k8s", "nfsvers=3"
     else:
         source, flag = f"nfs://{server.host}:{server.port}{server.pseudo_path}/k8s", "nfsvers=4"
-    cap = csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=[flag]),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
     return csi_pb2.CreateVolumeRequest(
-        name=name, volume_capabilities=[cap], parameters={"source": source}
+        name=name, volume_capabilities=[cap(flag)], parameters={"source": source}
     )
 
 

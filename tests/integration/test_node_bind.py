@@ -24,14 +24,13 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from node.linux import LinuxPlatform, mountinfo
 from node.service import NodePlugin
+from tests.csi_requests import cap
 from tests.harness import Client, driver_process, run_ctl, running_driver
 
 pytestmark = [pytest.mark.integration, pytest.mark.root]
 
 AM = csi_pb2.VolumeCapability.AccessMode
-CAP = csi_pb2.VolumeCapability(
-    mount=csi_pb2.VolumeCapability.MountVolume(), access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER)
-)
+CAP = cap()
 VOL = "vol-bind"
 # A kubelet path with characters mountinfo escapes (space, tab, backslash).
 ODD = "pod a\tb\\c"

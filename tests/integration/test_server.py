@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import signal
-import urllib.request
 from pathlib import Path
 
 import grpc
@@ -18,17 +17,20 @@ from driver.csi import csi_pb2
 from driver.server import serve
 from driver.version import package_version
 from node.service import NodePlugin
+from tests.csi_requests import cap
 from tests.fakes.share import FakeBackends
-from tests.harness import client_for, driver_process, run_ctl, running_driver, wait_until
+from tests.harness import (
+    client_for,
+    driver_process,
+    run_ctl,
+    running_driver,
+    scrape_metrics,
+    wait_until,
+)
 
 pytestmark = pytest.mark.integration
 
-MOUNT_CAP = csi_pb2.VolumeCapability(
-    mount=csi_pb2.VolumeCapability.MountVolume(),
-    access_mode=csi_pb2.VolumeCapability.AccessMode(
-        mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER
-    ),
-)
+MOUNT_CAP = cap()
 
 
 def _plugins(backends: FakeBackends, mode: str = "all") -> list[object]:
@@ -180,13 +182,7 @@ async def test_metrics_count_rpcs(tmp_path: Path) -> None:
         bad = _create("")
         with pytest.raises(grpc.aio.AioRpcError):
             await c.controller.CreateVolume(bad)
-        body = await asyncio.to_thread(
-            lambda: (
-                urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5)
-                .read()
-                .decode()
-            )
-        )
+        body = await scrape_metrics(srv.metrics_port)
     assert 'csi_smb_nfs_operations_total{code="OK",method="Probe",protocol="none"} 1.0' in body
     assert (
         'csi_smb_nfs_operations_total{code="OK",method="CreateVolume",protocol="smb"} 1.0' in body

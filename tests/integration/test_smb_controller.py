@@ -6,10 +6,8 @@ import asyncio
 import io
 import json
 import os
-import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 import grpc
 import psutil
@@ -20,16 +18,14 @@ from driver import log as driver_log
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
-from tests.harness import Client, running_driver, wait_until
+from tests.csi_requests import cap
+from tests.harness import Client, expect_code, running_driver, scrape_metrics, wait_until
 from tests.servers.plugin import SMB_READER, SMB_WRITER, SMB_WRITER2
 from tests.servers.samba import SambaServer
 
 pytestmark = pytest.mark.integration
 
-AM = csi_pb2.VolumeCapability.AccessMode
-CAP = csi_pb2.VolumeCapability(
-    mount=csi_pb2.VolumeCapability.MountVolume(), access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER)
-)
+CAP = cap()
 
 
 @pytest.fixture
@@ -54,13 +50,6 @@ def create(
         parameters={"source": f"//{samba.host}:{samba.port}/{share}/k8s", **params},
         secrets=secrets_for(samba, user),
     )
-
-
-async def expect_code(call: Any, code: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    assert err.value.code() == code, err.value.details()
-    return err.value.details() or ""
 
 
 async def test_create_delete_roundtrip(
@@ -404,13 +393,7 @@ async def test_no_secret_in_metrics(
     wrong = create(samba, "pvc-m2")
     wrong.secrets["password"] = "Metrics-Leak-Check-pw"
     await expect_code(c.controller.CreateVolume(wrong), grpc.StatusCode.UNAUTHENTICATED)
-    body = await asyncio.to_thread(
-        lambda: (
-            urllib.request.urlopen(f"http://127.0.0.1:{srv.metrics_port}/metrics", timeout=5)
-            .read()
-            .decode()
-        )
-    )
+    body = await scrape_metrics(srv.metrics_port)
     assert 'method="CreateVolume",protocol="smb"' in body
     assert "Metrics-Leak-Check-pw" not in body
     assert samba.password(SMB_WRITER) not in body

@@ -35,7 +35,7 @@ from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.volume_id import parse_volume_id
 from tests.csi_requests import cap
-from tests.harness import ROOT, Client, running_driver, wait_until
+from tests.harness import ROOT, Client, expect_code, running_driver, wait_until
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.plugin import SMB_WRITER
 from tests.servers.samba import SambaServer
@@ -164,13 +164,6 @@ async def client(tmp_path: Path) -> AsyncIterator[Client]:
     cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=5)
     async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as (_, c):
         yield c
-
-
-async def expect_code(call: Any, *codes: grpc.StatusCode) -> str:
-    with pytest.raises(grpc.aio.AioRpcError) as err:
-        await call
-    assert err.value.code() in codes, err.value.details()
-    return err.value.details() or ""
 
 
 # -- trees on disk ------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""Fixtures shared by the unit tests of the Node service."""
+"""Fixtures shared by the unit tests: a node on the fakes (``world``), and a
+ControllerService over fake shares (``svc``, ``backends``) after which nothing
+escaped a share and no file is left open."""
 
 from __future__ import annotations
 
@@ -7,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from controller.service import ControllerService
 from tests.fakes.linux import World
+from tests.fakes.share import FakeBackends
 
 
 @pytest.fixture
@@ -22,3 +26,18 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
             task.cancel()
         for platform in w.platforms:  # their ticket keepers' tasks
             await platform.aclose()
+
+
+@pytest.fixture
+def backends() -> FakeBackends:
+    return FakeBackends()
+
+
+@pytest.fixture
+async def svc(backends: FakeBackends) -> AsyncIterator[ControllerService]:
+    service = ControllerService(backends)
+    yield service
+    await service.aclose()
+    assert backends.all_escapes == []
+    for share in backends.shares.values():
+        assert not share.open_handles, "a file was left open"

@@ -33,16 +33,6 @@ def create_req(name: str = "pvc-1", **params: str) -> csi_pb2.CreateVolumeReques
     )
 
 
-@pytest.fixture
-def backends() -> FakeBackends:
-    return FakeBackends()
-
-
-@pytest.fixture
-def svc(backends: FakeBackends) -> ControllerService:
-    return ControllerService(backends)
-
-
 async def test_create_makes_directory_and_context(
     svc: ControllerService, backends: FakeBackends
 ) -> None:

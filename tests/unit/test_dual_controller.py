@@ -7,7 +7,6 @@ the SMB root (what a multiprotocol server does).
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -44,19 +43,6 @@ def create_req(
         parameters={**DUAL, **params},
         secrets=secrets or {},
     )
-
-
-@pytest.fixture
-def backends() -> FakeBackends:
-    return FakeBackends()
-
-
-@pytest.fixture
-async def svc(backends: FakeBackends) -> AsyncIterator[ControllerService]:
-    service = ControllerService(backends)
-    yield service
-    await service.aclose()
-    assert backends.all_escapes == []
 
 
 async def test_create_via_nfs_by_default(svc: ControllerService, backends: FakeBackends) -> None:

@@ -16,6 +16,7 @@ from driver.csi import csi_pb2
 from driver.errors import FailedPrecondition, InvalidArgument
 from node.dual import LINUX_HELPERS, locate_dual
 from node.service import NodeService
+from tests.csi_requests import cap
 from tests.fakes.linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
 from tests.unit.windows.fake import PASSWORD as WIN_PASSWORD
 from tests.unit.windows.fake import (
@@ -27,7 +28,6 @@ from tests.unit.windows.fake import (
 )
 from tests.unit.windows.fake import make_platform as make_windows
 
-AM = csi_pb2.VolumeCapability.AccessMode
 CTX: Any = None
 DUAL_CONTEXT = {
     "smbSource": "//fileserver/share/base",
@@ -38,13 +38,6 @@ DUAL_CONTEXT = {
 V2_ID = "v2#nfs#nfs#fileserver#share#base#fileserver#/export/base#pvc-1#delete"
 SECRETS = {"username": "CORP\\alice", "password": PASSWORD}
 FLAGS = ("nfs:nfsvers=4.1", "smb:vers=3.1.1", "smb:dir_mode=0777")
-
-
-def cap(*flags: str) -> csi_pb2.VolumeCapability:
-    return csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(mount_flags=list(flags)),
-        access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER),
-    )
 
 
 class Helpers:

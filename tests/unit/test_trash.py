@@ -12,6 +12,7 @@ from controller.service import ControllerService
 from controller.trash import Trash, trash_dir_for
 from driver.csi import csi_pb2
 from driver.errors import InvalidArgument, PermissionDenied, Unavailable
+from tests.csi_requests import cap
 from tests.fakes.share import FakeShare
 
 TRASH = f"base/{TRASH_DIR}"
@@ -168,16 +169,10 @@ async def test_delete_volume_uses_the_trash() -> None:
     backends = FakeBackends()
     svc = ControllerService(backends)
     secrets = {"username": "u", "password": "p"}
-    cap = csi_pb2.VolumeCapability(
-        mount=csi_pb2.VolumeCapability.MountVolume(),
-        access_mode=csi_pb2.VolumeCapability.AccessMode(
-            mode=csi_pb2.VolumeCapability.AccessMode.MULTI_NODE_MULTI_WRITER
-        ),
-    )
     ctx: Any = None
     req = csi_pb2.CreateVolumeRequest(
         name="pvc-1",
-        volume_capabilities=[cap],
+        volume_capabilities=[cap()],
         parameters={"source": "//srv/share/base"},
         secrets=secrets,
     )

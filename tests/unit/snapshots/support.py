@@ -13,12 +13,10 @@ from controller.service import ControllerService
 from controller.share import FileInfo
 from driver.csi import csi_pb2
 from driver.source import Source
+from tests.csi_requests import cap
 from tests.fakes.share import FakeBackends, FakeShare
 
-AM = csi_pb2.VolumeCapability.AccessMode
-CAP = csi_pb2.VolumeCapability(
-    mount=csi_pb2.VolumeCapability.MountVolume(), access_mode=AM(mode=AM.MULTI_NODE_MULTI_WRITER)
-)
+CAP = cap()
 NFS = "nfs://srv/export"
 SHARE_KEY = "nfs://srv//export"
 SMB_SECRETS = {"username": "alice", "password": "pw-123"}
@@ -126,3 +124,13 @@ async def snapshot(svc: ControllerService, name: str, vid: str, **params: str) -
 
 
 ROOT = Source("nfs", "srv", None, "/export")
+
+
+async def filled_volume(
+    svc: ControllerService, backends: FakeBackends, name: str = "pvc-src"
+) -> tuple[str, FakeShare]:
+    """A volume holding the sample tree (:func:`fill`): its ID and its share."""
+    vid = await volume(svc, name)
+    share = share_of(backends)
+    fill(share, name)
+    return vid, share

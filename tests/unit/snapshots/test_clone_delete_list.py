@@ -22,6 +22,7 @@ from tests.unit.snapshots.support import (
     CTX,
     ROOT,
     fill,
+    filled_volume,
     from_volume,
     share_of,
     snapshot,
@@ -33,9 +34,7 @@ from tests.unit.snapshots.support import (
 
 
 async def test_clone_is_identical(svc: ControllerService, backends: FakeBackends) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     resp = await svc.CreateVolume(from_volume("pvc-clone", vid), CTX)
     assert resp.volume.content_source.volume.volume_id == vid
     assert tree(share, "pvc-clone") == tree(share, "pvc-src")
@@ -70,9 +69,7 @@ async def test_clone_rejects(
 async def test_clone_refuses_links_that_leave(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     share.links["pvc-src/abs"] = "/etc/passwd"
     with pytest.raises(FailedPrecondition, match="abs"):
         await svc.CreateVolume(from_volume("pvc-clone", vid), CTX)
@@ -84,9 +81,7 @@ async def test_clone_refuses_links_that_leave(
 
 
 async def test_delete_snapshot(svc: ControllerService, backends: FakeBackends) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     snap = await snapshot(svc, "snap-1", vid)
     req = csi_pb2.DeleteSnapshotRequest(snapshot_id=snap.snapshot_id)
     await svc.DeleteSnapshot(req, CTX)

@@ -26,6 +26,7 @@ from tests.unit.snapshots.support import (
     CTX,
     Deadline,
     fill,
+    filled_volume,
     from_snapshot,
     share_of,
     snap_req,
@@ -40,9 +41,7 @@ from tests.unit.snapshots.support import (
 async def test_snapshot_restore_is_identical(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     snap = await snapshot(svc, "snap-1", vid)
     assert snap.ready_to_use
     assert snap.source_volume_id == vid
@@ -133,9 +132,7 @@ async def test_snapshot_rejects_and_writes_nothing(
 async def test_snapshot_refuses_links_that_leave(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     share.links["pvc-src/a/evil"] = "../../pvc-other"
     with pytest.raises(FailedPrecondition, match="evil"):
         await snapshot(svc, "snap-x", vid)
@@ -145,9 +142,7 @@ async def test_snapshot_refuses_links_that_leave(
 async def test_failed_snapshot_leaves_no_archive_and_retry_works(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
 
     async def fail_later() -> None:
         while share.bytes_written == 0:
@@ -167,9 +162,7 @@ async def test_failed_snapshot_leaves_no_archive_and_retry_works(
 async def test_long_snapshot_is_not_ready_then_ready(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     share.hold_io = asyncio.Event()
     first = (await svc.CreateSnapshot(snap_req("slow", vid), Deadline())).snapshot
     assert not first.ready_to_use

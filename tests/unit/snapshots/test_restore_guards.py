@@ -28,7 +28,7 @@ from tests.unit.snapshots.support import (
     ROOT,
     Deadline,
     create_req,
-    fill,
+    filled_volume,
     from_snapshot,
     share_of,
     snapshot,
@@ -162,9 +162,7 @@ async def test_smb_share_refuses_symlinks_in_archive(
 async def test_failed_restore_is_cleaned_and_retried(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     snap = await snapshot(svc, "snap-1", vid)
     # A previous attempt's leftovers are cleaned before the restore.
     tmp = temp_dir_for("pvc-new")
@@ -191,9 +189,7 @@ async def test_failed_restore_is_cleaned_and_retried(
 async def test_long_restore_is_aborted_then_joined(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     snap = await snapshot(svc, "snap-1", vid)
     share.hold_io = asyncio.Event()
     with pytest.raises(Aborted, match="still running"):
@@ -210,9 +206,7 @@ async def test_long_restore_is_aborted_then_joined(
 async def test_restore_applies_mount_permissions(
     svc: ControllerService, backends: FakeBackends
 ) -> None:
-    vid = await volume(svc, "pvc-src")
-    share = share_of(backends)
-    fill(share, "pvc-src")
+    vid, share = await filled_volume(svc, backends)
     snap = await snapshot(svc, "snap-1", vid)
     await svc.CreateVolume(from_snapshot("pvc-new", snap.snapshot_id, mountPermissions="0771"), CTX)
     assert share.modes["pvc-new"] == 0o771
