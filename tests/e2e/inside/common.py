@@ -1,5 +1,7 @@
-"""What the in-guest test files share: the guest's servers and the requests
-for one volume (the ``tmp`` fixture is in this directory's conftest.py).
+"""What the in-guest test files share: the guest's servers' settings, the
+driver in-process, the requests for one volume and the checks on it (the
+``tmp`` fixture is in this directory's conftest.py; acting on the servers is
+in servers.py).
 
 Imported only inside the UML guest (the files importing it are never
 collected on the host).
@@ -7,16 +9,25 @@ collected on the host).
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from controller.service import build as build_controller
+from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
-from node.linux import mountinfo
+from driver.server import DriverServer
+from node.linux import PROBE_TIMEOUT, LinuxPlatform, mountinfo
+from node.service import NodePlugin
 from tests.csi_requests import cap
+from tests.harness import Client, running_driver
 from tests.secret_scan import register_secret
 
 if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):
@@ -87,3 +98,77 @@ class Volume:
 def mounts_under(path: Path) -> list[mountinfo.MountEntry]:
     prefix = str(path) + "/"
     return [e for e in mountinfo.read() if (e.mount_point + "/").startswith(prefix)]
+
+
+@asynccontextmanager
+async def in_process_driver(
+    tmp: Path,
+    *,
+    mount_timeout: float = 30.0,
+    probe_timeout: float | None = None,
+    metrics: bool = False,
+) -> AsyncIterator[tuple[DriverServer, Client]]:
+    """Controller and node in this process on ``tmp/csi.sock``, kubelet's
+    directory ``tmp/kubelet``; and a client.  ``probe_timeout``: the node's
+    health probe bound (default: the configuration's)."""
+    cfg = Config(
+        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
+        node_id="e2e",
+        mount_timeout=mount_timeout,
+        backend_timeout=10,
+        kubelet_dir=str(tmp / "kubelet"),
+    )
+    plugins = [
+        build_controller(cfg),
+        NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=probe_timeout)),
+    ]
+    async with running_driver(tmp / "csi.sock", plugins, metrics=metrics) as pair:
+        yield pair
+
+
+async def create_volume(
+    c: Client, tmp: Path, name: str, source: str, server_dir: Path, *flags: str
+) -> Volume:
+    """CreateVolume of ``name`` on ``source`` (SMB with the guest's user), checked
+    on the server's side (``server_dir``); the volume as the node sees it."""
+    secrets = {"username": SMB_USER, "password": SMB_PASSWORD} if source.startswith("//") else {}
+    resp = await c.controller.CreateVolume(
+        csi_pb2.CreateVolumeRequest(
+            name=name,
+            parameters={"source": source},
+            volume_capabilities=[cap(*flags)],
+            secrets=secrets,
+        )
+    )
+    vol = resp.volume
+    assert (server_dir / name).is_dir(), f"the controller did not create {server_dir / name}"
+    return Volume(
+        vol.volume_id,
+        dict(vol.volume_context),
+        flags,
+        secrets,
+        tmp / "kubelet" / STAGING / name / "globalmount",
+        server_dir / name,
+    )
+
+
+def write_through(target: Path, name: str, text: str) -> None:
+    """Write a file through a mount, all the way to the server (fsync)."""
+    with (target / name).open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+async def until_healthy(
+    node: Any, vol: Volume, timeout: float, *, path: Path | None = None, every: float = 0.5
+) -> float:
+    """Seconds until NodeGetVolumeStats of ``path`` (the staging path by
+    default) reports the volume healthy; -1 if not within ``timeout``."""
+    start = time.monotonic()
+    while time.monotonic() - start < timeout:
+        resp = await node.NodeGetVolumeStats(vol.stats(path), timeout=PROBE_TIMEOUT + 10)
+        if not resp.volume_condition.abnormal:
+            return time.monotonic() - start
+        await asyncio.sleep(every)
+    return -1.0

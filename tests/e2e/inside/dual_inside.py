@@ -26,12 +26,9 @@ from pathlib import Path
 import pytest
 
 from controller.params import TRASH_DIR
-from controller.service import build as build_controller
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.volume_id import parse_volume_id
-from node.linux import LinuxPlatform, mountinfo
-from node.service import NodePlugin
+from node.linux import mountinfo
 from tests.csi_requests import cap
 from tests.e2e.inside.common import (
     NFS_DIR,
@@ -41,9 +38,11 @@ from tests.e2e.inside.common import (
     SMB_USER,
     STAGING,
     Volume,
+    in_process_driver,
     mounts_under,
 )
-from tests.harness import Client, running_driver, wait_until
+from tests.e2e.inside.servers import nfs_exports
+from tests.harness import Client, wait_until
 
 pytestmark = pytest.mark.e2e
 
@@ -57,37 +56,23 @@ SECRETS = {"username": SMB_USER, "password": SMB_PASSWORD}
 def one_directory() -> Iterator[Path]:
     """Samba's share becomes the NFS export's directory (a bind mount), and
     NFS users map to the Samba account."""
-    exports = Path("/etc/exports")
-    original = exports.read_text()
     account = pwd.getpwnam(SMB_USER)
     squash = f"all_squash,anonuid={account.pw_uid},anongid={account.pw_gid}"
-    assert "no_root_squash" in original
-    exports.write_text(original.replace("no_root_squash", squash))
-    subprocess.run(["exportfs", "-ra"], check=True)
-    subprocess.run(["mount", "--bind", str(NFS_DIR), str(SMB_DIR)], check=True)
-    try:
-        tree = NFS_DIR / TREE
-        tree.mkdir(exist_ok=True)
-        tree.chmod(0o777)  # root over NFS and the SMB user both create here
-        assert (SMB_DIR / TREE).is_dir()
-        yield tree
-    finally:
-        subprocess.run(["umount", str(SMB_DIR)], check=False)
-        exports.write_text(original)
-        subprocess.run(["exportfs", "-ra"], check=False)
+    with nfs_exports("no_root_squash", squash):
+        subprocess.run(["mount", "--bind", str(NFS_DIR), str(SMB_DIR)], check=True)
+        try:
+            tree = NFS_DIR / TREE
+            tree.mkdir(exist_ok=True)
+            tree.chmod(0o777)  # root over NFS and the SMB user both create here
+            assert (SMB_DIR / TREE).is_dir()
+            yield tree
+        finally:
+            subprocess.run(["umount", str(SMB_DIR)], check=False)
 
 
 @asynccontextmanager
 async def driver(tmp: Path) -> AsyncIterator[Client]:
-    cfg = Config(
-        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
-        node_id="e2e",
-        mount_timeout=30,
-        backend_timeout=10,
-        kubelet_dir=str(tmp / "kubelet"),
-    )
-    plugins = [build_controller(cfg), NodePlugin(cfg, LinuxPlatform(cfg))]
-    async with running_driver(tmp / "csi.sock", plugins) as (_, client):
+    async with in_process_driver(tmp) as (_, client):
         yield client
 
 

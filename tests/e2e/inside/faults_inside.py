@@ -27,16 +27,13 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, suppress
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AbstractContextManager, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
-import grpc
 import pytest
 
 from driver.csi import csi_pb2
@@ -51,17 +48,18 @@ from tests.e2e.inside.common import (
     STAGING,
     Volume,
     mounts_under,
+    until_healthy,
+    write_through,
 )
-from tests.harness import ROOT, Client, client_for
-from tests.secret_scan import watch_log_file
+from tests.e2e.inside.driver_processes import DriverProc, Drivers
+from tests.e2e.inside.servers import nfs_unreachable, smb_frozen, smbd_pids
+from tests.harness import wait_until
 
 pytestmark = pytest.mark.e2e
 
 T = TypeVar("T")
 # By name: also type-checks with --platform win32 (where these do not exist).
-SIGKILL, SIGSTOP, SIGCONT, SIGTERM = (
-    signal.Signals[n] for n in ("SIGKILL", "SIGSTOP", "SIGCONT", "SIGTERM")
-)
+SIGKILL, SIGSTOP, SIGCONT = (signal.Signals[n] for n in ("SIGKILL", "SIGSTOP", "SIGCONT"))
 
 # Out of our environment at once: the driver processes we start must not
 # inherit it (the log scan then proves the driver never writes it).
@@ -74,7 +72,6 @@ SLACK = 2.5  # UML is slow: scheduling, process start-up
 STATS_BOUND = PROBE_TIMEOUT + SLACK
 BURST = 12  # concurrent stats calls per path while the server hangs
 THREAD_SLACK = 8  # allowed growth of the driver's threads while it hangs
-NFS_PORT = 2049
 FIGURES: dict[str, Any] = {}
 
 
@@ -130,175 +127,13 @@ def mounted(path: Path) -> int:
     return len(mountinfo.at(mountinfo.read(), str(path)))
 
 
-def write_through(target: Path, name: str, text: str) -> None:
-    with (target / name).open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-# ---------------------------------------------------------------- driver processes
-
-
-@dataclass
-class DriverProc:
-    name: str
-    proc: subprocess.Popen[bytes]
-    sock: Path
-    log: Path
-    started: float  # time.monotonic() at Popen
-    client: Client = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.client = client_for(f"unix://{self.sock}")
-
-    @property
-    def node(self) -> Any:
-        """The Node stub (typed Any: the generated stubs declare sync calls)."""
-        return self.client.node
-
-    def threads(self) -> int:
-        return len(os.listdir(f"/proc/{self.proc.pid}/task"))
-
-    def running(self) -> bool:
-        return self.proc.poll() is None
-
-
-class Drivers:
-    """Starts ``python -m driver serve --mode node`` processes; stops them all."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.sock = tmp / "csi" / "csi.sock"
-        self.kubelet = tmp / "kubelet"
-        self.all: list[DriverProc] = []
-
-    def start(self, name: str) -> DriverProc:
-        LOGS.mkdir(parents=True, exist_ok=True)
-        log_path = watch_log_file(LOGS / f"{name}.log")
-        argv = [
-            sys.executable, "-m", "driver", "serve", "--mode", "node",
-            "--endpoint", f"unix://{self.sock}", "--node-id", "e2e-faults",
-            "--mount-timeout", f"{MOUNT_TIMEOUT:g}", "--log-format", "json", "-v", "4",
-            "--kubelet-dir", str(self.kubelet),
-        ]  # fmt: skip
-        assert "SMB_PASSWORD" not in os.environ
-        with log_path.open("ab") as log_file:
-            started = time.monotonic()
-            proc = subprocess.Popen(
-                argv, stdout=log_file, stderr=subprocess.STDOUT, cwd=ROOT, env=dict(os.environ)
-            )
-        d = DriverProc(name, proc, self.sock, log_path, started)
-        self.all.append(d)
-        return d
-
-    async def ready(self, d: DriverProc, timeout: float = 30) -> float:
-        """Seconds from the start of ``d`` to its first successful Probe.
-        A fresh channel per attempt: no client reconnect backoff is measured."""
-        deadline = d.started + timeout
-        while True:
-            if not d.running():
-                raise AssertionError(f"driver {d.name} exited with {d.proc.returncode}")
-            c = client_for(f"unix://{d.sock}")
-            try:
-                identity: Any = c.identity
-                await identity.Probe(csi_pb2.ProbeRequest(), timeout=1)
-                return time.monotonic() - d.started
-            except grpc.aio.AioRpcError:
-                if time.monotonic() > deadline:
-                    raise
-            finally:
-                await c.channel.close()
-            await asyncio.sleep(0.02)
-
-    @staticmethod
-    def kill(d: DriverProc) -> None:
-        d.proc.send_signal(SIGKILL)
-        d.proc.wait(timeout=10)
-
-    async def aclose(self) -> None:
-        for d in self.all:
-            await d.client.channel.close()
-            if d.running():
-                d.proc.send_signal(SIGTERM)
-                try:
-                    d.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    d.proc.kill()
-                    d.proc.wait()
-
-
 @pytest.fixture
 async def drivers(tmp: Path) -> AsyncIterator[Drivers]:
-    d = Drivers(tmp)
+    d = Drivers(tmp, logs=LOGS, mount_timeout=MOUNT_TIMEOUT)
     try:
         yield d
     finally:
         await d.aclose()
-
-
-# ---------------------------------------------------------------- faults
-
-
-def smbd_pids(*, sessions_only: bool = False) -> list[int]:
-    """Every smbd process, or (``sessions_only``) the children that each
-    serve one client connection (the parent's helpers have their own names)."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            with open(f"/proc/{name}/cmdline", "rb") as f:
-                argv0 = f.read().split(b"\0", 1)[0]
-            with open(f"/proc/{name}/comm", "rb") as f:
-                comm = f.read().strip()
-            with open(f"/proc/{name}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        if not os.path.basename(argv0).startswith(b"smbd"):
-            continue
-        ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
-        if not sessions_only or (comm == b"smbd" and ppid != 1):
-            pids.append(int(name))
-    return pids
-
-
-@contextmanager
-def smb_frozen() -> Iterator[None]:
-    """SIGSTOP every smbd (the parent and its per-connection children):
-    connections stay open, nothing answers."""
-    stopped: set[int] = set()
-    try:
-        while new := set(smbd_pids()) - stopped:  # until no new child shows up
-            for pid in new:
-                os.kill(pid, SIGSTOP)
-            stopped |= new
-        assert stopped, "no smbd process to freeze"
-        yield
-    finally:
-        for pid in stopped:
-            with suppress(ProcessLookupError):
-                os.kill(pid, SIGCONT)
-
-
-def _tc(*args: str, check: bool = True) -> None:
-    subprocess.run(["tc", *args], check=check, capture_output=True)
-
-
-@contextmanager
-def nfs_unreachable() -> Iterator[None]:
-    """Drop every TCP segment to and from port 2049 on lo (the connection
-    stays "established"; requests and retransmissions vanish)."""
-    _tc("qdisc", "add", "dev", "lo", "clsact")
-    try:
-        for direction in ("dport", "sport"):
-            _tc(
-                "filter", "add", "dev", "lo", "egress", "protocol", "ip", "prio", "1",
-                "u32", "match", "ip", direction, str(NFS_PORT), "0xffff", "action", "drop",
-            )  # fmt: skip
-        yield
-    finally:
-        _tc("qdisc", "del", "dev", "lo", "clsact", check=False)
 
 
 # ---------------------------------------------------------------- helpers
@@ -313,16 +148,6 @@ async def timed(aw: Awaitable[T]) -> tuple[float, T]:
     start = time.monotonic()
     result = await aw
     return time.monotonic() - start, result
-
-
-async def until_healthy(c: Any, vol: Volume, path: Path, timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        resp = await c.NodeGetVolumeStats(vol.stats(path), timeout=STATS_BOUND + 5)
-        if not resp.volume_condition.abnormal:
-            return time.monotonic() - start
-        await asyncio.sleep(0.3)
-    return -1.0
 
 
 async def healthy(c: Any, vol: Volume, path: Path) -> Any:
@@ -381,7 +206,8 @@ async def hung_server(
                 for path in (vol.target, vol.staging)
                 for _ in range(BURST)
             ]
-            await asyncio.sleep(0.2)
+            # The calls have reached the hung mount: a probe thread is stuck in it.
+            await wait_until(lambda: d.threads() > baseline)
             unpublish = asyncio.create_task(
                 timed(c.NodeUnpublishVolume(vol.unpublish(vol.target), timeout=UNMOUNT_BOUND + 10))
             )
@@ -419,12 +245,12 @@ async def hung_server(
     assert hung_stats_pending, f"the healthy protocol's RPCs took {other_done:.1f} s"
 
     # The server is back.
-    healed = await until_healthy(c, vol, vol.staging, 30)
+    healed = await until_healthy(c, vol, 30, path=vol.staging, every=0.3)
     restaged = False
     if healed < 0:  # not by itself: a re-stage repairs it
         restaged = True
         await c.NodeStageVolume(vol.stage(), timeout=MOUNT_TIMEOUT + 5)
-        healed = await until_healthy(c, vol, vol.staging, 10)
+        healed = await until_healthy(c, vol, 10, path=vol.staging, every=0.3)
     assert healed >= 0, "still abnormal after the server came back (and a re-stage)"
     t_republish, _ = await timed(
         c.NodePublishVolume(vol.publish(vol.target), timeout=MOUNT_TIMEOUT + 5)

@@ -23,36 +23,33 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import Iterator
+from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
-from controller.service import build as build_controller
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
-from node.linux import LinuxPlatform, mountinfo
-from node.service import NodePlugin
+from node.linux import mountinfo
 from tests.e2e.inside.common import (
     NFS_DIR,
     SMB_DIR,
     SMB_PASSWORD,
     SMB_SHARE,
     SMB_USER,
-    STAGING,
-    Volume,
     cap,
+    create_volume,
+    in_process_driver,
     mounts_under,
 )
-from tests.harness import Client, running_driver
+from tests.e2e.inside.servers import nfs_unreachable, server_down
+from tests.harness import Client, wait_until
 
 pytestmark = pytest.mark.e2e
 
-UML = Path(__file__).resolve().parents[1] / "uml"
 PROBE_TIMEOUT = 2.0
 MOUNT_TIMEOUT = 30.0
 # How long the container may take to see the dead mount, and to read again
@@ -87,21 +84,10 @@ while True:
 """
 
 
-@asynccontextmanager
-async def driver(tmp: Path) -> AsyncIterator[tuple[DriverServer, Client]]:
-    cfg = Config(
-        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
-        node_id="e2e",
-        mount_timeout=MOUNT_TIMEOUT,
-        backend_timeout=10,
-        kubelet_dir=str(tmp / "kubelet"),
+def driver(tmp: Path) -> AbstractAsyncContextManager[tuple[DriverServer, Client]]:
+    return in_process_driver(
+        tmp, mount_timeout=MOUNT_TIMEOUT, probe_timeout=PROBE_TIMEOUT, metrics=True
     )
-    plugins = [
-        build_controller(cfg),
-        NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=PROBE_TIMEOUT)),
-    ]
-    async with running_driver(tmp / "csi.sock", plugins, metrics=True) as (server, client):
-        yield server, client
 
 
 @contextmanager
@@ -152,11 +138,6 @@ class Container:
         self.proc.wait(10)
 
 
-def server(script: str) -> None:
-    env = {**os.environ, "SMB_PASSWORD": SMB_PASSWORD}
-    subprocess.run(["bash", str(UML / script)], check=True, capture_output=True, env=env)
-
-
 def replace_with_copy(directory: Path) -> None:
     """The same files in a new directory (new inode, new file handles): an
     export re-created, a share restored from a copy."""
@@ -164,27 +145,6 @@ def replace_with_copy(directory: Path) -> None:
     subprocess.run(["cp", "-a", str(directory), str(copy)], check=True)  # owners kept
     shutil.rmtree(directory)
     copy.rename(directory)
-
-
-async def create(c: Client, tmp: Path, name: str, source: str, server_dir: Path) -> Volume:
-    secrets = {"username": SMB_USER, "password": SMB_PASSWORD} if source.startswith("//") else {}
-    resp = await c.controller.CreateVolume(
-        csi_pb2.CreateVolumeRequest(
-            name=name,
-            parameters={"source": source},
-            volume_capabilities=[cap()],
-            secrets=secrets,
-        )
-    )
-    vol = resp.volume
-    return Volume(
-        vol.volume_id,
-        dict(vol.volume_context),
-        (),
-        secrets,
-        tmp / "kubelet" / STAGING / name / "globalmount",
-        server_dir / name,
-    )
 
 
 def mount_ids(path: Path) -> list[tuple[int, str]]:
@@ -207,9 +167,11 @@ async def test_republish_heals_a_running_container(tmp: Path, protocol: str) -> 
     with rshared(kubelet):
         async with driver(tmp) as (srv, c):
             if protocol == "nfs":
-                vol = await create(c, tmp, "pvc-heal-nfs", "127.0.0.1:/", NFS_DIR)
+                vol = await create_volume(c, tmp, "pvc-heal-nfs", "127.0.0.1:/", NFS_DIR)
             else:
-                vol = await create(c, tmp, "pvc-heal-smb", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR)
+                vol = await create_volume(
+                    c, tmp, "pvc-heal-smb", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR
+                )
             target = kubelet / "pods" / "p1" / "volumes" / "mount"
             await c.node.NodeStageVolume(vol.stage())
             await c.node.NodePublishVolume(vol.publish(target))
@@ -228,11 +190,8 @@ async def test_republish_heals_a_running_container(tmp: Path, protocol: str) -> 
                 # Break the server: the volume's directory re-created from a copy
                 # while the server is down (NFS: new file handles; SMB: new inode
                 # numbers, the root's lookups give ESTALE).
-                server("stop-nfs.sh" if protocol == "nfs" else "stop-samba.sh")
-                try:
+                with server_down(protocol):
                     replace_with_copy(vol.server_dir)
-                finally:
-                    server("start-nfs.sh" if protocol == "nfs" else "start-samba.sh")
                 back = time.monotonic()
                 seen = await container.until("err", SEE_BROKEN_WITHIN)
                 assert seen >= 0, f"the container never saw the mount break: {container.state()}"
@@ -281,25 +240,6 @@ async def test_republish_heals_a_running_container(tmp: Path, protocol: str) -> 
 # ---------------------------------------------------------------- hung mounts
 
 
-@contextmanager
-def nfs_unreachable() -> Iterator[None]:
-    """Drop every TCP segment to and from port 2049 on lo: mount.nfs hangs."""
-
-    def tc(*args: str, check: bool = True) -> None:
-        subprocess.run(["tc", *args], check=check, capture_output=True)
-
-    tc("qdisc", "add", "dev", "lo", "clsact")
-    try:
-        for direction in ("dport", "sport"):
-            tc(
-                "filter", "add", "dev", "lo", "egress", "protocol", "ip", "prio", "1",
-                "u32", "match", "ip", direction, "2049", "0xffff", "action", "drop",
-            )  # fmt: skip
-        yield
-    finally:
-        tc("qdisc", "del", "dev", "lo", "clsact", check=False)
-
-
 def mount_helpers() -> list[str]:
     """Running mount / mount.nfs processes (their command lines)."""
     found = []
@@ -320,27 +260,13 @@ def mount_helpers() -> list[str]:
 
 
 async def test_hung_nfs_mount_is_killed_with_its_process_group(tmp: Path) -> None:
-    cfg = Config(
-        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
-        node_id="e2e",
-        mount_timeout=3,
-        backend_timeout=10,
-        kubelet_dir=str(tmp / "kubelet"),
-    )
-    plugins = [
-        build_controller(cfg),
-        NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=PROBE_TIMEOUT)),
-    ]
-    async with running_driver(tmp / "csi.sock", plugins) as (_, c):
-        vol = await create(c, tmp, "pvc-hung-mount", "127.0.0.1:/", NFS_DIR)
+    async with in_process_driver(tmp, mount_timeout=3, probe_timeout=PROBE_TIMEOUT) as (_, c):
+        vol = await create_volume(c, tmp, "pvc-hung-mount", "127.0.0.1:/", NFS_DIR)
         with nfs_unreachable():
             with pytest.raises(Exception, match="DEADLINE_EXCEEDED"):
                 await c.node.NodeStageVolume(vol.stage(), timeout=60)
             # mount and its mount.nfs helper were killed as one group.
-            for _ in range(100):
-                if not mount_helpers():
-                    break
-                await asyncio.sleep(0.1)
+            await wait_until(lambda: not mount_helpers(), timeout=10)
             assert mount_helpers() == []
         # Not poisoned: the next mount to the same server works (ABORTED only
         # while the killed group's reaper has not noticed it is gone).

@@ -13,11 +13,9 @@ stages and publishes it through a real gRPC server on a Unix socket.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import re
-import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -28,70 +26,33 @@ from typing import Any
 
 import pytest
 
-from controller.service import build as build_controller
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
-from node.linux import SECRETS_DIR, LinuxPlatform, mountinfo
-from node.service import NodePlugin
+from node.linux import SECRETS_DIR, mountinfo
 from tests.e2e.inside.common import (
     NFS_DIR,
     SMB_DIR,
     SMB_PASSWORD,
     SMB_SHARE,
-    SMB_USER,
-    STAGING,
     Volume,
-    cap,
+    create_volume,
+    in_process_driver,
     mounts_under,
+    until_healthy,
+    write_through,
 )
-from tests.harness import Client, running_driver
+from tests.e2e.inside.servers import server_down
+from tests.harness import Client
 
 pytestmark = pytest.mark.e2e
 
-UML = Path(__file__).resolve().parents[1] / "uml"
 NFS_V3_ROOT = os.environ["NFS_V3_ROOT"]
 PROBE_TIMEOUT = 2.0
 
 
 @asynccontextmanager
 async def driver(tmp: Path) -> AsyncIterator[Client]:
-    cfg = Config(
-        endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
-        node_id="e2e",
-        mount_timeout=30,
-        backend_timeout=10,
-        kubelet_dir=str(tmp / "kubelet"),
-    )
-    plugins = [
-        build_controller(cfg),
-        NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=PROBE_TIMEOUT)),
-    ]
-    async with running_driver(tmp / "csi.sock", plugins) as (_, client):
+    async with in_process_driver(tmp, probe_timeout=PROBE_TIMEOUT) as (_, client):
         yield client
-
-
-async def create(
-    c: Client, tmp: Path, name: str, source: str, server_dir: Path, *flags: str
-) -> Volume:
-    secrets = {"username": SMB_USER, "password": SMB_PASSWORD} if source.startswith("//") else {}
-    resp = await c.controller.CreateVolume(
-        csi_pb2.CreateVolumeRequest(
-            name=name,
-            parameters={"source": source},
-            volume_capabilities=[cap(*flags)],
-            secrets=secrets,
-        )
-    )
-    vol = resp.volume
-    assert (server_dir / name).is_dir(), f"the controller did not create {server_dir / name}"
-    return Volume(
-        vol.volume_id,
-        dict(vol.volume_context),
-        flags,
-        secrets,
-        tmp / "kubelet" / STAGING / name / "globalmount",
-        server_dir / name,
-    )
 
 
 async def delete(c: Client, vol: Volume) -> None:
@@ -161,13 +122,6 @@ class Scan:
 # ---------------------------------------------------------------- tests
 
 
-def write_through(target: Path, name: str, text: str) -> None:
-    with (target / name).open("w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def assert_read_only(target: Path) -> None:
     with pytest.raises(OSError) as info:
         (target / "nope.txt").write_text("x")
@@ -176,7 +130,7 @@ def assert_read_only(target: Path) -> None:
 
 async def test_smb_stage_publish_without_leaking_the_password(tmp: Path) -> None:
     async with driver(tmp) as c:
-        vol = await create(c, tmp, "pvc-smb", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR)
+        vol = await create_volume(c, tmp, "pvc-smb", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR)
         scan = Scan(SMB_PASSWORD.encode())
         async with scan.watching():
             await c.node.NodeStageVolume(vol.stage())
@@ -235,7 +189,7 @@ async def test_nfs_stage_publish(
 ) -> None:
     name = f"pvc-nfs{version.replace('.', '')}"
     async with driver(tmp) as c:
-        vol = await create(c, tmp, name, source, server_dir, f"vers={version}")
+        vol = await create_volume(c, tmp, name, source, server_dir, f"vers={version}")
         await c.node.NodeStageVolume(vol.stage())
         (entry,) = mountinfo.at(mountinfo.read(), str(vol.staging))
         assert entry.fstype == fstype
@@ -269,39 +223,19 @@ async def stats_within_bound(c: Client, vol: Volume) -> Any:
     return resp
 
 
-async def until_healthy(c: Client, vol: Volume, timeout: float) -> float:
-    start = time.monotonic()
-    while time.monotonic() - start < timeout:
-        resp = await c.node.NodeGetVolumeStats(vol.stats())
-        if not resp.volume_condition.abnormal:
-            return time.monotonic() - start
-        await asyncio.sleep(0.5)
-    return -1.0
-
-
-def server(script: str) -> None:
-    # start-samba.sh (re)sets the user's password from SMB_PASSWORD, which we
-    # keep out of our own environment.
-    env = {**os.environ, "SMB_PASSWORD": SMB_PASSWORD}
-    subprocess.run(["bash", str(UML / script)], check=True, capture_output=True, env=env)
-
-
 async def test_smb_server_outage_is_reported_and_heals(tmp: Path) -> None:
     async with driver(tmp) as c:
-        vol = await create(c, tmp, "pvc-smb-outage", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR)
+        vol = await create_volume(c, tmp, "pvc-smb-outage", f"//127.0.0.1/{SMB_SHARE}", SMB_DIR)
         await c.node.NodeStageVolume(vol.stage())
         assert not (await c.node.NodeGetVolumeStats(vol.stats())).volume_condition.abnormal
-        server("stop-samba.sh")
-        try:
+        with server_down("smb"):
             resp = await stats_within_bound(c, vol)
             assert resp.volume_condition.abnormal
             print("smb outage:", resp.volume_condition.message)
-        finally:
-            server("start-samba.sh")
-        healed = await until_healthy(c, vol, 30)
+        healed = await until_healthy(c.node, vol, 30)
         if healed < 0:  # not by itself: a re-stage repairs it
             await c.node.NodeStageVolume(vol.stage())
-            healed = await until_healthy(c, vol, 10)
+            healed = await until_healthy(c.node, vol, 10)
         assert healed >= 0, "still abnormal after the server came back and a re-stage"
         print(f"smb healthy again after {healed:.1f} s")
         await c.node.NodeUnstageVolume(vol.unstage())
@@ -311,12 +245,13 @@ async def test_smb_server_outage_is_reported_and_heals(tmp: Path) -> None:
 
 async def test_nfs_server_outage_and_unstage_while_down(tmp: Path) -> None:
     async with driver(tmp) as c:
-        v4 = await create(c, tmp, "pvc-nfs-outage", "127.0.0.1:/", NFS_DIR, "vers=4.1")
-        v3 = await create(c, tmp, "pvc-nfs-gone", f"127.0.0.1:{NFS_V3_ROOT}", NFS_DIR, "vers=3")
+        v4 = await create_volume(c, tmp, "pvc-nfs-outage", "127.0.0.1:/", NFS_DIR, "vers=4.1")
+        v3 = await create_volume(
+            c, tmp, "pvc-nfs-gone", f"127.0.0.1:{NFS_V3_ROOT}", NFS_DIR, "vers=3"
+        )
         await c.node.NodeStageVolume(v4.stage())
         await c.node.NodeStageVolume(v3.stage())
-        server("stop-nfs.sh")
-        try:
+        with server_down("nfs"):
             resp = await stats_within_bound(c, v4)
             assert resp.volume_condition.abnormal
             print("nfs outage:", resp.volume_condition.message)
@@ -326,12 +261,10 @@ async def test_nfs_server_outage_and_unstage_while_down(tmp: Path) -> None:
             print(f"unstage while the server is down: {time.monotonic() - start:.1f} s")
             assert mountinfo.at(mountinfo.read(), str(v3.staging)) == []
             assert not v3.staging.exists()
-        finally:
-            server("start-nfs.sh")
-        healed = await until_healthy(c, v4, 60)
+        healed = await until_healthy(c.node, v4, 60)
         if healed < 0:
             await c.node.NodeStageVolume(v4.stage())
-            healed = await until_healthy(c, v4, 10)
+            healed = await until_healthy(c.node, v4, 10)
         assert healed >= 0, "still abnormal after the server came back and a re-stage"
         print(f"nfs healthy again after {healed:.1f} s")
         await c.node.NodeUnstageVolume(v4.unstage())
