@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -172,3 +173,30 @@ async def until_healthy(
             return time.monotonic() - start
         await asyncio.sleep(every)
     return -1.0
+
+
+@dataclass
+class ProcessScan:
+    """Looks at every process again and again, in a thread, while a block runs
+    (a mount, say): a subclass says what one pass looks at (``scan_once``)."""
+
+    passes: int = field(default=0, kw_only=True)
+    _stop: threading.Event = field(default_factory=threading.Event, kw_only=True)
+
+    def scan_once(self) -> None:
+        raise NotImplementedError
+
+    def run(self) -> None:
+        while not self._stop.is_set():
+            self.scan_once()
+            self.passes += 1
+
+    @asynccontextmanager
+    async def watching(self) -> AsyncIterator[None]:
+        thread = threading.Thread(target=self.run, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            self._stop.set()
+            thread.join(10)

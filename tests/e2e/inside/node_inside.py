@@ -16,7 +16,6 @@ from __future__ import annotations
 import errno
 import os
 import re
-import threading
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -33,6 +32,7 @@ from tests.e2e.inside.common import (
     SMB_DIR,
     SMB_PASSWORD,
     SMB_SHARE,
+    ProcessScan,
     Volume,
     create_volume,
     in_process_driver,
@@ -66,7 +66,7 @@ async def delete(c: Client, vol: Volume) -> None:
 
 
 @dataclass
-class Scan:
+class Scan(ProcessScan):
     """Watches every process's argv (and a mount process's environment) and
     the credentials directory, in a tight loop, while a mount runs."""
 
@@ -74,10 +74,8 @@ class Scan:
     leaks: list[str] = field(default_factory=list)
     mount_processes: set[str] = field(default_factory=set)
     cred_files: dict[str, int] = field(default_factory=dict)  # name -> mode seen
-    passes: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def _pass(self) -> None:
+    def scan_once(self) -> None:
         for pid in os.listdir("/proc"):
             if not pid.isdigit():
                 continue
@@ -102,21 +100,6 @@ class Scan:
                 self.cred_files[name] = os.stat(os.path.join(SECRETS_DIR, name)).st_mode & 0o777
         except OSError:
             pass
-        self.passes += 1
-
-    def run(self) -> None:
-        while not self._stop.is_set():
-            self._pass()
-
-    @asynccontextmanager
-    async def watching(self) -> AsyncIterator[None]:
-        thread = threading.Thread(target=self.run, daemon=True)
-        thread.start()
-        try:
-            yield
-        finally:
-            self._stop.set()
-            thread.join(10)
 
 
 # ---------------------------------------------------------------- tests
