@@ -62,10 +62,17 @@ def pairs(items: list[str] | None, *, what: str) -> dict[str, str]:
     return out
 
 
+def merged_map(
+    path: str | None, items: list[str] | None, *, file_what: str, flag: str
+) -> dict[str, str]:
+    """A map from a file (if given), then ``KEY=VALUE`` flags on top of it."""
+    out = read_map_file(path, what=file_what) if path else {}
+    out.update(pairs(items, what=flag))
+    return out
+
+
 def params_of(args: argparse.Namespace) -> dict[str, str]:
-    params = read_map_file(args.params_file, what="params file") if args.params_file else {}
-    params.update(pairs(args.param, what="--param"))
-    return params
+    return merged_map(args.params_file, args.param, file_what="params file", flag="--param")
 
 
 def secrets_of(args: argparse.Namespace) -> dict[str, str]:
@@ -88,15 +95,20 @@ def capability(args: argparse.Namespace) -> Any:
     return cap
 
 
+def add_map_args(
+    parser: argparse.ArgumentParser, flag: str, file_flag: str, *, item: str, whole: str
+) -> None:
+    """``flag KEY=VALUE`` (repeatable) and ``file_flag PATH``: the pair
+    :func:`merged_map` reads."""
+    parser.add_argument(flag, action="append", metavar="KEY=VALUE", help=f"{item} (repeatable)")
+    parser.add_argument(file_flag, help=f"{whole} as JSON or key=value lines")
+
+
 def add_volume_args(parser: argparse.ArgumentParser, *, params: bool, secrets: bool) -> None:
     if params:
-        parser.add_argument(
-            "--param",
-            action="append",
-            metavar="KEY=VALUE",
-            help="a StorageClass parameter (repeatable)",
+        add_map_args(
+            parser, "--param", "--params-file", item="a StorageClass parameter", whole="parameters"
         )
-        parser.add_argument("--params-file", help="parameters as JSON or key=value lines")
     if secrets:
         parser.add_argument(
             "--secrets-file", help="secrets (username, password, domain) as JSON or key=value lines"

@@ -11,14 +11,24 @@ from __future__ import annotations
 import argparse
 from typing import Any, Final
 
-from driver.ctl.inputs import add_capability_args, capability, pairs, read_map_file
+from driver.ctl.inputs import (
+    add_capability_args,
+    add_map_args,
+    add_volume_args,
+    capability,
+    merged_map,
+    secrets_of,
+)
 from driver.ctl.spec import CommandSpec, Stubs
 
 
+def _add_context_args(p: argparse.ArgumentParser) -> None:
+    item = "volume context from CreateVolume: protocol, source, subDir"
+    add_map_args(p, "--context", "--context-file", item=item, whole="volume context")
+
+
 def _context(args: argparse.Namespace) -> dict[str, str]:
-    out = read_map_file(args.context_file, what="context file") if args.context_file else {}
-    out.update(pairs(args.context, what="--context"))
-    return out
+    return merged_map(args.context_file, args.context, file_what="context file", flag="--context")
 
 
 def _stage_args(p: argparse.ArgumentParser) -> None:
@@ -28,28 +38,19 @@ def _stage_args(p: argparse.ArgumentParser) -> None:
         required=True,
         help="staging_target_path: under the driver's <kubelet-dir>/plugins/kubernetes.io/csi/",
     )
-    p.add_argument(
-        "--context",
-        action="append",
-        metavar="KEY=VALUE",
-        help="volume context from CreateVolume: protocol, source, subDir (repeatable)",
-    )
-    p.add_argument("--context-file", help="volume context as JSON or key=value lines")
-    p.add_argument(
-        "--secrets-file", help="node-stage secret (username, password, domain): JSON or key=value"
-    )
+    _add_context_args(p)
+    add_volume_args(p, params=False, secrets=True)  # the node-stage secret
     add_capability_args(p)
 
 
 def _stage(args: argparse.Namespace, stubs: Stubs) -> Any:
     from driver.csi import csi_pb2
 
-    secrets = read_map_file(args.secrets_file, what="secrets file") if args.secrets_file else {}
     request = csi_pb2.NodeStageVolumeRequest(
         volume_id=args.volume_id,
         staging_target_path=args.staging_path,
         volume_capability=capability(args),
-        secrets=secrets,
+        secrets=secrets_of(args),
         volume_context=_context(args),
     )
     return stubs.node.NodeStageVolume(request, timeout=args.timeout)
@@ -62,8 +63,7 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
         "--target-path", required=True, help="target_path: under the driver's <kubelet-dir>/pods/"
     )
     p.add_argument("--readonly", action="store_true", help="publish read-only")
-    p.add_argument("--context", action="append", metavar="KEY=VALUE", help="volume context")
-    p.add_argument("--context-file", help="volume context as JSON or key=value lines")
+    _add_context_args(p)
     add_capability_args(p)
 
 
