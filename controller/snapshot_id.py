@@ -38,13 +38,13 @@ from driver.dual import DualSources
 from driver.errors import InvalidArgument
 from driver.source import Source
 from driver.volume_id import (
-    ON_DELETE,
     OnDelete,
     VolumeId,
     decode_dual_id,
     decode_id,
     encode_dual_id,
     encode_id,
+    on_delete_value,
 )
 
 VERSION = "s1"
@@ -107,22 +107,18 @@ class SnapshotId:
 
 def parse_snapshot_id(text: str) -> SnapshotId:
     """Parse a snapshot ID (s1 or s2); InvalidArgument for anything malformed."""
+    what = "snapshot ID"
     if text.startswith(DUAL_VERSION + "#"):
-        dual = decode_dual_id(text, version=DUAL_VERSION, middle=3, what="snapshot ID")
+        dual = decode_dual_id(text, version=DUAL_VERSION, middle=3, what=what)
         archive, subdir, on_delete = dual.middle
-        if on_delete not in ON_DELETE:
-            raise InvalidArgument(f"snapshot ID: onDelete {on_delete!r} is not valid")
-        paths.safe_relpath(subdir, what="snapshot ID source subdir")
-        tree, via = dual.dual, dual.dual.provision_via
-        sid = SnapshotId(
-            tree.root(via), archive, tree.path(via, subdir), on_delete, dual.options, tree
-        )
+        when = on_delete_value(on_delete, what=what)
+        source, source_dir = dual.provision_side(subdir, what=f"{what} source")
+        sid = SnapshotId(source, archive, source_dir, when, dual.options, dual.dual)
     else:
-        decoded = decode_id(text, version=VERSION, middle=3, what="snapshot ID")
+        decoded = decode_id(text, version=VERSION, middle=3, what=what)
         archive, source_dir, on_delete = decoded.middle
-        if on_delete not in ON_DELETE:
-            raise InvalidArgument(f"snapshot ID: onDelete {on_delete!r} is not valid")
-        sid = SnapshotId(decoded.source, archive, source_dir, on_delete, decoded.options)
+        when = on_delete_value(on_delete, what=what)
+        sid = SnapshotId(decoded.source, archive, source_dir, when, decoded.options)
     if sid.format() != text:
-        raise InvalidArgument("snapshot ID: not in canonical form")
+        raise InvalidArgument(f"{what}: not in canonical form")
     return sid

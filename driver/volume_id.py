@@ -74,8 +74,7 @@ class VolumeId:
             raise InvalidArgument("volume ID: source base must be folded into dir")
         if self.dual is not None:
             check_dual_side(self.dual, self.source, self.dir, what="volume ID")
-        if self.on_delete not in ON_DELETE:
-            raise InvalidArgument(f"volume ID: onDelete {self.on_delete!r} is not valid")
+        on_delete_value(self.on_delete, what="volume ID")
         keys = [k for k, _ in self.options]
         if keys != sorted(set(keys)):
             raise InvalidArgument("volume ID: options must be sorted and unique")
@@ -152,14 +151,13 @@ def decode_id(text: str, *, version: str, middle: int, what: str) -> DecodedId:
     """Split and decode an ID written by :func:`encode_id` with ``middle``
     fields between the share and the options.  The caller validates the
     middle fields and checks that the ID is in canonical form."""
-    fields = _split(text, version=version, count=4 + middle, what=what)
+    fields, options = _split(text, version=version, count=4 + middle, what=what)
     protocol, hostport, share = fields[1:4]
     if protocol not in PROTOCOLS:
         raise InvalidArgument(f"{what}: unknown protocol {protocol!r}")
     server, port = parse_host_port(hostport, what=what)
-    options = _options(fields[-1], what) if len(fields) == 5 + middle else ()
     source = Source(protocol, server, port, _share(protocol, share, what))
-    return DecodedId(source, fields[4 : 4 + middle], options)
+    return DecodedId(source, fields[4:], options)
 
 
 # -- version 2: dual-protocol trees -------------------------------------------
@@ -190,17 +188,28 @@ class DecodedDualId:
     middle: list[str]
     options: tuple[tuple[str, str], ...]
 
+    def provision_side(self, subdir: str, *, what: str) -> tuple[Source, str]:
+        """The provisionVia share root and the directory ``subdir`` names in it."""
+        paths.safe_relpath(subdir, what=f"{what} subdir")
+        via = self.dual.provision_via
+        return self.dual.root(via), self.dual.path(via, subdir)
 
-def _split(text: str, *, version: str, count: int, what: str) -> list[str]:
+
+def _split(
+    text: str, *, version: str, count: int, what: str
+) -> tuple[list[str], tuple[tuple[str, str], ...]]:
+    """The ``count`` decoded fields, and the options of the optional last one."""
     if len(text) > 4096:
         raise InvalidArgument(f"{what}: too long")
     raw = text.split("#")
     if len(raw) not in (count, count + 1) or raw[0] != version:
         raise InvalidArgument(f"{what}: not a {version} csi-driver-smb-nfs ID")
     try:
-        return [unquote(f, errors="strict") for f in raw]
+        fields = [unquote(f, errors="strict") for f in raw]
     except UnicodeDecodeError as exc:
         raise InvalidArgument(f"{what}: invalid percent-encoding") from exc
+    options = _options(fields[count], what) if len(fields) > count else ()
+    return fields[:count], options
 
 
 def _options(text: str, what: str) -> tuple[tuple[str, str], ...]:
@@ -217,7 +226,7 @@ def _options(text: str, what: str) -> tuple[tuple[str, str], ...]:
 
 def decode_dual_id(text: str, *, version: str, middle: int, what: str) -> DecodedDualId:
     """Split and decode an ID written by :func:`encode_dual_id`."""
-    fields = _split(text, version=version, count=8 + middle, what=what)
+    fields, options = _split(text, version=version, count=8 + middle, what=what)
     via = protocol_value(fields[1], what=f"{what} provisionVia")
     linux = protocol_value(fields[2], what=f"{what} linuxProtocol")
     smb_server, smb_port = parse_host_port(fields[3], what=what)
@@ -225,41 +234,41 @@ def decode_dual_id(text: str, *, version: str, middle: int, what: str) -> Decode
     smb_base = paths.safe_relpath(fields[5], what=f"{what} SMB base", allow_empty=True)
     nfs_server, nfs_port = parse_host_port(fields[6], what=what)
     nfs_export = _share("nfs", fields[7], what)
-    options = _options(fields[-1], what) if len(fields) == 9 + middle else ()
     dual = DualSources(
         Source("smb", smb_server, smb_port, smb_share, smb_base),
         Source("nfs", nfs_server, nfs_port, nfs_export),
         via,
         linux,
     )
-    return DecodedDualId(dual, fields[8 : 8 + middle], options)
+    return DecodedDualId(dual, fields[8:], options)
 
 
-def _parse_dual_volume_id(text: str) -> VolumeId:
-    decoded = decode_dual_id(text, version=DUAL_VERSION, middle=2, what="volume ID")
-    subdir, on_delete = decoded.middle
-    if on_delete not in ON_DELETE:
-        raise InvalidArgument(f"volume ID: onDelete {on_delete!r} is not valid")
-    paths.safe_relpath(subdir, what="volume ID subdir")
-    dual = decoded.dual
-    via = dual.provision_via
-    return VolumeId(dual.root(via), dual.path(via, subdir), on_delete, decoded.options, dual)
+def on_delete_value(text: str, *, what: str) -> OnDelete:
+    """``text`` as an onDelete value (the ``in`` test does not narrow the type)."""
+    for value in ON_DELETE:
+        if text == value:
+            return value
+    raise InvalidArgument(f"{what}: onDelete {text!r} is not valid")
 
 
 def parse_volume_id(text: str) -> VolumeId:
     """Parse a volume ID (v1 or v2); InvalidArgument for anything malformed."""
+    what = "volume ID"
+    vid: VolumeId
     if text.startswith(DUAL_VERSION + "#"):
-        vid = _parse_dual_volume_id(text)
-        if vid.format() != text:
-            raise InvalidArgument("volume ID: not in canonical form")
-        return vid
-    decoded = decode_id(text, version=VERSION, middle=2, what="volume ID")
-    directory, on_delete = decoded.middle
-    if on_delete not in ON_DELETE:
-        raise InvalidArgument(f"volume ID: onDelete {on_delete!r} is not valid")
-    vid = VolumeId(decoded.source, directory, on_delete, decoded.options)
+        dual = decode_dual_id(text, version=DUAL_VERSION, middle=2, what=what)
+        subdir, on_delete = dual.middle
+        when = on_delete_value(on_delete, what=what)
+        source, directory = dual.provision_side(subdir, what=what)
+        vid = VolumeId(source, directory, when, dual.options, dual.dual)
+    else:
+        decoded = decode_id(text, version=VERSION, middle=2, what=what)
+        directory, on_delete = decoded.middle
+        vid = VolumeId(
+            decoded.source, directory, on_delete_value(on_delete, what=what), decoded.options
+        )
     if vid.format() != text:
         # Reject alternative spellings (extra encoding, default port...): one
         # volume has exactly one ID, so idempotency checks can compare strings.
-        raise InvalidArgument("volume ID: not in canonical form")
+        raise InvalidArgument(f"{what}: not in canonical form")
     return vid
