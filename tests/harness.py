@@ -11,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import AsyncIterator, Iterator, Sequence
-from contextlib import asynccontextmanager, contextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,18 @@ async def running_driver(
         await server.stop(grace)
 
 
+def running_controller(
+    socket_path: Path, *, metrics: bool = False, **settings: Any
+) -> AbstractAsyncContextManager[tuple[DriverServer, Client]]:
+    """:func:`running_driver` with the controller service alone, built as
+    ``serve --mode controller`` builds it from ``settings`` (Config fields,
+    e.g. ``backend_timeout``)."""
+    from controller.service import build  # the node's tests need no controller
+
+    config = Config(endpoint=parse_endpoint("unix:///unused"), **settings)
+    return running_driver(socket_path, [build(config)], mode="controller", metrics=metrics)
+
+
 @dataclass
 class DriverProcess:
     proc: subprocess.Popen[str]
@@ -131,13 +143,7 @@ def driver_process(
         wait_for_socket(sock, proc)
         yield DriverProcess(proc, f"unix://{sock}", log_path)
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop_process(proc)
 
 
 def run_ctl(endpoint: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -177,6 +183,16 @@ async def expect_code(call: Any, *codes: grpc.StatusCode) -> str:
 async def scrape_metrics(port: int | None) -> str:
     """The driver's Prometheus page, as a scraper reads it."""
     url = f"http://127.0.0.1:{port}/metrics"
-    return await asyncio.to_thread(
-        lambda: urllib.request.urlopen(url, timeout=5).read().decode()
-    )
+    return await asyncio.to_thread(lambda: urllib.request.urlopen(url, timeout=5).read().decode())
+
+
+def stop_process(proc: subprocess.Popen[Any], timeout: float = 30) -> None:
+    """SIGTERM (a graceful drain), SIGKILL if it takes longer than ``timeout``."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -8,7 +8,6 @@ import json
 import os
 import platform
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from typing import Any
 
 from driver.csi import csi_pb2
 from tests.csi_requests import cap
-from tests.harness import wait_for_socket
+from tests.harness import stop_process, wait_for_socket
 
 RESULTS = Path(os.environ.get("BENCH_RESULTS", "bench-results"))
 
@@ -49,13 +48,8 @@ def start_driver(
 
 
 def stop_driver(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
-    """SIGTERM (the graceful drain), SIGKILL if it takes longer than ``timeout``."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
+    """The driver's graceful drain (SIGTERM), SIGKILL after ``timeout``."""
+    stop_process(proc, timeout)
 
 
 def create_request(

@@ -19,13 +19,11 @@ import grpc
 import pytest
 
 from controller.params import TRASH_DIR
-from controller.service import build
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from driver.volume_id import parse_volume_id
 from tests.csi_requests import cap
-from tests.harness import Client, expect_code, running_driver, wait_until
+from tests.harness import Client, expect_code, running_controller, wait_until
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.samba import SambaServer, Share
 
@@ -99,8 +97,7 @@ def tree(servers: tuple[SambaServer, GaneshaServer]) -> Tree:
 
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[tuple[DriverServer, Client]]:
-    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=10)
-    async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as pair:
+    async with running_controller(tmp_path / "csi.sock", backend_timeout=10) as pair:
         yield pair
 
 

@@ -13,12 +13,10 @@ from pathlib import Path
 import grpc
 import pytest
 
-from controller.service import build
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from tests.csi_requests import cap
-from tests.harness import Client, expect_code, running_driver
+from tests.harness import Client, expect_code, running_controller
 from tests.servers.ganesha import GaneshaServer
 
 pytestmark = pytest.mark.integration
@@ -63,8 +61,7 @@ def nfs(request: pytest.FixtureRequest) -> Iterator[Nfs]:
 
 @pytest.fixture
 async def driver(tmp_path: Path, nfs: Nfs) -> AsyncIterator[tuple[DriverServer, Client]]:
-    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=5)
-    async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as pair:
+    async with running_controller(tmp_path / "csi.sock", backend_timeout=5) as pair:
         yield pair
 
 

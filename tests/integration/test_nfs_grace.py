@@ -21,11 +21,9 @@ import grpc
 import pytest
 
 from controller.nfs.backend import NfsBackend
-from controller.service import build
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from tests.csi_requests import cap
-from tests.harness import running_driver
+from tests.harness import running_controller
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.plugin import require_root
 
@@ -67,8 +65,7 @@ def _backend(server: GaneshaServer, timeout: float) -> NfsBackend:
 async def test_a_server_in_grace_is_unavailable_then_serves(
     tmp_path: Path, server: GaneshaServer
 ) -> None:
-    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=2)
-    async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as (_, c):
+    async with running_controller(tmp_path / "csi.sock", backend_timeout=2) as (_, c):
         vol = (await c.controller.CreateVolume(_create(server, "pvc-g"))).volume.volume_id
         (server.export_path / "k8s" / "pvc-g" / "data.txt").write_text("payload")
         snap = csi_pb2.CreateSnapshotRequest(name="snap-1", source_volume_id=vol)
@@ -96,11 +93,7 @@ async def test_a_server_in_grace_is_unavailable_then_serves(
         # The driver's own bound is long: the CO's deadline is what the
         # retries fit in, and the answer comes before it runs out (REMOVE is
         # refused in grace too; DeleteVolume has no background job).
-        long = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=60)
-        async with running_driver(tmp_path / "csi2.sock", [build(long)], mode="controller") as (
-            _,
-            c,
-        ):
+        async with running_controller(tmp_path / "csi2.sock", backend_timeout=60) as (_, c):
             begun = time.monotonic()
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await c.controller.DeleteVolume(

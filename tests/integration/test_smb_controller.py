@@ -13,13 +13,18 @@ import grpc
 import psutil
 import pytest
 
-from controller.service import ControllerPlugin, build
+from controller.service import ControllerPlugin
 from driver import log as driver_log
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.server import DriverServer
 from tests.csi_requests import cap
-from tests.harness import Client, expect_code, running_driver, scrape_metrics, wait_until
+from tests.harness import (
+    Client,
+    expect_code,
+    running_controller,
+    scrape_metrics,
+    wait_until,
+)
 from tests.servers.plugin import SMB_READER, SMB_WRITER, SMB_WRITER2
 from tests.servers.samba import SambaServer
 
@@ -30,10 +35,7 @@ CAP = cap()
 
 @pytest.fixture
 async def driver(tmp_path: Path) -> AsyncIterator[tuple[DriverServer, Client]]:
-    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=10)
-    async with running_driver(
-        tmp_path / "csi.sock", [build(cfg)], mode="controller", metrics=True
-    ) as pair:
+    async with running_controller(tmp_path / "csi.sock", backend_timeout=10, metrics=True) as pair:
         yield pair
 
 
@@ -409,7 +411,6 @@ async def test_a_slow_worker_start_is_not_the_first_steps_time(
     hook.mkdir()
     (hook / "sitecustomize.py").write_text("import time\ntime.sleep(4)\n")
     monkeypatch.setenv("PYTHONPATH", str(hook))  # only the worker starts after this
-    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=2)
-    async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as (_, c):
+    async with running_controller(tmp_path / "csi.sock", backend_timeout=2) as (_, c):
         await c.controller.CreateVolume(create(samba, "pvc-slow-start"))
     assert (samba.share_path("csi") / "k8s" / "pvc-slow-start").is_dir()

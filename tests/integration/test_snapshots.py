@@ -28,14 +28,12 @@ import grpc
 import pytest
 
 from controller.params import default_snapshot_area
-from controller.service import build
 from controller.snapshot_id import SnapshotId
 from driver import paths
-from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
 from driver.volume_id import parse_volume_id
 from tests.csi_requests import cap
-from tests.harness import ROOT, Client, expect_code, running_driver, wait_until
+from tests.harness import ROOT, Client, expect_code, running_controller, wait_until
 from tests.servers.ganesha import GaneshaServer
 from tests.servers.plugin import SMB_WRITER
 from tests.servers.samba import SambaServer
@@ -161,8 +159,7 @@ def fast_target(request: pytest.FixtureRequest) -> Target:
 
 @pytest.fixture
 async def client(tmp_path: Path) -> AsyncIterator[Client]:
-    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=5)
-    async with running_driver(tmp_path / "csi.sock", [build(cfg)], mode="controller") as (_, c):
+    async with running_controller(tmp_path / "csi.sock", backend_timeout=5) as (_, c):
         yield c
 
 
@@ -467,9 +464,8 @@ async def _ctl(endpoint: str, *args: str) -> Any:
 async def test_ctl_commands(tmp_path: Path, ganesha_v4: GaneshaServer) -> None:
     t = _nfs_target(ganesha_v4, "4")
     t.disk().mkdir()
-    cfg = Config(endpoint=parse_endpoint("unix:///unused"), backend_timeout=5)
     sock = tmp_path / "csi.sock"
-    async with running_driver(sock, [build(cfg)], mode="controller"):
+    async with running_controller(sock, backend_timeout=5):
         ep = f"unix://{sock}"
         common = ["--param", f"source={t.source}", "--mount-option", "nfsvers=4.1"]
         vid = (await _ctl(ep, "create-volume", "pvc-ctl", *common))["volume"]["volume_id"]

@@ -20,11 +20,11 @@ from typing import Any
 import grpc
 
 from driver.csi import csi_pb2
-from tests.harness import ROOT, Client, client_for
+from tests.harness import ROOT, Client, client_for, stop_process
 from tests.secret_scan import watch_log_file
 
 # By name: also type-checks with --platform win32 (where these do not exist).
-SIGKILL, SIGTERM = (signal.Signals[n] for n in ("SIGKILL", "SIGTERM"))
+SIGKILL = signal.Signals["SIGKILL"]
 
 
 @dataclass
@@ -107,10 +107,4 @@ class Drivers:
     async def aclose(self) -> None:
         for d in self.all:
             await d.client.channel.close()
-            if d.running():
-                d.proc.send_signal(SIGTERM)
-                try:
-                    d.proc.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    d.proc.kill()
-                    d.proc.wait()
+            stop_process(d.proc, timeout=15)
