@@ -8,6 +8,15 @@ The CO's retry of the same request finds the job still running and waits
 on it again, instead of starting over or getting ABORTED.  A finished job
 leaves the registry; its result is on the share (the archive or the
 directory renamed into place) and the next retry finds it there.
+
+Not :class:`driver.aio.SingleFlight`, although both keep work per key: a
+caller looks a job up before it takes the lock and refuses one started for
+another owner (ALREADY_EXISTS / ABORTED) instead of joining it; it starts a
+job only after checking the share under the lock, and the job then holds
+that lock; a wait that reaches the RPC's deadline is an answer ("still
+running"), not an error; a snapshot reports when its job started; shutdown
+waits for cancelled jobs to remove their temporary files; and a job that
+fails after every waiter left is logged.
 """
 
 from __future__ import annotations
