@@ -19,6 +19,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from driver.config import Config, parse_endpoint
+from node.dual import HelperFinder
 from node.linux import FsStats, LinuxPlatform, mountinfo
 from node.linux.mountinfo import MountEntry
 from node.runner import CommandResult, CommandTimeout
@@ -299,13 +300,14 @@ def all_text(runner: FakeRunner) -> str:
 class World:
     """A node: fake kernel (host, runner), real directories, a NodeService over them."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, helpers: HelperFinder | None = None) -> None:
         self.root = root
         self.host = FakeHost()
         self.runner = FakeRunner(self.host)
         self.secrets_dir = root / "secrets"
         self.kubelet = root / "kubelet"
         self.kubelet.mkdir()
+        self.helpers = helpers  # the node's mount helpers (None: the host's own lookup)
         self.platforms: list[LinuxPlatform] = []
         self.service = self.restart()
 
@@ -313,12 +315,18 @@ class World:
         """A new driver process: new service and platform, same kernel."""
         platform = make_platform(self.host, self.runner, self.secrets_dir)
         self.platforms.append(platform)
-        self.service = NodeService(
-            "n1",
-            platform,
-            kubelet_dir=str(self.kubelet),
-        )
+        extra = {"helpers": self.helpers} if self.helpers is not None else {}
+        self.service = NodeService("n1", platform, kubelet_dir=str(self.kubelet), **extra)
         return self.service
+
+    async def aclose(self) -> None:
+        """Release hung fakes, cancel what still waits on them, close the platforms
+        (their ticket keepers' tasks)."""
+        self.host.release_all()
+        for task in self.runner.finished:
+            task.cancel()
+        for platform in self.platforms:
+            await platform.aclose()
 
     def staging(self, name: str = "vol") -> str:
         csi = self.kubelet / "plugins" / "kubernetes.io" / "csi" / "smb-nfs.csi.io"

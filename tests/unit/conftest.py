@@ -21,11 +21,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     try:
         yield w
     finally:
-        w.host.release_all()
-        for task in w.runner.finished:
-            task.cancel()
-        for platform in w.platforms:  # their ticket keepers' tasks
-            await platform.aclose()
+        await w.aclose()
 
 
 @pytest.fixture

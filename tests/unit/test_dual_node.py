@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ from driver.errors import FailedPrecondition, InvalidArgument
 from node.dual import LINUX_HELPERS, locate_dual
 from node.service import NodeService
 from tests.csi_requests import cap
-from tests.fakes.linux import PASSWORD, FakeHost, FakeRunner, all_text, make_platform
+from tests.fakes.linux import PASSWORD, World, all_text
 from tests.unit.windows.fake import PASSWORD as WIN_PASSWORD
 from tests.unit.windows.fake import (
     ROOT,
@@ -55,24 +55,8 @@ class Helpers:
 ALL_HELPERS = tuple(program for program, _ in LINUX_HELPERS.values())
 
 
-class LinuxNode:
-    def __init__(self, root: Path, helpers: Helpers) -> None:
-        self.host = FakeHost()
-        self.runner = FakeRunner(self.host)
-        self.kubelet = root / "kubelet"
-        self.kubelet.mkdir()
-        (root / "secrets").mkdir()
-        platform = make_platform(self.host, self.runner, root / "secrets")
-        self.service = NodeService(
-            "linux-1", platform, kubelet_dir=str(self.kubelet), helpers=helpers
-        )
-
-    def staging(self, name: str) -> str:
-        csi = self.kubelet / "plugins" / "kubernetes.io" / "csi" / "smb-nfs.csi.io"
-        return str(csi / name / "globalmount")
-
-    def target(self, name: str) -> str:
-        return str(self.kubelet / "pods" / name / "volumes" / "mount")
+class LinuxNode(World):
+    """A Linux node on the fakes (tests/fakes/linux.py) whose mount helpers are ``helpers``."""
 
     async def stage_publish(
         self, name: str, context: dict[str, str], secrets: dict[str, str]
@@ -111,14 +95,12 @@ class LinuxNode:
 
 
 @pytest.fixture
-def linux(tmp_path: Path) -> Iterator[LinuxNode]:
-    node = LinuxNode(tmp_path, Helpers(*ALL_HELPERS))
+async def linux(tmp_path: Path) -> AsyncIterator[LinuxNode]:
+    node = LinuxNode(tmp_path, helpers=Helpers(*ALL_HELPERS))
     try:
         yield node
     finally:
-        node.host.release_all()
-        for task in node.runner.finished:
-            task.cancel()
+        await node.aclose()
 
 
 async def test_linux_mounts_nfs_by_default_without_a_secret(linux: LinuxNode) -> None:
@@ -167,7 +149,7 @@ async def test_static_pv_with_only_a_v2_id(linux: LinuxNode) -> None:
 
 async def test_missing_mount_helper_is_a_failed_precondition(tmp_path: Path) -> None:
     helpers = Helpers("mount.cifs")  # nfs-common is not installed
-    node = LinuxNode(tmp_path, helpers)
+    node = LinuxNode(tmp_path, helpers=helpers)
     with pytest.raises(FailedPrecondition) as err:
         await node.stage_publish("d", DUAL_CONTEXT, {})
     assert "mount.nfs" in err.value.message
@@ -180,7 +162,7 @@ async def test_missing_mount_helper_is_a_failed_precondition(tmp_path: Path) -> 
     # (publish locates the volume too: what a republish would repair)
     assert helpers.asked == ["mount.nfs", "mount.cifs", "mount.cifs"]
     await node.teardown("d")
-    node.host.release_all()
+    await node.aclose()
 
 
 @pytest.mark.parametrize(
