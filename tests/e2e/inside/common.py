@@ -175,6 +175,27 @@ async def until_healthy(
     return -1.0
 
 
+async def healthy_again(
+    node: Any,
+    vol: Volume,
+    within: float,
+    *,
+    path: Path | None = None,
+    every: float = 0.5,
+    stage_timeout: float | None = None,
+) -> tuple[float, bool]:
+    """After a server came back: seconds until the volume is healthy by itself
+    (``within``), else after a re-stage (10 s more); and whether the re-stage
+    was needed.  Fails if neither heals it."""
+    healed = await until_healthy(node, vol, within, path=path, every=every)
+    restaged = healed < 0
+    if restaged:  # not by itself: a re-stage repairs it
+        await node.NodeStageVolume(vol.stage(), timeout=stage_timeout)
+        healed = await until_healthy(node, vol, 10, path=path, every=every)
+    assert healed >= 0, "still abnormal after the server came back and a re-stage"
+    return healed, restaged
+
+
 @dataclass
 class ProcessScan:
     """Looks at every process again and again, in a thread, while a block runs

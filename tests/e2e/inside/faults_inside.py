@@ -47,8 +47,8 @@ from tests.e2e.inside.common import (
     SMB_USER,
     STAGING,
     Volume,
+    healthy_again,
     mounts_under,
-    until_healthy,
     write_through,
 )
 from tests.e2e.inside.driver_processes import DriverProc, Drivers
@@ -245,13 +245,9 @@ async def hung_server(
     assert hung_stats_pending, f"the healthy protocol's RPCs took {other_done:.1f} s"
 
     # The server is back.
-    healed = await until_healthy(c, vol, 30, path=vol.staging, every=0.3)
-    restaged = False
-    if healed < 0:  # not by itself: a re-stage repairs it
-        restaged = True
-        await c.NodeStageVolume(vol.stage(), timeout=MOUNT_TIMEOUT + 5)
-        healed = await until_healthy(c, vol, 10, path=vol.staging, every=0.3)
-    assert healed >= 0, "still abnormal after the server came back (and a re-stage)"
+    healed, restaged = await healthy_again(
+        c, vol, 30, path=vol.staging, every=0.3, stage_timeout=MOUNT_TIMEOUT + 5
+    )
     t_republish, _ = await timed(
         c.NodePublishVolume(vol.publish(vol.target), timeout=MOUNT_TIMEOUT + 5)
     )

@@ -35,9 +35,9 @@ from tests.e2e.inside.common import (
     ProcessScan,
     Volume,
     create_volume,
+    healthy_again,
     in_process_driver,
     mounts_under,
-    until_healthy,
     write_through,
 )
 from tests.e2e.inside.servers import server_down
@@ -215,11 +215,7 @@ async def test_smb_server_outage_is_reported_and_heals(tmp: Path) -> None:
             resp = await stats_within_bound(c, vol)
             assert resp.volume_condition.abnormal
             print("smb outage:", resp.volume_condition.message)
-        healed = await until_healthy(c.node, vol, 30)
-        if healed < 0:  # not by itself: a re-stage repairs it
-            await c.node.NodeStageVolume(vol.stage())
-            healed = await until_healthy(c.node, vol, 10)
-        assert healed >= 0, "still abnormal after the server came back and a re-stage"
+        healed, _ = await healthy_again(c.node, vol, 30)
         print(f"smb healthy again after {healed:.1f} s")
         await c.node.NodeUnstageVolume(vol.unstage())
         assert mounts_under(tmp) == []
@@ -244,11 +240,7 @@ async def test_nfs_server_outage_and_unstage_while_down(tmp: Path) -> None:
             print(f"unstage while the server is down: {time.monotonic() - start:.1f} s")
             assert mountinfo.at(mountinfo.read(), str(v3.staging)) == []
             assert not v3.staging.exists()
-        healed = await until_healthy(c.node, v4, 60)
-        if healed < 0:
-            await c.node.NodeStageVolume(v4.stage())
-            healed = await until_healthy(c.node, v4, 10)
-        assert healed >= 0, "still abnormal after the server came back and a re-stage"
+        healed, _ = await healthy_again(c.node, v4, 60)
         print(f"nfs healthy again after {healed:.1f} s")
         await c.node.NodeUnstageVolume(v4.unstage())
         assert mounts_under(tmp) == []
