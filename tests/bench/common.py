@@ -4,6 +4,7 @@ operations (asyncio or threads), requests, and the result files and tables."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -13,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,23 @@ def start_driver(
 def stop_driver(proc: subprocess.Popen[bytes], timeout: float = 30) -> None:
     """The driver's graceful drain (SIGTERM), SIGKILL after ``timeout``."""
     stop_process(proc, timeout)
+
+
+@contextlib.contextmanager
+def driver_running(
+    tmp: Path,
+    *flags: str,
+    prefix: Sequence[str] = (),
+    sock: str = "bench.sock",
+    verbosity: str | None = None,
+    stop_timeout: float = 30,
+) -> Iterator[tuple[subprocess.Popen[bytes], str]]:
+    """:func:`start_driver` for the block, :func:`stop_driver` after it."""
+    proc, endpoint = start_driver(tmp, *flags, prefix=prefix, sock=sock, verbosity=verbosity)
+    try:
+        yield proc, endpoint
+    finally:
+        stop_driver(proc, stop_timeout)
 
 
 def create_request(

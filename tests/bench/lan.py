@@ -41,10 +41,9 @@ from typing import Any
 from tests.bench.common import (
     bench_in_guest,
     create_request,
+    driver_running,
     find_row,
     in_guest,
-    start_driver,
-    stop_driver,
     table,
     timed,
     timed_in_threads,
@@ -206,8 +205,7 @@ def _smb_rows(lan: Lan, tmp: Path) -> list[dict[str, Any]]:
                     }
                 )
             smbclient.reset_connection_cache(connection_cache=cache)
-        proc, endpoint = start_driver(tmp, prefix=["nsenter", f"--net={lan.client_ns}"])
-        try:
+        with driver_running(tmp, prefix=["nsenter", f"--net={lan.client_ns}"]) as (_, endpoint):
             rows += asyncio.run(
                 _driver_rows(
                     endpoint,
@@ -217,8 +215,6 @@ def _smb_rows(lan: Lan, tmp: Path) -> list[dict[str, Any]]:
                     "smb",
                 )
             )
-        finally:
-            stop_driver(proc)
     finally:
         samba.stop()
         samba.cleanup()
@@ -266,8 +262,7 @@ def _nfs_rows(tmp: Path) -> list[dict[str, Any]]:
 
             with lan.client():
                 rows += asyncio.run(raw())
-            proc, endpoint = start_driver(tmp, prefix=["nsenter", f"--net={lan.client_ns}"])
-            try:
+            with driver_running(tmp, prefix=["nsenter", f"--net={lan.client_ns}"]) as (_, endpoint):
                 rows += asyncio.run(
                     _driver_rows(
                         endpoint,
@@ -277,8 +272,6 @@ def _nfs_rows(tmp: Path) -> list[dict[str, Any]]:
                         "nfs4",
                     )
                 )
-            finally:
-                stop_driver(proc)
     return rows
 
 

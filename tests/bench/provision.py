@@ -35,9 +35,8 @@ import grpc
 from driver.csi import csi_pb2, csi_pb2_grpc
 from tests.bench.common import (
     create_request,
+    driver_running,
     find_row,
-    start_driver,
-    stop_driver,
     table,
     timed,
     timed_in_threads,
@@ -195,8 +194,7 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
         Path(tempfile.mkdtemp(prefix="bench-samba-")), 0, {user: password}, [Share("csi")]
     ) as samba:
         rows = _raw_smb(samba.host, samba.port, "csi", user, password)
-        proc, endpoint = start_driver(tmp)
-        try:
+        with driver_running(tmp) as (_, endpoint):
             rows += asyncio.run(
                 _through_driver(
                     endpoint,
@@ -207,8 +205,6 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
                     row_dirs=True,
                 )
             )
-        finally:
-            stop_driver(proc)
     return _report("smb", rows)
 
 
@@ -258,15 +254,12 @@ def bench_nfs(tmp: Path, version: str) -> dict[str, Any]:
         with server.client_netns():
             rows = asyncio.run(raw())
         prefix = ["nsenter", f"--net={server.netns_path}"] if server.netns_path else None
-        proc, endpoint = start_driver(tmp, prefix=prefix or ())
-        try:
+        with driver_running(tmp, prefix=prefix or ()) as (_, endpoint):
             rows += asyncio.run(
                 _through_driver(
                     endpoint, {"source": source}, {}, [f"nfsvers={version}"], f"nfs{version}"
                 )
             )
-        finally:
-            stop_driver(proc)
     return _report(f"nfs-v{version}", rows)
 
 

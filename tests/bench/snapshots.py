@@ -34,7 +34,7 @@ from typing import Any
 import grpc
 
 from driver.csi import csi_pb2, csi_pb2_grpc
-from tests.bench.common import start_driver, stop_driver, table, write
+from tests.bench.common import driver_running, table, write
 
 FILES = 1000
 FILE_SIZE = 100_000
@@ -177,10 +177,9 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
         _raw_smb_copy(samba.host, samba.port, user, password, r"vols\tree", r"vols\raw-copy")
         rows = [_row("raw smbclient copyfile (server side)", time.perf_counter() - started, total)]
-        proc, endpoint = start_driver(
-            tmp, "--backend-timeout", "60", sock="snap-bench.sock", verbosity="0"
-        )
-        try:
+        with driver_running(
+            tmp, "--backend-timeout", "60", sock="snap-bench.sock", verbosity="0", stop_timeout=60
+        ) as (_, endpoint):
             more, archive = asyncio.run(
                 _through_driver(
                     endpoint,
@@ -190,8 +189,6 @@ def bench_smb(tmp: Path) -> dict[str, Any]:
                     total,
                 )
             )
-        finally:
-            stop_driver(proc, timeout=60)
     return _report("smb", rows + more, total, archive)
 
 
@@ -227,10 +224,9 @@ def bench_nfs4(tmp: Path) -> dict[str, Any]:
         started = time.perf_counter()
         asyncio.run(raw())
         rows = [_row("raw libnfs read+write loop", time.perf_counter() - started, total)]
-        proc, endpoint = start_driver(
-            tmp, "--backend-timeout", "60", sock="snap-bench.sock", verbosity="0"
-        )
-        try:
+        with driver_running(
+            tmp, "--backend-timeout", "60", sock="snap-bench.sock", verbosity="0", stop_timeout=60
+        ) as (_, endpoint):
             more, archive = asyncio.run(
                 _through_driver(
                     endpoint,
@@ -240,8 +236,6 @@ def bench_nfs4(tmp: Path) -> dict[str, Any]:
                     total,
                 )
             )
-        finally:
-            stop_driver(proc, timeout=60)
     return _report("nfs-v4", rows + more, total, archive)
 
 
