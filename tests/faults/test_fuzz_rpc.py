@@ -8,73 +8,19 @@ it is asked to touch: none may lie outside the share root.
 
 from __future__ import annotations
 
-import asyncio
-import os
-import threading
-from collections import Counter
 from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
-from hypothesis import HealthCheck, example, given, settings
+from hypothesis import example, given
 from hypothesis import strategies as st
 
-from controller.service import ControllerPlugin
-from driver.config import Config, parse_endpoint
-from driver.csi import csi_pb2, csi_pb2_grpc
-from driver.server import DriverServer
-from node.service import NodePlugin
-from tests.fakes.platform import FakePlatform
-from tests.fakes.share import FakeBackends
-from tests.secret_scan import register_secret
+from driver.csi import csi_pb2
+from tests.faults.fuzzing import SECRET, SETTINGS, Answers, Server, nasty_text
 
 pytestmark = pytest.mark.faults
 
-ALLOWED = {
-    grpc.StatusCode.OK,
-    grpc.StatusCode.INVALID_ARGUMENT,
-    grpc.StatusCode.NOT_FOUND,
-    grpc.StatusCode.ALREADY_EXISTS,
-    grpc.StatusCode.FAILED_PRECONDITION,
-    grpc.StatusCode.ABORTED,
-    grpc.StatusCode.UNIMPLEMENTED,
-    grpc.StatusCode.OUT_OF_RANGE,
-}
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "150"))
-COUNTS: Counter[str] = Counter()
-CODES: Counter[str] = Counter()
-SECRET = register_secret("Fuzz-S3cret-Value")
-
-
-class Server:
-    """One driver on a Unix socket, run by a loop in a background thread."""
-
-    def __init__(self, sock: Path) -> None:
-        self.backends = FakeBackends()
-        self.platform = FakePlatform()
-        cfg = Config(endpoint=parse_endpoint(f"unix://{sock}"), node_id="fuzz")
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        plugins = [ControllerPlugin(self.backends), NodePlugin(cfg, self.platform)]
-
-        async def start() -> DriverServer:
-            server = DriverServer(cfg, plugins)  # type: ignore[arg-type]
-            await server.start()
-            return server
-
-        self.server = asyncio.run_coroutine_threadsafe(start(), self.loop).result(30)
-        self.channel = grpc.insecure_channel(f"unix://{sock}")
-        self.controller = csi_pb2_grpc.ControllerStub(self.channel)
-        self.node = csi_pb2_grpc.NodeStub(self.channel)
-
-    def close(self) -> None:
-        self.channel.close()
-        asyncio.run_coroutine_threadsafe(self.server.stop(5), self.loop).result(30)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
+ANSWERS = Answers()
+call = ANSWERS.call
 
 
 @pytest.fixture(scope="module")
@@ -83,54 +29,11 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield srv
     srv.close()
     assert srv.backends.all_escapes == []
-    print("\nfuzz examples per RPC:", dict(sorted(COUNTS.items())))
-    print("answers:", dict(sorted(CODES.items())))
-    # The fuzzer must reach the success paths too, not only the rejections.
-    for rpc_name in ("CreateVolume", "DeleteVolume", "NodeStageVolume", "NodePublishVolume"):
-        assert CODES[f"{rpc_name}:OK"] > 0, rpc_name
-
-
-def call(method: Any, request: Any, name: str) -> None:
-    COUNTS[name] += 1
-    try:
-        method(request, timeout=10)
-    except grpc.RpcError as err:
-        assert err.code() in ALLOWED, (name, err.code(), err.details(), request)
-        assert SECRET not in (err.details() or "")
-        CODES[f"{name}:{err.code().name}"] += 1
-    else:
-        CODES[f"{name}:OK"] += 1
+    ANSWERS.check_reached(("CreateVolume", "DeleteVolume", "NodeStageVolume", "NodePublishVolume"))
 
 
 # -- strategies ------------------------------------------------------------------
 
-nasty_text = st.one_of(
-    st.text(max_size=40),
-    st.sampled_from(
-        [
-            "..",
-            "../..",
-            "/",
-            "a/../../b",
-            "..\\..",
-            "\x00",
-            "%2e%2e",
-            "CON",
-            "a//b",
-            "${x}",
-            "${pvc.metadata.name}",
-            "${pvc.metadata.namespace}/${pv.metadata.name}",
-            " ",
-            "~",
-            "archived-x",
-            "a:b",
-            "*",
-            "\\\\srv\\share",
-            "//srv/share/..",
-            "srv:/../etc",
-        ]
-    ),
-)
 sources = st.one_of(
     st.sampled_from(
         [
@@ -297,12 +200,6 @@ good_context = st.one_of(
             "linuxProtocol": st.sampled_from(["nfs", "smb", "x"]),
         }
     ),
-)
-
-SETTINGS = settings(
-    max_examples=EXAMPLES,
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 
 

@@ -9,23 +9,20 @@ and parameters.
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
-import grpc
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from driver.csi import csi_pb2
 from tests.csi_requests import cap
-from tests.faults.test_fuzz_rpc import ALLOWED, SECRET, SETTINGS, Server, nasty_text
+from tests.faults.fuzzing import SECRET, SETTINGS, Answers, Server, nasty_text
 
 pytestmark = pytest.mark.faults
 
-COUNTS: Counter[str] = Counter()
-CODES: Counter[str] = Counter()
+ANSWERS = Answers()
+call = ANSWERS.call
 SMB_SECRETS = {"username": "u", "password": SECRET}
 CAP = cap()
 VOLUMES = {
@@ -58,23 +55,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     yield srv
     srv.close()
     assert srv.backends.all_escapes == []
-    print("\nfuzz examples per RPC:", dict(sorted(COUNTS.items())))
-    print("answers:", dict(sorted(CODES.items())))
-    for name in ("CreateSnapshot", "DeleteSnapshot", "ListSnapshots", "CreateVolumeFrom"):
-        assert CODES[f"{name}:OK"] > 0, name
-
-
-def call(method: Any, request: Any, name: str) -> Any:
-    COUNTS[name] += 1
-    try:
-        result = method(request, timeout=10)
-    except grpc.RpcError as err:
-        assert err.code() in ALLOWED, (name, err.code(), err.details(), request)
-        assert SECRET not in (err.details() or "")
-        CODES[f"{name}:{err.code().name}"] += 1
-        return None
-    CODES[f"{name}:OK"] += 1
-    return result
+    ANSWERS.check_reached(("CreateSnapshot", "DeleteSnapshot", "ListSnapshots", "CreateVolumeFrom"))
 
 
 _names = st.one_of(st.from_regex(r"snap-[a-z0-9]{1,8}", fullmatch=True), nasty_text)
