@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from tests.e2e.inside.common import (
     cap,
     mounts_under,
 )
+from tests.harness import stop_process
 from tests.secret_scan import watch_log_file
 
 pytestmark = pytest.mark.e2e
@@ -134,12 +134,7 @@ def node(tmp_path: Path) -> Iterator[Node]:
         )
     finally:
         channel.close()
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         for entry in reversed(mounts_under(kubelet)):
             subprocess.run(["umount", "-l", entry.mount_point], check=False)
         for path in reversed(binds):

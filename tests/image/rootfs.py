@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
 import subprocess
 import time
 import tomllib
@@ -26,6 +25,7 @@ from typing import Any
 import grpc
 
 from driver.csi import csi_pb2, csi_pb2_grpc
+from tests.harness import stop_process
 from tests.secret_scan import watch_log_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -243,12 +243,7 @@ def serve_from_image(
         ready = _wait_probe(socket, proc, start)
         yield Served(proc.pid, socket, log, ready)
     finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_process(proc)
         subprocess.run(["umount", "-l", str(root / "csi")], check=False, capture_output=True)
 
 
