@@ -19,10 +19,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from driver import paths
-from driver.credentials import Credentials, smb_credentials
 from driver.errors import InvalidArgument
 from driver.source import Source, parse_source
 from node.platform import StageRequest
+from node.stage_auth import with_auth
 
 EPHEMERAL_KEY = "csi.storage.k8s.io/ephemeral"
 _KUBELET_PREFIX = "csi.storage.k8s.io/"
@@ -74,16 +74,14 @@ def ephemeral_volume(
     if subdir:
         paths.safe_relpath(subdir.rstrip("/"), what="volumeAttributes subDir")
     options = tuple(o.strip() for o in attrs.get("mountOptions", "").split(",") if o.strip())
-    creds: Credentials | None = None
-    if src.protocol == "smb":
-        creds = smb_credentials(secrets, which="nodePublishSecretRef secret")
-    return StageRequest(
+    volume = StageRequest(
         volume_id=volume_id,
         source=Source(src.protocol, src.server, src.port, src.share),
         subdir=paths.join(src.base, subdir.rstrip("/")),
         staging_path=target_path,
         mount_options=options,
-        credentials=creds,
         mount_group=mount_group,
         read_only=read_only,
     )
+    # A password or Kerberos keys, as for a staged volume.
+    return with_auth(volume, secrets, which="nodePublishSecretRef secret")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import sys
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +19,6 @@ import grpc
 
 from driver import paths, rpc
 from driver.config import DEFAULT_KUBELET_DIR, Config
-from driver.credentials import KerberosCredentials, smb_auth
 from driver.csi import csi_pb2, csi_pb2_grpc
 from driver.dual import scoped_options
 from driver.errors import (
@@ -40,6 +38,7 @@ from node.dual import HelperFinder, find_helper, locate_dual, refuse_single
 from node.ephemeral import ephemeral_volume, is_ephemeral
 from node.kubelet import KubeletPaths
 from node.platform import NodePlatform, PublishRequest, Reconciling, StageRequest
+from node.stage_auth import with_auth
 
 log = get_logger("node")
 
@@ -158,9 +157,10 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         context: Mapping[str, str],
         cap: csi_pb2.VolumeCapability,
         staging: str,
-    ) -> tuple[StageRequest, str]:
+    ) -> tuple[StageRequest, str, bool]:
         """Where a persistent volume lives and how to mount it, without
-        credentials, and how to name its node-stage secret in errors."""
+        credentials, how to name its node-stage secret in errors, and
+        whether it is a dual-protocol volume."""
         options = split_mount_flags(cap.mount.mount_flags)
         which = "node-stage secret"
         choice = locate_dual(volume_id, context, platform.name, helpers=self._helpers)
@@ -182,7 +182,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
             read_only=cap.access_mode.mode in _READ_ONLY_MODES,
             mount_permissions=mode,
         )
-        return stage, which
+        return stage, which, choice is not None
 
     async def NodeStageVolume(
         self, request: csi_pb2.NodeStageVolumeRequest, context: Ctx
@@ -195,16 +195,11 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         staging = self._staging_path(platform, request.staging_target_path)
         cap = request.volume_capability
         check_capability(cap)
-        stage, which = self._stage_request(
+        stage, which, dual = self._stage_request(
             platform, request.volume_id, request.volume_context, cap, staging
         )
         rpc.set_protocol(stage.source.protocol)
-        if stage.source.protocol == "smb":
-            auth = smb_auth(request.secrets, which=which)
-            if isinstance(auth, KerberosCredentials):
-                stage = dataclasses.replace(stage, kerberos=auth)
-            else:
-                stage = dataclasses.replace(stage, credentials=auth)
+        stage = with_auth(stage, request.secrets, which=which, dual=dual)
         with self._locks.hold(request.volume_id):
             await platform.stage(stage)
         return csi_pb2.NodeStageVolumeResponse()
@@ -253,7 +248,7 @@ class NodeService(csi_pb2_grpc.NodeServicer):
         else:
             staging = self._staging_path(platform, request.staging_target_path)
             try:
-                volume, _ = self._stage_request(
+                volume, _, _ = self._stage_request(
                     platform, request.volume_id, request.volume_context, cap, staging
                 )
             except DriverError:

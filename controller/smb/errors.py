@@ -31,6 +31,7 @@ from smbprotocol.header import NtStatus
 from driver import failures
 from driver.errors import DriverError
 from driver.failures import Failure
+from driver.kerberos_reasons import kerberos_reason
 
 __all__ = ["Status", "detach", "is_missing", "map_smb_error", "ntstatus"]
 
@@ -185,11 +186,11 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
     if isinstance(exc, SMBConnectionClosed):
         return failures.error(Failure.UNREACHABLE, where, "the SMB connection was closed")
     kerberos = _kerberos_reason(exc)
-    if kerberos:
+    if kerberos is not None:
         # The KDC's or GSSAPI's reason, as one of our own phrases: the
         # library's text itself never reaches the message.
-        failure = Failure.UNREACHABLE if kerberos in _KDC_UNREACHABLE else Failure.AUTH_FAILED
-        return failures.error(failure, where, f"Kerberos: {kerberos}")
+        failure, said = kerberos
+        return failures.error(failure, where, f"Kerberos: {said}")
     if isinstance(exc, SMBAuthenticationError):
         return failures.error(Failure.AUTH_FAILED, where)
     if _is_connect_failure(exc):
@@ -205,28 +206,13 @@ def map_smb_error(exc: BaseException, op: str, path: str) -> DriverError:
 
 
 _KERBEROS_HINTS = ("kerberos", "krb5", "gss", "kdc", "preauthentication", "keytab", "ticket")
-
-# Known KDC and GSSAPI reasons: (what the library says, what we say).  First match wins.
-_KERBEROS_REASONS = (
-    ("cannot contact any kdc", "Cannot contact any KDC for the realm"),
-    ("cannot find kdc", "Cannot find a KDC for the realm (DNS SRV records or the kdc key)"),
-    ("preauthentication failed", "Preauthentication failed (is the keytab or cache current?)"),
-    ("client not found in kerberos database", "Client not found in Kerberos database"),
-    ("server not found in kerberos database", "Server not found in Kerberos database"),
-    ("clock skew too great", "Clock skew too great"),
-    ("ticket expired", "Ticket expired"),
-    ("key table entry not found", "Key table entry not found for the principal"),
-    ("no support for encryption type", "KDC has no support for the encryption type"),
-    ("password has expired", "Password has expired"),
-    ("revoked", "Credentials have been revoked"),
-    ("gssapi", "GSSAPI logon failed"),
-)
-_KDC_UNREACHABLE = frozenset(said for _, said in _KERBEROS_REASONS[:2])
+_UNKNOWN_KERBEROS = "logon failed (no reason the driver knows; see the KDC's log)"
 
 
-def _kerberos_reason(exc: BaseException) -> str:
-    """The text of a Kerberos logon failure (the Kerberos/GSSAPI libraries'
-    own errors, or smbprotocol's logon error that quotes one); '' otherwise."""
+def _kerberos_reason(exc: BaseException) -> tuple[Failure, str] | None:
+    """The failure and our words for a Kerberos logon failure (the
+    Kerberos/GSSAPI libraries' own errors, or smbprotocol's logon error that
+    quotes one, matched against ``driver.kerberos_reasons``); None otherwise."""
     chain = _exception_chain(exc)
     from_library = type(exc).__module__.split(".")[0] in ("krb5", "gssapi", "spnego")
     texts = [str(e) for e in chain]
@@ -234,12 +220,11 @@ def _kerberos_reason(exc: BaseException) -> str:
         isinstance(exc, SMBAuthenticationError)
         and any(h in t.lower() for t in texts for h in _KERBEROS_HINTS)
     ):
-        return ""
-    lowered = " ".join(texts).lower()
-    for heard, said in _KERBEROS_REASONS:
-        if heard in lowered:
-            return said
-    return "logon failed (no reason the driver knows; see the KDC's log)"
+        return None
+    reason = kerberos_reason(" ".join(texts))
+    if reason is None:
+        return Failure.AUTH_FAILED, _UNKNOWN_KERBEROS
+    return reason.failure, reason.said
 
 
 def _exception_chain(exc: BaseException) -> list[BaseException]:

@@ -9,8 +9,15 @@ from collections.abc import Mapping
 from typing import Final
 
 from driver import failures
-from driver.errors import DriverError
+from driver.errors import (
+    DriverError,
+    FailedPrecondition,
+    Internal,
+    Unauthenticated,
+    Unavailable,
+)
 from driver.failures import Failure
+from driver.kerberos_reasons import kerberos_reason
 
 MOUNT_ERROR = re.compile(r"mount error\((\d+)\)")
 _EKEYREJECTED = 129  # Linux errno values (not in every platform's errno module)
@@ -86,3 +93,26 @@ def scrub(text: str, secret: str | None) -> str:
     if secret:
         text = text.replace(secret, "***")
     return " ".join(text.split())[-600:]
+
+
+def kdc_error(tool: str, returncode: int, output: str, principal: str) -> DriverError:
+    """A failed kinit/kvno as a domain error naming the KDC's reason in our
+    own words (``driver.kerberos_reasons``); the tool's text is never quoted."""
+    reason = kerberos_reason(output)
+    where = f"Kerberos: {tool} for {principal} failed"
+    if reason is None:
+        return Internal(
+            f"{where} (exit {returncode}, for a reason the driver does not know; "
+            f"run {tool} by hand on the node, or see the KDC's log)"
+        )
+    message = f"{where}: {reason.said}"
+    if reason.failure is Failure.AUTH_FAILED:
+        return Unauthenticated(message + " (check the keytab or credential cache in the secret)")
+    if reason.failure is Failure.UNREACHABLE:
+        return Unavailable(message + " (set the secret's kdc key or the chart's krb5 values)")
+    if reason.failure is Failure.CONFLICT:
+        return FailedPrecondition(
+            message + " (the file server has no cifs/<name> or nfs/<name> service principal "
+            "under the name in source: use the name it is registered with in the directory)"
+        )
+    return Internal(message)

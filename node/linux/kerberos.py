@@ -1,169 +1,91 @@
-"""Kerberos tickets for ``sec=krb5`` cifs mounts on the Linux node.
+"""Kerberos tickets for ``sec=krb5`` mounts on the Linux node, kept fresh.
 
-The kernel does not talk Kerberos itself: at session setup it asks
-``cifs.upcall`` (through request-key) for a ticket.  ``cifs.upcall`` switches
+The kernel does not talk Kerberos itself.  For cifs it asks ``cifs.upcall``
+(through request-key) for a ticket at session setup; ``cifs.upcall`` switches
 to the uid given as ``cruid=`` and to the mounting process's namespaces, and
 reads the credential cache named by ``KRB5CCNAME`` in that process's
-environment (it ignores ``KRB5CCNAME`` for uid 0).  So each staged volume
-gets:
+environment (it ignores ``KRB5CCNAME`` for uid 0).  For NFS the node's
+``rpc.gssd`` reads the cache of the accessing uid from its search directories
+(``node/linux/gssd.py``).  Each identity this keeper holds (a key: a cifs
+staging or inline target, or the NFS identity of uid 0) gets:
 
-* its own credential cache ``<dir>/cc/<key>`` (``<dir>`` is 0711 root:
-  cruid may pass through, nobody may list it), owned by the dedicated
-  non-root ``cruid`` (``cc/`` is 0700 and belongs to that uid); only the
-  ``mount`` process gets ``KRB5CCNAME`` pointing at it;
-* tickets the driver obtains itself: ``kinit -k`` from the secret's keytab
-  (kept 0600 in the root-only ``kt/``), or the secret's credential cache;
-  then ``kvno`` fetches the ``cifs/<server>`` service ticket into the cache,
-  so ``cifs.upcall`` needs no KDC of its own (it reads only /etc/krb5.conf,
-  while ``kinit``/``kvno`` also get a per-identity krb5.conf with the
-  secret's realm and KDCs);
-* renewal while the volume is staged: halfway to the ticket-granting
-  ticket's end a fresh cache is built beside the old one and renamed over
-  it (``cifs.upcall`` never reads half a cache); keytab volumes get new
-  tickets, cache volumes are renewed (``kinit -R``) until renew-until;
-* removal of all of it at unstage (or when the mount fails).
+* its credential cache, at a path and owner the caller chooses
+  (``node/linux/krb5files.py`` has the layout);
+* tickets the driver obtains itself: ``kinit -k`` from the secret's keytab,
+  or the secret's credential cache; then ``kvno`` fetches the service
+  tickets (``cifs/<server>``, ``nfs/<server>``) into the cache, so the
+  kernel's helpers need no KDC of their own (``kinit``/``kvno`` also get a
+  per-identity krb5.conf with the secret's realm and KDCs);
+* renewal while staged: halfway to the ticket-granting ticket's end a fresh
+  cache is built beside the old one and renamed over it (nobody reads half a
+  cache); keytab identities get new tickets, cache identities are renewed
+  (``kinit -R``) until renew-until;
+* on demand (:meth:`TicketKeeper.fresh`): tickets for a self-healing remount;
+* removal of all of it at release (unstage, or a failed mount).
 
-``<key>`` is derived from the staging path.  A small JSON file per volume in
-``kt/`` (no secret in it) lets a restarted driver resume renewing.
-Secrets never appear in argv (files and environment only) or in logs.
+Secrets never appear in argv (files and environment only), in logs or in
+error texts: the tools' own messages are classified through
+``driver.kerberos_reasons`` and never quoted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import secrets
-import stat
-import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 from driver.ccache import CCache, parse_ccache
 from driver.credentials import KerberosCredentials
-from driver.errors import (
-    DriverError,
-    FailedPrecondition,
-    Internal,
-    InvalidArgument,
-    Unauthenticated,
-    Unavailable,
-)
+from driver.errors import DriverError, FailedPrecondition, Internal, Unauthenticated
 from driver.log import get_logger
+from node.linux import krb5files as files
+from node.linux.errors import kdc_error
 from node.runner import CommandResult, CommandRunner
 
 log = get_logger("node.kerberos")
 
 # The cruid: a dedicated non-root user with a passwd entry in the node image.
 DEFAULT_UID = 10002
-# Not below the credentials-file dir (/run/csi-smb-nfs is 0700 root): the
-# cruid must be able to reach cc/.  On tmpfs: tickets never touch a disk.
-KRB5_DIR = "/run/csi-smb-nfs-krb5"
 # Bound of one kinit/kvno (a KDC that does not answer).
 KDC_TIMEOUT = 30.0
 # Retry delay after a failed refresh (KDC down), and the shortest wait.
 RETRY_DELAY = 30.0
 MIN_DELAY = 1.0
-_NODE_KRB5_CONF = "/etc/krb5.conf"
-# kinit/kvno messages worth classifying (MIT's texts, LC_ALL=C).
-_AUTH_FAILURES = (
-    "preauthentication failed",
-    "password incorrect",
-    "key table entry not found",
-    "client not found",
-    "clients credentials have been revoked",
-    "client's credentials have been revoked",
-    "ticket expired",
-    "no key table entry",
-    "keytab contains no suitable keys",
-    "decrypt integrity check failed",
-)
-_UNREACHABLE = ("cannot find kdc", "cannot contact any kdc", "unable to reach any kdc")
-_NO_SERVICE = ("server not found in kerberos database",)
-
-
-if sys.platform == "win32":  # type-checked only: this module runs on Linux
-
-    def _passwd_entry(uid: int) -> bool:
-        return False
-
-    def _chown(path: str, uid: int) -> None:
-        raise Internal("chown is Linux only")
-
-    def _euid() -> int:
-        return 0
-
-else:
-    import pwd
-
-    def _passwd_entry(uid: int) -> bool:
-        try:
-            pwd.getpwuid(uid)
-        except KeyError:
-            return False
-        return True
-
-    def _chown(path: str, uid: int) -> None:
-        os.chown(path, uid, -1)
-
-    def _euid() -> int:
-        return os.geteuid()
-
-
-def _read(path: str) -> bytes:
-    """Small files on a tmpfs: reading them does not block the loop."""
-    with open(path, "rb") as f:
-        return f.read()
-
-
-def volume_key(staging_path: str) -> str:
-    return hashlib.sha256(staging_path.encode()).hexdigest()[:24]
-
-
-def krb5_conf(creds: KerberosCredentials) -> str:
-    """The per-identity krb5.conf fragment (realm and KDCs are validated by
-    ``driver.credentials``, so nothing here can break out of its line)."""
-    lines = ["[libdefaults]", f"    default_realm = {creds.realm}"]
-    if creds.kdcs:
-        lines += ["    dns_lookup_kdc = false", "[realms]", f"    {creds.realm} = {{"]
-        lines += [f"        kdc = {kdc}" for kdc in creds.kdcs]
-        lines += ["    }"]
-    return "\n".join(lines) + "\n"
-
-
-def kdc_error(tool: str, result: CommandResult, principal: str) -> DriverError:
-    """Map a failed kinit/kvno to a domain error that quotes the KDC's reason."""
-    text = " ".join((result.stderr or result.stdout).split())[-400:]
-    low = text.lower()
-    message = f"Kerberos: {tool} for {principal} failed: {text or f'exit {result.returncode}'}"
-    if any(s in low for s in _AUTH_FAILURES):
-        return Unauthenticated(message + " (check the keytab or credential cache in the secret)")
-    if any(s in low for s in _NO_SERVICE):
-        return FailedPrecondition(
-            message + " (the file server has no cifs/<name> service principal under the name "
-            "in source: use the name it is registered with in the directory)"
-        )
-    if any(s in low for s in _UNREACHABLE):
-        return Unavailable(message + " (set the secret's kdc key or the chart's krb5 values)")
-    return Internal(message)
+# A ticket-granting ticket with less left than this is not good for a mount.
+FRESH_MARGIN = 60.0
 
 
 @dataclass
 class _Entry:
     key: str
     principal: str
-    server: str
     from_keytab: bool
+    cache: str  # the live credential cache
+    owner: int  # its owner (the cruid, or root for rpc.gssd)
+    services: list[str] = field(default_factory=list)  # e.g. cifs/fs1.corp@
     due: float = 0.0  # when to refresh next (clock seconds)
     end: float = 0.0  # the ticket-granting ticket's end
+    renew_till: float = 0.0
     warned: bool = False
 
 
+def _renewable(entry: _Entry, now: float) -> bool:
+    """A ticket-granting ticket can be renewed only before it ends."""
+    return entry.end > now and entry.renew_till > entry.end
+
+
+def _when(stamp: float) -> str:
+    return datetime.fromtimestamp(stamp, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 class TicketKeeper:
-    """Per-volume credential caches for cifs.upcall, kept fresh."""
+    """Credential caches for the kernel's Kerberos helpers, kept fresh."""
 
     def __init__(
         self,
@@ -191,7 +113,12 @@ class TicketKeeper:
     def uid(self) -> int:
         return self._uid
 
+    @property
+    def directory(self) -> str:
+        return self._dir
+
     def cache_path(self, key: str) -> str:
+        """Where a cifs volume's cache lives (owned by the cruid)."""
         return os.path.join(self._cc_dir, key)
 
     def _file(self, key: str, suffix: str) -> str:
@@ -203,41 +130,103 @@ class TicketKeeper:
 
     # -- public ------------------------------------------------------------
 
-    async def acquire(self, key: str, creds: KerberosCredentials, server: str) -> dict[str, str]:
-        """Tickets for ``creds`` in the volume's cache; returns the mount's
-        environment (``KRB5CCNAME``)."""
-        self._check_server(server)
-        if not _passwd_entry(self._uid):
+    async def acquire(
+        self,
+        key: str,
+        creds: KerberosCredentials,
+        server: str,
+        *,
+        service: str = "cifs",
+        cache: str | None = None,
+        owner: int | None = None,
+    ) -> dict[str, str]:
+        """Tickets for ``creds`` in ``key``'s cache (default: the cifs cache
+        owned by the cruid), with the ``service/server`` ticket; returns the
+        environment that names the cache (``KRB5CCNAME``)."""
+        files.check_server(server)
+        owner = self._uid if owner is None else owner
+        if owner != files.euid() and not files.passwd_entry(owner):
             raise FailedPrecondition(
-                f"Kerberos: uid {self._uid} (the cifs.upcall user, --krb5-uid) has no passwd "
+                f"Kerberos: uid {owner} (the cifs.upcall user, --krb5-uid) has no passwd "
                 "entry in the node image; cifs.upcall refuses a uid it cannot look up"
             )
         await self.resume()
-        entry = _Entry(key, creds.principal, server, from_keytab=creds.keytab is not None)
+        entry = _Entry(
+            key,
+            creds.principal,
+            from_keytab=creds.keytab is not None,
+            cache=cache or self.cache_path(key),
+            owner=owner,
+            services=[f"{service}/{server}@"],
+        )
         async with self._lock(key):
+            old = self._entries.get(key)
+            if old is not None and old.principal == entry.principal and old.cache == entry.cache:
+                # One identity for several volumes (NFS): keep their services.
+                entry.services = sorted(set(old.services) | set(entry.services))
             try:
-                cache = await self._first_tickets(entry, creds)
+                tickets = await self._first_tickets(entry, creds)
             except BaseException:
-                # Nothing of a volume that could not get tickets stays behind.
-                self._entries.pop(key, None)
-                self._remove_files(key)
+                # Nothing of an identity that could not get tickets stays behind.
+                if old is None:
+                    self._entries.pop(key, None)
+                    self._remove_files(entry)
                 raise
-            self._schedule(entry, cache)
+            self._schedule(entry, tickets)
         log.info(
             "kerberos tickets ready",
             principal=entry.principal,
-            server=server,
+            services=entry.services,
             source="keytab" if entry.from_keytab else "ccache",
             expires=int(entry.end),
         )
-        return {"KRB5CCNAME": f"FILE:{self.cache_path(key)}"}
+        return self.env(entry)
 
     async def release(self, key: str) -> None:
-        """Forget the volume's tickets and remove its files."""
+        """Forget ``key``'s tickets and remove its files."""
+        await self.resume()
         async with self._lock(key):
-            self._entries.pop(key, None)
-            self._remove_files(key)
+            entry = self._entries.pop(key, None)
+            if entry is not None:
+                self._remove_files(entry)
+            files.remove(self.cache_path(key), *self._meta_files(key))
         self._locks.pop(key, None)
+
+    async def knows(self, key: str) -> bool:
+        """Whether ``key`` has tickets here (also after a driver restart)."""
+        await self.resume()
+        return key in self._entries
+
+    async def principal(self, key: str) -> str | None:
+        await self.resume()
+        entry = self._entries.get(key)
+        return entry.principal if entry is not None else None
+
+    async def fresh(self, key: str) -> dict[str, str]:
+        """Tickets good for a new mount now (a self-healing remount): new
+        ones from the keytab; for a credential cache, the cache renewed if
+        its ticket ended or ends soon.  FailedPrecondition when only a new
+        Secret can help (an expired cache that cannot be renewed)."""
+        await self.resume()
+        async with self._lock(key):
+            entry = self._entries.get(key)
+            if entry is None:
+                raise FailedPrecondition("Kerberos: no tickets are kept for this volume")
+            now = self._clock()
+            if not entry.from_keytab:
+                self._read_times(entry)
+                if entry.end <= now + FRESH_MARGIN and not _renewable(entry, now):
+                    raise FailedPrecondition(
+                        f"Kerberos: the credential cache of {entry.principal} from the "
+                        f"node-stage secret expired at {_when(entry.end)} and cannot be "
+                        "renewed: a new credential cache Secret (krb5ccache) or a keytab is "
+                        "needed; update the secret, then restart the pods that use the "
+                        "volume on this node so that it is staged again with it"
+                    )
+            tickets = await self._build(entry, initial=None)
+            self._schedule(entry, tickets)
+        log.info("kerberos tickets renewed for a remount", principal=entry.principal)
+        return self.env(entry)
 
     async def refresh_due(self) -> None:
         """Refresh every cache whose time has come (the loop calls this)."""
@@ -249,7 +238,7 @@ class TicketKeeper:
                 await self._refresh(entry)
 
     async def resume(self) -> None:
-        """Pick up the volumes a previous driver process staged (once)."""
+        """Pick up the identities a previous driver process kept (once)."""
         if self._resumed:
             return
         self._resumed = True
@@ -261,17 +250,14 @@ class TicketKeeper:
             if not name.endswith(".json"):
                 continue
             key = name[: -len(".json")]
-            try:
-                meta = json.loads(_read(self._file(key, ".json")))
-                entry = _Entry(
-                    key, str(meta["principal"]), str(meta["server"]), bool(meta["keytab"])
-                )
-            except (OSError, ValueError, KeyError, TypeError):
-                continue
-            if key not in self._entries:
+            entry = self._load(key)
+            if entry is not None and key not in self._entries:
                 self._entries[key] = entry  # due 0: refreshed at once
-                log.info("resuming ticket renewal", principal=entry.principal, server=entry.server)
+                log.info("resuming ticket renewal", principal=entry.principal)
         self._kick()
+
+    def env(self, entry: _Entry) -> dict[str, str]:
+        return {"KRB5CCNAME": f"FILE:{entry.cache}"}
 
     async def aclose(self) -> None:
         if self._task is not None:
@@ -280,104 +266,89 @@ class TicketKeeper:
                 await self._task
             self._task = None
 
-    # -- internals ---------------------------------------------------------
+    # -- files -------------------------------------------------------------
+
+    def _meta_files(self, key: str) -> tuple[str, str, str]:
+        return (self._file(key, ".keytab"), self._file(key, ".conf"), self._file(key, ".json"))
+
+    def _remove_files(self, entry: _Entry) -> None:
+        files.remove(entry.cache, *self._meta_files(entry.key))
+
+    def _load(self, key: str) -> _Entry | None:
+        try:
+            meta = json.loads(files.read_small(self._file(key, ".json")))
+            if "server" in meta:  # written by an earlier version: a cifs volume
+                meta.update(cache=self.cache_path(key), owner=self._uid)
+                meta["services"] = [f"cifs/{meta['server']}@"]
+            return _Entry(
+                key,
+                str(meta["principal"]),
+                from_keytab=bool(meta["keytab"]),
+                cache=str(meta["cache"]),
+                owner=int(meta["owner"]),
+                services=[str(s) for s in meta["services"]],
+            )
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
 
     async def _first_tickets(self, entry: _Entry, creds: KerberosCredentials) -> CCache:
         key = entry.key
-        self._prepare_dirs()
-        self._write_private(self._file(key, ".conf"), krb5_conf(creds).encode())
+        files.prepare_dirs(self._dir, {"kt": files.euid(), "cc": self._uid})
+        files.write_private(self._file(key, ".conf"), files.krb5_conf(creds).encode())
         if creds.keytab is not None:
-            self._write_private(self._file(key, ".keytab"), creds.keytab)
-            cache = await self._build(entry, initial=None)
+            files.write_private(self._file(key, ".keytab"), creds.keytab)
+            tickets = await self._build(entry, initial=None)
         else:
             assert creds.ccache is not None  # noqa: S101 - KerberosCredentials has one of both
-            cache = await self._build(entry, initial=creds.ccache)
-        meta = {"principal": entry.principal, "server": entry.server, "keytab": entry.from_keytab}
-        self._write_private(self._file(key, ".json"), json.dumps(meta).encode())
-        return cache
-
-    def _remove_files(self, key: str) -> None:
-        for path in (
-            self.cache_path(key),
-            self._file(key, ".keytab"),
-            self._file(key, ".conf"),
-            self._file(key, ".json"),
-        ):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
+            files.remove(self._file(key, ".keytab"))
+            tickets = await self._build(entry, initial=creds.ccache)
+        meta = {
+            "principal": entry.principal,
+            "keytab": entry.from_keytab,
+            "cache": entry.cache,
+            "owner": entry.owner,
+            "services": entry.services,
+        }
+        files.write_private(self._file(key, ".json"), json.dumps(meta).encode())
+        return tickets
 
     def _lock(self, key: str) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 
-    @staticmethod
-    def _check_server(server: str) -> None:
-        if not server or server.replace(".", "").isdigit() or ":" in server:
-            raise InvalidArgument(
-                "Kerberos needs the file server's host name in source (tickets are issued for "
-                f"cifs/<host name>), not the address {server!r}"
-            )
-
-    def _prepare_dirs(self) -> None:
+    def _read_times(self, entry: _Entry) -> None:
         try:
-            os.makedirs(self._dir, mode=0o711, exist_ok=True)
-            st = os.lstat(self._dir)
-            if not stat.S_ISDIR(st.st_mode) or st.st_uid != _euid():
-                raise Internal(f"{self._dir} is not a directory owned by the driver")
-            if stat.S_IMODE(st.st_mode) != 0o711:
-                os.chmod(self._dir, 0o711)  # noqa: S103 - traversable, not listable: cc/ is 0700
-            for path, owner in ((self._kt_dir, 0), (self._cc_dir, self._uid)):
-                os.makedirs(path, mode=0o700, exist_ok=True)
-                st = os.lstat(path)
-                if not stat.S_ISDIR(st.st_mode):
-                    raise Internal(f"{path} is not a directory")
-                if st.st_uid != owner:
-                    _chown(path, owner)
-                if stat.S_IMODE(st.st_mode) != 0o700:
-                    os.chmod(path, 0o700)
-        except OSError as exc:
-            raise Internal(f"Kerberos: cannot prepare {self._dir}: {exc.strerror}") from None
+            tgt = parse_ccache(files.read_small(entry.cache)).tgt()
+        except (OSError, DriverError):
+            tgt = None
+        entry.end = float(tgt.end) if tgt is not None else 0.0
+        entry.renew_till = float(tgt.renew_till) if tgt is not None else 0.0
 
-    @staticmethod
-    def _write_private(path: str, data: bytes, *, owner: int | None = None) -> None:
-        tmp = f"{path}.{secrets.token_hex(4)}.tmp"
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-        try:
-            fd = os.open(tmp, flags, 0o600)
-            try:
-                with os.fdopen(fd, "wb") as f:
-                    f.write(data)
-                if owner is not None:
-                    _chown(tmp, owner)
-                os.replace(tmp, path)
-            except BaseException:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(tmp)
-                raise
-        except OSError as exc:
-            raise Internal(f"Kerberos: cannot write {path}: {exc.strerror}") from None
+    # -- tickets -----------------------------------------------------------
 
     def _env(self, key: str) -> dict[str, str]:
         # Our fragment first (the secret's realm/KDCs), then the node's file.
-        return {"KRB5_CONFIG": f"{self._file(key, '.conf')}:{_NODE_KRB5_CONF}"}
+        return {"KRB5_CONFIG": f"{self._file(key, '.conf')}:{files.NODE_KRB5_CONF}"}
 
     async def _kdc(self, tool: str, argv: list[str], entry: _Entry) -> CommandResult:
         result = await self._runner.run(argv, timeout=KDC_TIMEOUT, env=self._env(entry.key))
         if not result.ok:
-            raise kdc_error(tool, result, entry.principal)
+            output = f"{result.stderr} {result.stdout}"
+            raise kdc_error(tool, result.returncode, output, entry.principal)
         return result
 
     async def _build(self, entry: _Entry, *, initial: bytes | None) -> CCache:
         """Make a fresh cache beside the live one and rename it into place.
 
-        ``initial``: the secret's cache bytes (cache volumes at acquire);
-        None: get tickets from the keytab, or renew the live cache.
+        ``initial``: the secret's cache bytes (cache identities at acquire);
+        None: get tickets from the keytab, or renew the live cache (only
+        service tickets when its ticket-granting ticket is still good).
         """
-        live = self.cache_path(entry.key)
+        live = entry.cache
         tmp = f"{live}.{secrets.token_hex(4)}.new"
         cc = f"FILE:{tmp}"
         try:
             if initial is not None:
-                self._write_private(tmp, initial)
+                files.write_private(tmp, initial)
                 self._check_not_expired(parse_ccache(initial), entry)
             elif entry.from_keytab:
                 argv = ["kinit", "-k", "-t", self._file(entry.key, ".keytab"), "-c", cc]
@@ -385,27 +356,29 @@ class TicketKeeper:
                     argv += ["-l", self._lifetime]
                 await self._kdc("kinit", [*argv, entry.principal], entry)
             else:
-                self._write_private(tmp, _read(live))
-                await self._kdc("kinit -R", ["kinit", "-R", "-c", cc], entry)
-            try:
-                # The name cifs.upcall asks for: cifs/<host as mounted>, realm
-                # left to the KDC (no reverse-DNS canonicalisation).
-                await self._kdc("kvno", ["kvno", "-c", cc, f"cifs/{entry.server}@"], entry)
-            except DriverError as exc:
-                if entry.from_keytab:
-                    raise
-                # cifs.upcall may still reach a KDC through the node's krb5.conf.
-                log.warning("could not prefetch the cifs service ticket", error=exc.message)
-            cache = parse_ccache(_read(tmp))
+                files.write_private(tmp, files.read_small(live))
+                self._read_times(entry)
+                if _renewable(entry, self._clock()):
+                    await self._kdc("kinit -R", ["kinit", "-R", "-c", cc], entry)
+            for service in entry.services:
+                try:
+                    # The name the kernel's helper asks for: <service>/<host as
+                    # mounted>, realm left to the KDC (no reverse DNS).
+                    await self._kdc("kvno", ["kvno", "-c", cc, service], entry)
+                except DriverError as exc:
+                    if entry.from_keytab:
+                        raise
+                    # The helper may still reach a KDC through the node's krb5.conf.
+                    log.warning("could not prefetch a service ticket", error=exc.message)
+            tickets = parse_ccache(files.read_small(tmp))
             os.chmod(tmp, 0o600)  # whatever kinit's umask made it
-            _chown(tmp, self._uid)
+            files.chown(tmp, entry.owner)
             os.replace(tmp, live)
         except OSError as exc:
             raise Internal(f"Kerberos: cannot write the credential cache: {exc.strerror}") from None
         finally:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-        return cache
+            files.remove(tmp)
+        return tickets
 
     def _check_not_expired(self, cache: CCache, entry: _Entry) -> None:
         tgt = cache.tgt()
@@ -420,7 +393,9 @@ class TicketKeeper:
         now = self._clock()
         end = float(tgt.end) if tgt is not None else now
         entry.end = end
-        if entry.from_keytab or (tgt is not None and tgt.renew_till > end):
+        entry.renew_till = float(tgt.renew_till) if tgt is not None else 0.0
+        entry.warned = False
+        if entry.from_keytab or entry.renew_till > end:
             entry.due = now + max(MIN_DELAY, (end - now) / 2)
         else:
             # Nothing can extend it: look again when it has expired (to warn).
@@ -433,7 +408,7 @@ class TicketKeeper:
         if not entry.from_keytab and entry.end and entry.end <= now:
             if not entry.warned:
                 log.warning(
-                    "kerberos ticket expired and cannot be renewed: new SMB sessions of the "
+                    "kerberos ticket expired and cannot be renewed: new sessions of the "
                     "volume will fail until it is staged again with a fresh cache (or a keytab)",
                     principal=entry.principal,
                 )
@@ -458,15 +433,17 @@ class TicketKeeper:
         log.info("kerberos tickets refreshed", principal=entry.principal, expires=int(entry.end))
 
     def _kick(self) -> None:
+        if not self._entries:
+            return  # nothing to renew: no task (a running one waits for a wake)
         try:
-            asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
         except RuntimeError:
             return
         if self._wake is None:
             self._wake = asyncio.Event()
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = asyncio.get_running_loop().create_task(self._loop(), name="krb5 renew")
+            self._task = loop.create_task(self._loop(), name="krb5 renew")
 
     async def _loop(self) -> None:
         assert self._wake is not None  # noqa: S101 - set by _kick before the task starts
@@ -481,5 +458,8 @@ class TicketKeeper:
             if delay == float("inf"):
                 await self._wake.wait()
                 continue
+            # Not wait_for: on 3.11 it can swallow a cancel that arrives as
+            # the wake event fires, and aclose() would wait forever.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), delay)
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()

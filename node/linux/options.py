@@ -226,6 +226,18 @@ def mount_spec(request: StageRequest) -> MountSpec:
     raise InvalidArgument(f"protocol {request.source.protocol!r} is not smb or nfs")
 
 
+def with_kerberos(spec: MountSpec, cruid: int) -> MountSpec:
+    """``spec`` as a cifs Kerberos mount: ``sec=krb5`` unless the user chose
+    ``krb5i``, and the driver's ``cruid`` (whose credential cache cifs.upcall
+    reads).  A repair needs it too: the publish request carries no secret."""
+    options = list(spec.options)
+    keys = option_keys(options)
+    if keys.get("cruid") == str(cruid):
+        return spec  # already one
+    kerberos_options(options, keys)
+    return replace(spec, options=(*options, f"cruid={cruid}"))
+
+
 def credentials_text(creds: Credentials) -> str:
     """The mount.cifs credentials file: one ``key=value`` per line, the value
     taken verbatim to the end of the line (so ``,`` ``"`` backticks and

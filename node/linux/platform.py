@@ -6,9 +6,10 @@ docstring); each method looks before it acts, so every call is idempotent.
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import posixpath
+import time
+from collections.abc import Callable
 
 from driver.config import Config
 from driver.credentials import Credentials
@@ -24,9 +25,17 @@ from driver.log import get_logger
 from node.linux import mountinfo
 from node.linux.errors import errno_name
 from node.linux.host import HostView, ProcHost, share_with_group
-from node.linux.kerberos import KRB5_DIR, TicketKeeper, volume_key
+from node.linux.kerberos import TicketKeeper
+from node.linux.krb5files import KRB5_DIR
+from node.linux.krb5mounts import KerberosMounts
 from node.linux.mounter import KernelMounter
-from node.linux.options import credentials_text, mount_group_id, mount_spec
+from node.linux.options import (
+    MountSpec,
+    credentials_text,
+    mount_group_id,
+    mount_spec,
+    with_kerberos,
+)
 from node.linux.probes import Prober, ProbeTimeout
 from node.linux.repair import Repairer
 from node.platform import PublishRequest, StageRequest, VolumeHealth, VolumeUsage
@@ -70,17 +79,21 @@ class LinuxPlatform:
         unmount_timeout: float | None = None,
         krb5_dir: str = KRB5_DIR,
         ticket_lifetime: str | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
-        """``ticket_lifetime``: ``kinit -l`` for keytab volumes (default: the KDC's)."""
+        """``ticket_lifetime``: ``kinit -l`` for keytab volumes (default: the
+        KDC's); ``clock``: what ticket times are compared with."""
         self._host: HostView = host if host is not None else ProcHost()
         runner = runner if runner is not None else AsyncioRunner()
-        # Per-volume Kerberos credential caches (sec=krb5), renewed while staged.
+        # Kerberos credential caches (sec=krb5*), renewed while staged.
         self._tickets = TicketKeeper(
             runner,
             krb5_dir,
             uid=config.krb5_uid,
             lifetime=ticket_lifetime,
+            clock=clock,
         )
+        self._krb5 = KerberosMounts(self._tickets)
         self._mounts = KernelMounter(
             runner=runner,
             host=self._host,
@@ -96,7 +109,7 @@ class LinuxPlatform:
         )
         # Node-stage credentials of live SMB stagings: memory only, never disk.
         self._credentials: dict[str, Credentials] = {}
-        self._repair = Repairer(self._mounts, self._credentials)
+        self._repair = Repairer(self._mounts, self._credentials, self._krb5)
 
     @property
     def probe_timeout(self) -> float:
@@ -128,7 +141,7 @@ class LinuxPlatform:
         if spec.protocol == "smb" and request.credentials is not None:
             credentials_text(request.credentials)  # same: refuse unusable secrets early
         if spec.protocol == "smb" and request.kerberos is not None:
-            spec = dataclasses.replace(spec, options=(*spec.options, f"cruid={self._tickets.uid}"))
+            spec = with_kerberos(spec, self._tickets.uid)
         staging = self._mounts.real(request.staging_path)
         current = mountinfo.top(self._host.mounts(), staging)
         if current is not None:
@@ -153,31 +166,37 @@ class LinuxPlatform:
             await self._mounts.unmount(staging, what="staging_target_path", broken=True)
             spec = spec.fresh()  # not the stale superblock of the dead mount
         self._mounts.prepare_dir(staging, what="staging_target_path")
-        if spec.protocol == "smb" and request.kerberos is not None:
-            key = volume_key(staging)
-            env = await self._tickets.acquire(key, request.kerberos, request.source.server)
-            try:
-                await self._mounts.mount(spec, staging, None, env=env)
-            except BaseException:
-                await self._tickets.release(key)
-                raise
-        else:
-            await self._mounts.mount(spec, staging, request.credentials)
+        await self._mount_with_tickets(spec, staging, request)
         self._keep_credentials(staging, request)
         if spec.protocol == "nfs":
             await self._after_nfs_mount(request, staging)
         log.info("staged", path=staging, device=spec.device)
 
+    async def _tickets_for(self, request: StageRequest, path: str) -> dict[str, str] | None:
+        """Kerberos tickets for a mount at ``path``; the mount's environment."""
+        creds, server = request.kerberos, request.source.server
+        if creds is None:
+            return None
+        if request.source.protocol == "smb":
+            return await self._krb5.smb(path, creds, server)
+        await self._krb5.nfs(path, creds, server)  # rpc.gssd finds them by itself
+        return None
+
+    async def _mount_with_tickets(self, spec: MountSpec, path: str, request: StageRequest) -> None:
+        env = await self._tickets_for(request, path)
+        try:
+            await self._mounts.mount(spec, path, request.credentials, env=env)
+        except BaseException:
+            if request.kerberos is not None:
+                await self._krb5.release(path)
+            raise
+
     async def _keep_tickets(self, request: StageRequest, staging: str) -> None:
         """A re-stage of a healthy Kerberos volume (kubelet retry, driver
         restart) refreshes its cache from the secret and keeps renewing; a
         KDC that does not answer right now does not fail the healthy mount."""
-        if request.source.protocol != "smb" or request.kerberos is None:
-            return
         try:
-            await self._tickets.acquire(
-                volume_key(staging), request.kerberos, request.source.server
-            )
+            await self._tickets_for(request, staging)
         except Unavailable as exc:
             log.warning("staged, but the tickets could not be refreshed", error=exc.message)
 
@@ -214,7 +233,7 @@ class LinuxPlatform:
     async def unstage(self, volume_id: str, staging_path: str) -> None:
         staging = self._mounts.real(staging_path)
         await self._mounts.unmount(staging, what="staging_target_path")
-        await self._tickets.release(volume_key(staging))
+        await self._krb5.release(staging)
         self._credentials.pop(staging, None)
         self._repair.forget(staging)
         self._mounts.remove_dir(staging, what="staging_target_path")
@@ -281,6 +300,8 @@ class LinuxPlatform:
         creds = request.volume.credentials
         if spec.protocol == "smb" and creds is not None:
             credentials_text(creds)  # same: refuse unusable secrets early
+        if spec.protocol == "smb" and request.volume.kerberos is not None:
+            spec = with_kerberos(spec, self._tickets.uid)
         target = self._mounts.real(request.target_path)
         current = mountinfo.top(self._host.mounts(), target)
         if current is not None:
@@ -300,7 +321,7 @@ class LinuxPlatform:
         self._mounts.prepare_dir(target, what="target_path")
         try:
             # Never anything on the server: no mkdir, chmod or chown there.
-            await self._mounts.mount(spec, target, creds)
+            await self._mount_with_tickets(spec, target, request.volume)
         except Exception:
             self._mounts.remove_dir(target, what="target_path")
             raise
@@ -309,6 +330,7 @@ class LinuxPlatform:
     async def unpublish(self, volume_id: str, target_path: str) -> None:
         target = self._mounts.real(target_path)
         await self._mounts.unmount(target, what="target_path")
+        await self._krb5.release(target)  # an inline Kerberos volume's tickets
         self._repair.forget(target)
         self._mounts.remove_dir(target, what="target_path")
         log.info("unpublished", path=target)

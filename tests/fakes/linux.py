@@ -15,6 +15,7 @@ import errno
 import os
 import stat
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from node.linux import FsStats, LinuxPlatform, mountinfo
 from node.linux.mountinfo import MountEntry
 from node.runner import CommandResult, CommandTimeout
 from node.service import NodeService
+from tests.fakes.kdc import FakeKdc
 from tests.secret_scan import register_secret
 
 # Registered: the session-wide scan fails the run if it shows up in any log.
@@ -177,6 +179,7 @@ class FakeRunner:
     busy: set[str] = field(default_factory=set)  # plain umount says "target is busy"
     fail_remount_ro: bool = False
     finished: list[asyncio.Task[None]] = field(default_factory=list)
+    kdc: FakeKdc | None = None  # answers kinit/kvno (Kerberos volumes)
 
     def commands(self, name: str) -> list[tuple[str, ...]]:
         return [c.argv for c in self.calls if c.argv[0] == name]
@@ -199,6 +202,8 @@ class FakeRunner:
             return self._mount(args, call)
         if args[0] == "umount":
             return self._umount(args)
+        if args[0] in ("kinit", "kvno") and self.kdc is not None:
+            return await self.kdc.run(args, timeout=timeout, env=env)
         return CommandResult(args, 127, "", f"{args[0]}: not faked")
 
     def _fail(self, args: tuple[str, ...], message: str, code: int = 32) -> CommandResult:
@@ -278,11 +283,22 @@ class FakeRunner:
 
 def config(mount_timeout: float = 5.0) -> Config:
     return Config(
-        endpoint=parse_endpoint("unix:///unused"), node_id="n1", mount_timeout=mount_timeout
+        endpoint=parse_endpoint("unix:///unused"),
+        node_id="n1",
+        mount_timeout=mount_timeout,
+        krb5_uid=os.geteuid(),  # the cruid owns caches: the test's own uid can chown to it
     )
 
 
-def make_platform(host: FakeHost, runner: FakeRunner, secrets_dir: Path) -> LinuxPlatform:
+def make_platform(
+    host: FakeHost,
+    runner: FakeRunner,
+    secrets_dir: Path,
+    *,
+    krb5_dir: Path | None = None,
+    clock: list[float] | None = None,
+) -> LinuxPlatform:
+    now = clock if clock is not None else [time.time()]
     return LinuxPlatform(
         config(),
         runner=runner,
@@ -290,6 +306,8 @@ def make_platform(host: FakeHost, runner: FakeRunner, secrets_dir: Path) -> Linu
         secrets_dir=str(secrets_dir),
         probe_timeout=0.2,
         unmount_timeout=1.0,
+        krb5_dir=str(krb5_dir if krb5_dir is not None else secrets_dir.parent / "krb5"),
+        clock=lambda: now[0],
     )
 
 
@@ -303,8 +321,11 @@ class World:
     def __init__(self, root: Path, *, helpers: HelperFinder | None = None) -> None:
         self.root = root
         self.host = FakeHost()
-        self.runner = FakeRunner(self.host)
+        self.clock = [1_800_000_000.0]  # Kerberos ticket times; tests move it
+        self.kdc = FakeKdc(self.clock)
+        self.runner = FakeRunner(self.host, kdc=self.kdc)
         self.secrets_dir = root / "secrets"
+        self.krb5_dir = root / "krb5"
         self.kubelet = root / "kubelet"
         self.kubelet.mkdir()
         self.helpers = helpers  # the node's mount helpers (None: the host's own lookup)
@@ -313,7 +334,9 @@ class World:
 
     def restart(self) -> NodeService:
         """A new driver process: new service and platform, same kernel."""
-        platform = make_platform(self.host, self.runner, self.secrets_dir)
+        platform = make_platform(
+            self.host, self.runner, self.secrets_dir, krb5_dir=self.krb5_dir, clock=self.clock
+        )
         self.platforms.append(platform)
         extra = {"helpers": self.helpers} if self.helpers is not None else {}
         self.service = NodeService("n1", platform, kubelet_dir=str(self.kubelet), **extra)

@@ -10,8 +10,6 @@ import base64
 import contextlib
 import os
 import stat
-import struct
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -28,39 +26,14 @@ from driver.errors import (
     Unauthenticated,
     Unavailable,
 )
+from driver.kerberos_reasons import KERBEROS_REASONS
 from driver.source import Source
-from node.linux.kerberos import TicketKeeper, kdc_error, krb5_conf
+from node.linux.errors import kdc_error
+from node.linux.kerberos import TicketKeeper
+from node.linux.krb5files import krb5_conf
 from node.linux.options import smb_options
 from node.platform import StageRequest
-from node.runner import CommandResult
-
-# ---------------------------------------------------------------- a cache writer
-
-
-def _octets(b: bytes) -> bytes:
-    return struct.pack(">I", len(b)) + b
-
-
-def _principal(name: str) -> bytes:
-    user, _, realm = name.rpartition("@")
-    parts = user.split("/")
-    out = struct.pack(">II", 1, len(parts)) + _octets(realm.encode())
-    return out + b"".join(_octets(p.encode()) for p in parts)
-
-
-def make_ccache(owner: str, tickets: list[tuple[str, int, int, int]], *, version: int = 4) -> bytes:
-    """An MIT FILE cache: ``tickets`` = (server, start, end, renew_till)."""
-    out = struct.pack(">H", 0x0500 | version)
-    if version == 4:
-        out += struct.pack(">H", 12) + struct.pack(">HH", 1, 8) + b"\0" * 8
-    out += _principal(owner)
-    for server, start, end, renew in tickets:
-        out += _principal(owner) + _principal(server)
-        out += struct.pack(">H", 18) + (struct.pack(">H", 18) if version == 3 else b"")
-        out += _octets(b"k" * 32)
-        out += struct.pack(">IIIIBI", start, start, end, renew, 0, 0)
-        out += struct.pack(">I", 0) + struct.pack(">I", 0) + _octets(b"T" * 40) + _octets(b"")
-    return out
+from tests.fakes.kdc import UNKNOWN_TEXT, FakeKdc, make_ccache
 
 
 def b64(data: bytes) -> str:
@@ -221,52 +194,53 @@ def test_kerberos_mounts_refuse_conflicting_options(flag: str, match: str) -> No
 
 
 @pytest.mark.parametrize(
-    ("stderr", "kind"),
+    ("stderr", "kind", "said"),
     [
-        ("kinit: Preauthentication failed while getting initial credentials", Unauthenticated),
-        ("kinit: Client not found in Kerberos database", Unauthenticated),
-        ("kinit: Cannot contact any KDC for realm 'R' while getting", Unavailable),
-        ("kvno: Server not found in Kerberos database while getting", FailedPrecondition),
-        ("kinit: something else", Internal),
+        (
+            "kinit: Preauthentication failed while getting initial credentials",
+            Unauthenticated,
+            "Preauthentication failed",
+        ),
+        ("kinit: Client not found in Kerberos database", Unauthenticated, "Client not found"),
+        (
+            "kinit: Cannot contact any KDC for realm 'R' while getting",
+            Unavailable,
+            "Cannot contact",
+        ),
+        (
+            "kvno: Server not found in Kerberos database while getting",
+            FailedPrecondition,
+            "Server not found",
+        ),
+        (UNKNOWN_TEXT, Internal, "a reason the driver does not know"),
     ],
 )
-def test_kdc_errors_keep_the_reason(stderr: str, kind: type[DriverError]) -> None:
-    err = kdc_error("kinit", CommandResult(("kinit",), 1, "", stderr), "u@R")
+def test_kdc_errors_name_the_reason_in_our_words(
+    stderr: str, kind: type[DriverError], said: str
+) -> None:
+    err = kdc_error("kinit", 1, stderr, "u@R")
     assert isinstance(err, kind)
-    assert stderr.split(": ", 1)[1].split(" while", maxsplit=1)[0] in err.message
+    assert said in err.message
+    assert stderr not in err.message  # the tool's own text is never quoted
+    assert "while getting" not in err.message
+
+
+# Our own words: a random text that happens to be part of them proves nothing.
+OURS = " ".join(r.said for r in KERBEROS_REASONS) + str(kdc_error("kinit", 1, "", "u@R"))
+
+
+@given(st.text(min_size=8).filter(lambda s: s.strip() == s and s not in OURS))
+def test_kdc_tool_text_never_reaches_the_message(text: str) -> None:
+    for output in (
+        text,
+        f"kinit: Preauthentication failed {text}",
+        f"{text} cannot contact any KDC",
+    ):
+        err = kdc_error("kinit", 1, output, "u@R")
+        assert text not in err.message
 
 
 # ---------------------------------------------------------------- ticket keeper
-
-
-@dataclass
-class FakeKdc:
-    """kinit/kvno as a KDC would answer them: kinit writes a cache whose TGT
-    lasts ``lifetime`` from the fake clock; records every call."""
-
-    clock: list[float]
-    lifetime: int = 1000
-    refuse: str | None = None  # stderr of a failing kinit
-    calls: list[tuple[tuple[str, ...], dict[str, str] | None]] = field(default_factory=list)
-
-    async def run(
-        self,
-        argv: object,
-        *,
-        timeout: float,
-        env: dict[str, str] | None = None,
-        stdin: bytes | None = None,
-    ) -> CommandResult:
-        args = tuple(str(a) for a in argv)  # type: ignore[attr-defined]
-        self.calls.append((args, env))
-        if args[0] == "kinit" and self.refuse:
-            return CommandResult(args, 1, "", self.refuse)
-        cc = args[args.index("-c") + 1].removeprefix("FILE:")
-        now = int(self.clock[0])
-        if args[0] == "kinit":
-            data = make_ccache("u@R", [("krbtgt/R@R", now, now + self.lifetime, 0)])
-            Path(cc).write_bytes(data)
-        return CommandResult(args, 0, "", "")
 
 
 @pytest.fixture
@@ -291,8 +265,7 @@ async def test_keytab_tickets_files_and_renewal(tmp_path: Path, clock: list[floa
     keytab = tmp_path / "krb5" / "kt" / "key1.keytab"
     assert keytab.read_bytes() == KEYTAB
     assert stat.S_IMODE(keytab.stat().st_mode) == 0o600
-    tools = [a[0] for a, _ in kdc.calls]
-    assert tools == ["kinit", "kvno"]
+    assert kdc.tools() == ["kinit", "kvno"]
     assert kdc.calls[1][0][-1] == "cifs/fs1.corp.example@"
     for argv, call_env in kdc.calls:
         assert str(keytab) in argv or argv[0] == "kvno"
@@ -330,8 +303,9 @@ async def test_failed_refresh_retries_before_expiry(tmp_path: Path, clock: list[
 async def test_refused_keytab_leaves_nothing(tmp_path: Path, clock: list[float]) -> None:
     kdc = FakeKdc(clock, refuse="kinit: Preauthentication failed while getting initial credentials")
     k = keeper(tmp_path, kdc)
-    with pytest.raises(Unauthenticated, match="Preauthentication failed"):
+    with pytest.raises(Unauthenticated, match="Preauthentication failed") as info:
         await k.acquire("k", KerberosCredentials("u", "R", keytab=KEYTAB), "fs1")
+    assert "while getting" not in info.value.message
     assert list((tmp_path / "krb5" / "kt").iterdir()) == []
     assert list((tmp_path / "krb5" / "cc").iterdir()) == []
     assert k.due("k") is None

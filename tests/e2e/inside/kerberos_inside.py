@@ -34,7 +34,7 @@ from driver.config import Config, parse_endpoint
 from driver.credentials import smb_auth
 from driver.csi import csi_pb2
 from node.linux import LinuxPlatform, mountinfo
-from node.linux.kerberos import volume_key
+from node.linux.krb5files import volume_key
 from node.service import NodePlugin
 from tests.harness import Client, running_driver
 from tests.secret_scan import register_secret
@@ -492,6 +492,124 @@ async def test_controller_rotated_keytab_fails_clearly(ktmp: Path) -> None:
         assert not (SHARE_DIR / "pvc-ctl-rotated").exists()
 
 
+# ---------------------------------------------------------------- self-healing
+
+
+UML = Path(__file__).resolve().parents[1] / "uml"
+
+
+def dc_stop() -> None:
+    """The DC (KDC and file server in one samba process) goes away."""
+    pid = int((ADDC / "samba.pid").read_text())
+    os.kill(pid, 15)
+    for _ in range(300):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError("samba did not stop")
+
+
+def dc_start() -> None:
+    subprocess.run(["bash", str(UML / "start-addc.sh")], check=True, capture_output=True)
+
+
+def replace_with_copy(directory: Path) -> None:
+    """The same files in a new directory: the share restored from a copy
+    (every lookup of the old root gives ESTALE once the server is back)."""
+    copy = directory.with_name(directory.name + ".copy")
+    subprocess.run(["cp", "-a", str(directory), str(copy)], check=True)
+    subprocess.run(["rm", "-rf", str(directory)], check=True)
+    copy.rename(directory)
+
+
+async def test_staging_heals_after_its_ticket_expired_with_the_server_away(ktmp: Path) -> None:
+    """The issue's case: the DC (KDC and file server) went away, the volume's
+    200 s ticket expired meanwhile (the keeper could not renew it), and the
+    share came back restored from a copy.  kubelet's republish gets fresh
+    tickets from the keytab the node keeps and remounts with sec=krb5."""
+    async with node(ktmp, lifetime="200s") as (c, krb5_dir):
+        vol = KrbVolume("pvc-heal", ktmp, keytab_secret())
+        target = ktmp / "kubelet" / "pods" / "p4" / "mount"
+        await c.node.NodeStageVolume(vol.stage())
+        await c.node.NodePublishVolume(vol.publish(target))
+        write_through(target, "hello.txt", "before the outage")
+        cache = krb5_dir / "cc" / volume_key(str(vol.staging))
+        (before,) = mountinfo.at(mountinfo.read(), str(vol.staging))
+
+        dc_stop()
+        try:
+            replace_with_copy(vol.server_dir)
+            deadline = time.time() + 260
+            while time.time() < deadline and tgt_end(cache) > time.time():
+                await asyncio.sleep(2)
+            assert tgt_end(cache) <= time.time(), "the ticket did not expire"
+            # Nothing to repair while the server is away: UNAVAILABLE, nothing changed.
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await c.node.NodePublishVolume(vol.publish(target), timeout=60)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
+            assert mountinfo.at(mountinfo.read(), str(vol.staging)) == [before]
+        finally:
+            dc_start()
+        back = time.monotonic()
+        healed = False
+        for _ in range(30):
+            try:
+                await c.node.NodePublishVolume(vol.publish(target), timeout=90)
+            except grpc.aio.AioRpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.details()
+                await asyncio.sleep(2)
+                continue
+            healed = True
+            break
+        assert healed, "the republish never repaired the mount"
+        print(f"HEAL krb5: healed {time.monotonic() - back:.1f} s after the DC came back")
+        (after,) = mountinfo.at(mountinfo.read(), str(vol.staging))
+        assert after.mount_id != before.mount_id  # remounted, not reconnected
+        assert after.super_option("sec") == "krb5", after.super_options
+        assert tgt_end(cache) > time.time()  # fresh tickets from the keytab
+        assert (target / "hello.txt").read_text() == "before the outage"
+        write_through(target, "after.txt", "after the repair")
+        assert (vol.server_dir / "after.txt").read_text() == "after the repair"
+        await c.node.NodeUnpublishVolume(vol.unpublish(target), timeout=60)
+        await c.node.NodeUnstageVolume(vol.unstage(), timeout=60)
+        assert_forgotten(krb5_dir)
+        assert [e for e in mountinfo.read() if str(ktmp) in e.mount_point] == []
+
+
+# ---------------------------------------------------------------- inline volumes
+
+
+async def test_inline_volume_with_a_keytab(ktmp: Path) -> None:
+    (SHARE_DIR / "inline-krb").mkdir(exist_ok=True)
+    (SHARE_DIR / "inline-krb").chmod(0o777)
+    target = ktmp / "kubelet" / "pods" / "p5" / "volumes" / "inline" / "mount"
+    request = csi_pb2.NodePublishVolumeRequest(
+        volume_id="csi-inline-krb",
+        target_path=str(target),
+        volume_capability=cap(),
+        volume_context={
+            "csi.storage.k8s.io/ephemeral": "true",
+            "source": f"//{SERVER}/share",
+            "subDir": "inline-krb",
+        },
+        secrets=keytab_secret(),
+    )
+    async with node(ktmp) as (c, krb5_dir):
+        await c.node.NodePublishVolume(request)
+        (entry,) = mountinfo.at(mountinfo.read(), str(target))
+        assert entry.super_option("sec") == "krb5"
+        assert_private(krb5_dir, volume_key(str(target)))
+        write_through(target, "inline.txt", "inline over Kerberos")
+        assert (SHARE_DIR / "inline-krb" / "inline.txt").read_text() == "inline over Kerberos"
+        await c.node.NodeUnpublishVolume(
+            csi_pb2.NodeUnpublishVolumeRequest(volume_id="csi-inline-krb", target_path=str(target))
+        )
+        assert not target.exists()
+        assert_forgotten(krb5_dir)
+
+
 # ---------------------------------------------------------------- NFS sec=krb5
 
 
@@ -504,11 +622,11 @@ def sh(*argv: str, **kw: Any) -> None:
 
 
 @pytest.fixture
-def nfs_krb5_server(ktmp: Path) -> Iterator[None]:
-    """The kernel NFS server exporting with sec=krb5:krb5i:krb5p:sys
-    (rpc.svcgssd with the nfs/nfs1.e2e.test key), and the client side's
-    rpc.gssd using root's credential cache (``-n``)."""
-    conf = Path("/etc/krb5.conf")
+def nfs_krb5_server(ktmp: Path) -> None:
+    """The kernel NFS server exporting with sec=krb5:krb5i:krb5p only (no
+    sys), rpc.svcgssd with the nfs/nfs1.e2e.test key.  The client side has
+    no /etc/krb5.conf, no keytab and no tickets of its own."""
+    conf = ktmp / "server-krb5.conf"
     conf.write_text(
         f"[libdefaults]\n default_realm = {REALM}\n dns_lookup_kdc = false\n rdns = false\n"
         f"[realms]\n {REALM} = {{\n  kdc = 127.0.0.1\n }}\n"
@@ -527,60 +645,101 @@ def nfs_krb5_server(ktmp: Path) -> Iterator[None]:
     sh("mount", "-t", "tmpfs", "-o", "size=16m,mode=777", "nfsk", str(NFS_DIR))
     Path("/etc/exports").write_text(
         f"{NFS_DIR} *(rw,sync,no_subtree_check,no_root_squash,insecure,fsid=0,"
-        "sec=krb5:krb5i:krb5p:sys)\n"
+        "sec=krb5:krb5i:krb5p)\n"
     )
     sh("rpcbind", "-w")
     sh("exportfs", "-ra")
-    sh("rpc.svcgssd")
+    sh("rpc.svcgssd", env={**os.environ, "KRB5_CONFIG": str(conf)})
     sh("rpc.mountd")
     sh("rpc.nfsd", "4")
-    # root's tickets, where rpc.gssd -n looks for them (FILE:/tmp/krb5cc_0)
-    sh("kinit", "-k", "-t", str(ADDC / "krbuser.keytab"), "-c", "FILE:/tmp/krb5cc_0",
-       f"krbuser@{REALM}")  # fmt: skip
-    sh("rpc.gssd", "-n", "-p", str(pipefs))
-    try:
-        yield
-    finally:
-        conf.unlink(missing_ok=True)
 
 
-async def test_nfs_sec_krb5_through_the_node(ktmp: Path, nfs_krb5_server: None) -> None:
-    """What NFS Kerberos reaches (docs/kerberos.md, NFS): the node stages
-    and publishes a sec=krb5 NFSv4.1 volume through the kernel client and
-    the node's rpc.gssd (here with root's tickets from kinit, not from the
-    driver), and a file written through the target reaches the export."""
+def start_gssd(krb5_dir: Path) -> subprocess.Popen[bytes]:
+    """rpc.gssd as the chart's gssd container runs it: root's cache from
+    the driver's directory (-n -d), the driver's krb5.conf first, and no
+    machine keytab (-k to a file that does not exist)."""
+    env = {**os.environ, "KRB5_CONFIG": f"{krb5_dir}/nfs/krb5.conf:/etc/krb5.conf"}
+    return subprocess.Popen(
+        ["rpc.gssd", "-f", "-n", "-d", f"{krb5_dir}/nfs", "-k", "/nonexistent.keytab",
+         "-p", "/run/rpc_pipefs"],
+        env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+
+
+def nfs_requests(ktmp: Path, name: str, flags: tuple[str, ...], secrets: dict[str, str]) -> Any:
+    staging = ktmp / "kubelet" / STAGING / name / "globalmount"
+    target = ktmp / "kubelet" / "pods" / f"p-{name}" / "mount"
+    context = {"source": f"{NFS_SERVER}:/", "subDir": "vol"}
+    stage = csi_pb2.NodeStageVolumeRequest(
+        volume_id=name,
+        staging_target_path=str(staging),
+        volume_capability=cap(*flags),
+        volume_context=context,
+        secrets=secrets,
+    )
+    publish = csi_pb2.NodePublishVolumeRequest(
+        volume_id=name,
+        staging_target_path=str(staging),
+        target_path=str(target),
+        volume_capability=cap(*flags),
+        volume_context=context,
+    )
+    unpublish = csi_pb2.NodeUnpublishVolumeRequest(volume_id=name, target_path=str(target))
+    unstage = csi_pb2.NodeUnstageVolumeRequest(volume_id=name, staging_target_path=str(staging))
+    return staging, target, stage, publish, unpublish, unstage
+
+
+async def test_nfs_sec_krb5_from_the_secret(ktmp: Path, nfs_krb5_server: None) -> None:
+    """NFS Kerberos fed from the secret: the node stages a sec=krb5 NFSv4.1
+    volume (and a krb5p NFSv4.2 one with the same identity) with tickets it
+    got from the keytab into rpc.gssd's cache for root; a file written through
+    the target reaches the export; a second identity is refused; the cache
+    goes with the last unstage."""
     (NFS_DIR / "vol").mkdir()
     (NFS_DIR / "vol").chmod(0o777)
-    async with node(ktmp) as (c, _):
-        staging = ktmp / "kubelet" / STAGING / "nfs-krb5" / "globalmount"
-        target = ktmp / "kubelet" / "pods" / "p9" / "mount"
-        flags = ("vers=4.1", "sec=krb5")
-        context = {"source": f"{NFS_SERVER}:/", "subDir": "vol"}
-        await c.node.NodeStageVolume(
-            csi_pb2.NodeStageVolumeRequest(
-                volume_id="nfs-krb5",
-                staging_target_path=str(staging),
-                volume_capability=cap(*flags),
-                volume_context=context,
+    Path("/etc/krb5.conf").unlink(missing_ok=True)
+    async with node(ktmp) as (c, krb5_dir):
+        gssd = start_gssd(krb5_dir)
+        try:
+            s1, t1, stage1, pub1, unpub1, unstage1 = nfs_requests(
+                ktmp, "nfs-a", ("vers=4.1", "sec=krb5"), keytab_secret()
             )
-        )
-        (entry,) = mountinfo.at(mountinfo.read(), str(staging))
-        assert entry.fstype == "nfs4"
-        assert entry.super_option("sec") == "krb5", entry.super_options
-        await c.node.NodePublishVolume(
-            csi_pb2.NodePublishVolumeRequest(
-                volume_id="nfs-krb5",
-                staging_target_path=str(staging),
-                target_path=str(target),
-                volume_capability=cap(*flags),
-                volume_context=context,
+            scan = EnvScan(KEYTAB.encode())
+            async with scan.watching():
+                await c.node.NodeStageVolume(stage1)
+            assert scan.leaks == [], scan.leaks
+            (entry,) = mountinfo.at(mountinfo.read(), str(s1))
+            assert (entry.fstype, entry.super_option("sec")) == ("nfs4", "krb5"), entry
+            cache = krb5_dir / "nfs" / "krb5cc_0"
+            st = cache.stat()
+            assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+            await c.node.NodePublishVolume(pub1)
+            write_through(t1, "nfs.txt", "over NFS with Kerberos from the secret")
+            assert (NFS_DIR / "vol" / "nfs.txt").read_text().endswith("from the secret")
+
+            _, t2, stage2, pub2, unpub2, unstage2 = nfs_requests(
+                ktmp, "nfs-b", ("vers=4.2", "sec=krb5p"), keytab_secret()
             )
-        )
-        write_through(target, "nfs.txt", "over NFS with Kerberos")
-        assert (NFS_DIR / "vol" / "nfs.txt").read_text() == "over NFS with Kerberos"
-        await c.node.NodeUnpublishVolume(
-            csi_pb2.NodeUnpublishVolumeRequest(volume_id="nfs-krb5", target_path=str(target))
-        )
-        await c.node.NodeUnstageVolume(
-            csi_pb2.NodeUnstageVolumeRequest(volume_id="nfs-krb5", staging_target_path=str(staging))
-        )
+            await c.node.NodeStageVolume(stage2)
+            await c.node.NodePublishVolume(pub2)
+            assert (t2 / "nfs.txt").read_text().endswith("from the secret")
+
+            *_, stage3, _, _, _ = nfs_requests(
+                ktmp, "nfs-c", ("vers=4.1", "sec=krb5"), keytab_secret(STALE_KEYTAB, "stale")
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await c.node.NodeStageVolume(stage3)
+            assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+            assert "krbuser@E2E.TEST" in (info.value.details() or "")
+
+            await c.node.NodeUnpublishVolume(unpub1)
+            await c.node.NodeUnstageVolume(unstage1)
+            await c.node.NodeUnpublishVolume(unpub2)
+            assert cache.exists()  # nfs-b still staged
+            await c.node.NodeUnstageVolume(unstage2)
+            assert not cache.exists()
+            assert_forgotten(krb5_dir)
+            assert not (krb5_dir / "nfs" / "krb5.conf").exists()
+        finally:
+            gssd.terminate()
+            gssd.wait(10)

@@ -110,7 +110,8 @@ def ensure_addc() -> Path:
     (provision-addc.sh; ~25 s the first time, then instant)."""
     cmd = ["bash", str(PROVISION_ADDC_SH)]
     proc = subprocess.run(
-        cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cmd, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     found = re.search(r"^ADDC_DIR=(.+)$", proc.stdout, re.M)
     if proc.returncode != 0 or not found:
         raise GuestSetupError(

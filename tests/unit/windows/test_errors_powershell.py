@@ -70,9 +70,7 @@ async def test_error_1219_is_a_failed_precondition(
     with pytest.raises(FailedPrecondition) as info:
         await platform.stage(alices)
     assert "Windows error 1219" in info.value.message
-    assert "every volume of one SMB server on a node must use the same user" in (
-        info.value.message
-    )
+    assert "every volume of one SMB server on a node must use the same user" in (info.value.message)
     # Nothing changed: bob's mapping and link stay, alice's staging dir is as kubelet made it.
     assert node.mappings == mappings
     assert node.links == links

@@ -80,10 +80,14 @@ async def test_a_whole_reboot(node: FakeWindows, persistent: bool) -> None:
     # kubelet stages pvc-1 again with its credentials: the share is mapped ...
     node.calls.clear()
     await platform.stage(stage_request(platform, node, "pvc-1", precreate=False))
-    expected = [OP_GET_MAPPING, OP_REMOVE_MAPPING, OP_NEW_MAPPING] if persistent else [
-        OP_GET_MAPPING,
-        OP_NEW_MAPPING,
-    ]
+    expected = (
+        [OP_GET_MAPPING, OP_REMOVE_MAPPING, OP_NEW_MAPPING]
+        if persistent
+        else [
+            OP_GET_MAPPING,
+            OP_NEW_MAPPING,
+        ]
+    )
     assert node.ops() == expected
     assert node.mappings[key(ROOT)].status == "OK"
     assert node.links == links  # the existing links were right: kept as they are
