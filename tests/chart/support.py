@@ -59,6 +59,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}}
     },
     "replicas": {"controller": {"replicas": 3}},
+    "krb5-nfs-gssd": {"krb5": {"defaultRealm": "CORP.EXAMPLE", "nfsGssd": True}},
     "kubelet-dir": {
         "linux": {"kubeletDir": "/var/snap/microk8s/common/var/lib/kubelet/"},
         "windows": {"enabled": True, "kubeletDir": "D:\\kubelet\\"},

@@ -56,7 +56,7 @@ def test_sidecars_are_confirmed_releases(scenario: str) -> None:
     seen = set()
     for workload in workloads(documents(values)):
         for c in containers(workload):
-            if c["name"] in ("driver", "init-plugin-dir"):
+            if c["name"] in ("driver", "gssd", "init-plugin-dir"):
                 continue  # the driver's own image: the operator's registry
             repository, tag = _split(c["image"])
             assert repository in CONFIRMED, c["image"]

@@ -57,3 +57,27 @@ def test_realms_render_a_krb5_conf_into_node_and_controller() -> None:
 def test_bad_krb5_values_are_refused(krb5: dict) -> None:
     with pytest.raises(Exception, match="krb5"):
         render({"krb5": krb5})
+
+
+def test_nfs_gssd_container_reads_the_drivers_nfs_cache() -> None:
+    docs = documents({"krb5": {"defaultRealm": "CORP.EXAMPLE", "nfsGssd": True}})
+    node = one(docs, "DaemonSet", "-node")
+    containers = node["spec"]["template"]["spec"]["containers"]
+    (gssd,) = [c for c in containers if c["name"] == "gssd"]
+    script = " ".join(gssd["args"])
+    assert "rpc.gssd -f -n -d /run/csi-smb-nfs-krb5/nfs -p /run/rpc_pipefs" in script
+    assert "mount -t rpc_pipefs" in script
+    env = {e["name"]: e["value"] for e in gssd["env"]}
+    assert env["KRB5_CONFIG"] == "/run/csi-smb-nfs-krb5/nfs/krb5.conf:/etc/krb5.conf"
+    mounts = _mounts(node, "gssd")
+    (driver,) = [c for c in containers if "--mode=node" in c["args"]]
+    # The same tmpfs as the driver's, where it writes the cache.
+    assert mounts["/run"]["name"] == _mounts(node, driver["name"])["/run"]["name"]
+    assert mounts["/etc/krb5.conf"]["subPath"] == "krb5.conf"
+    assert gssd["securityContext"]["privileged"] is True
+    assert gssd["resources"]["limits"]["memory"]
+
+
+def test_no_gssd_container_by_default() -> None:
+    node = one(documents({}), "DaemonSet", "-node")
+    assert "gssd" not in [c["name"] for c in node["spec"]["template"]["spec"]["containers"]]

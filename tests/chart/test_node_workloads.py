@@ -50,12 +50,15 @@ def test_linux_node(scenario: str) -> None:
         assert len(mounts) == 1
         assert mounts[0]["mountPropagation"] == "Bidirectional"
         assert volume_named(node, mounts[0]["name"])["hostPath"]["path"] == kubelet
-        # Nothing else propagates: sidecars get plain mounts.
+        # Nothing else propagates: sidecars get plain mounts.  rpc.gssd (only
+        # with krb5.nfsGssd) must mount rpc_pipefs: privileged, no propagation.
         for c in containers(node):
             if c["name"] != "driver":
                 assert all("mountPropagation" not in m for m in c.get("volumeMounts", []))
+            if c["name"] not in ("driver", "gssd"):
                 assert c["securityContext"]["privileged"] is False
                 assert c["securityContext"]["allowPrivilegeEscalation"] is False
+        assert ("gssd" in [c["name"] for c in containers(node)]) is values["krb5"]["nfsGssd"]
         # The socket the driver serves is the one the registrar registers.
         plugin_dir = posixpath.join(kubelet, "plugins", name)
         assert mount_source(node, driver, "/csi")["hostPath"]["path"] == plugin_dir
