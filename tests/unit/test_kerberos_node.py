@@ -24,9 +24,9 @@ import pytest
 from driver import rpc
 from driver.ccache import parse_ccache
 from driver.csi import csi_pb2
-from driver.errors import DriverError, FailedPrecondition, InvalidArgument, Unavailable
+from driver.errors import DriverError, FailedPrecondition, Internal, InvalidArgument, Unavailable
 from node.linux.krb5files import volume_key
-from tests.fakes.kdc import make_ccache
+from tests.fakes.kdc import UNKNOWN_TEXT, make_ccache
 from tests.fakes.linux import World, options_of
 from tests.secret_scan import register_secret
 from tests.unit.test_node_ephemeral import POD_INFO, inline_req, unpublish_req
@@ -343,4 +343,16 @@ async def test_inline_refused_keytab_leaves_nothing(world: World) -> None:
         await world.service.NodePublishVolume(inline_req(world, attrs, secrets=KEYTAB_SECRET), CTX)
     assert world.host.entries == []
     assert not Path(world.target()).exists()
+    assert krb5_files(world) == []
+
+
+async def test_an_unknown_kdc_reason_is_never_quoted(world: World) -> None:
+    """The fake KDC answers with a text the driver does not know (registered
+    with the session-wide secret scan: it must appear in no log or message)."""
+    world.kdc.refuse = UNKNOWN_TEXT
+    with pytest.raises(Internal) as info:
+        await world.service.NodeStageVolume(stage_req(world, secrets=KEYTAB_SECRET), CTX)
+    assert "a reason the driver does not know" in info.value.message
+    assert UNKNOWN_TEXT not in info.value.message
+    assert world.host.entries == []
     assert krb5_files(world) == []
