@@ -550,6 +550,12 @@ async def test_staging_heals_after_its_ticket_expired_with_the_server_away(ktmp:
                 await c.node.NodePublishVolume(vol.publish(target), timeout=60)
             assert info.value.code() == grpc.StatusCode.UNAVAILABLE, info.value.details()
             assert mountinfo.at(mountinfo.read(), str(vol.staging)) == [before]
+            # A dead staging mount the kernel will not bring back by itself
+            # (it may reconnect a session once the keeper has renewed the
+            # cache; measured with the AD DC, the share's copy alone did not
+            # always leave it broken): detached, as a repair that failed half
+            # way leaves it.  The pod's target still sits on the old mount.
+            sh("umount", "-l", str(vol.staging))
         finally:
             dc_start()
         back = time.monotonic()
@@ -730,7 +736,14 @@ async def test_nfs_sec_krb5_from_the_secret(ktmp: Path, nfs_krb5_server: None) -
             with pytest.raises(grpc.aio.AioRpcError) as info:
                 await c.node.NodeStageVolume(stage3)
             assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
-            assert "krbuser@E2E.TEST" in (info.value.details() or "")
+            # (user names and realms of secrets are *** in every message)
+            assert "already authenticate as" in (info.value.details() or "")
+            assert (
+                mountinfo.at(
+                    mountinfo.read(), str(ktmp / "kubelet" / STAGING / "nfs-c" / "globalmount")
+                )
+                == []
+            )
 
             await c.node.NodeUnpublishVolume(unpub1)
             await c.node.NodeUnstageVolume(unstage1)
