@@ -1,30 +1,20 @@
 """Kerberos tickets for ``sec=krb5`` mounts on the Linux node, kept fresh.
 
-The kernel does not talk Kerberos itself.  For cifs it asks ``cifs.upcall``
-(through request-key) for a ticket at session setup; ``cifs.upcall`` switches
-to the uid given as ``cruid=`` and to the mounting process's namespaces, and
-reads the credential cache named by ``KRB5CCNAME`` in that process's
-environment (it ignores ``KRB5CCNAME`` for uid 0).  For NFS the node's
-``rpc.gssd`` reads the cache of the accessing uid from its search directories
-(``node/linux/gssd.py``).  Each identity this keeper holds (a key: a cifs
-staging or inline target, or the NFS identity of uid 0) gets:
-
-* its credential cache, at a path and owner the caller chooses
-  (``node/linux/krb5files.py`` has the layout);
-* tickets the driver obtains itself: ``kinit -k`` from the secret's keytab,
-  or the secret's credential cache; then ``kvno`` fetches the service
-  tickets (``cifs/<server>``, ``nfs/<server>``) into the cache, so the
-  kernel's helpers need no KDC of their own (``kinit``/``kvno`` also get a
-  per-identity krb5.conf with the secret's realm and KDCs);
-* renewal while staged: halfway to the ticket-granting ticket's end a fresh
-  cache is built beside the old one and renamed over it (nobody reads half a
-  cache); keytab identities get new tickets, cache identities are renewed
-  (``kinit -R``) until renew-until;
-* on demand (:meth:`TicketKeeper.fresh`): tickets for a self-healing remount;
-* removal of all of it at release (unstage, or a failed mount).
+The kernel does not talk Kerberos itself: for cifs, ``cifs.upcall`` reads the
+cache that ``KRB5CCNAME`` names in the ``mount`` process's environment, as
+the ``cruid=`` user; for NFS, rpc.gssd reads the cache of the accessing uid
+from its search directories (``node/linux/krb5mounts.py``; file layout in
+``node/linux/krb5files.py``).  For each identity (a key) the keeper gets
+tickets itself (``kinit -k`` from the secret's keytab, or the secret's
+cache), prefetches the service tickets (``kvno cifs/<server>@``, ``nfs/``:
+the kernel's helpers then need no KDC of their own), rebuilds the cache
+halfway to the ticket-granting ticket's end (beside the live one, then a
+rename: nobody reads half a cache; caches are renewed with ``kinit -R``
+until renew-until), gives fresh tickets on demand for a self-healing
+remount (:meth:`TicketKeeper.fresh`), and removes everything at release.
 
 Secrets never appear in argv (files and environment only), in logs or in
-error texts: the tools' own messages are classified through
+error texts: the tools' messages are classified through
 ``driver.kerberos_reasons`` and never quoted.
 """
 
@@ -32,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import json
 import os
 import secrets
@@ -443,7 +434,10 @@ class TicketKeeper:
             self._wake = asyncio.Event()
         self._wake.set()
         if self._task is None or self._task.done():
-            self._task = loop.create_task(self._loop(), name="krb5 renew")
+            # A clean context: not the log fields of the RPC that started it.
+            self._task = loop.create_task(
+                self._loop(), name="krb5 renew", context=contextvars.Context()
+            )
 
     async def _loop(self) -> None:
         assert self._wake is not None  # noqa: S101 - set by _kick before the task starts

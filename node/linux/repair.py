@@ -48,7 +48,6 @@ from driver import rpc
 from driver.credentials import Credentials
 from driver.errors import (
     Aborted,
-    DeadlineExceeded,
     DriverError,
     FailedPrecondition,
     Unavailable,
@@ -128,14 +127,8 @@ class Repairer:
     async def republish(self, request: PublishRequest, staging: str, target: str) -> None:
         """``target`` already shows a mount of this volume: keep or repair it."""
         try:
-            with self._locks.acquire(staging, what="staging repair") as lock:
-                try:
-                    await self._republish(request, staging, target)
-                except (DeadlineExceeded, asyncio.CancelledError) as exc:
-                    finished = getattr(exc, "finished", None)
-                    if finished is not None:
-                        lock.release_after(finished)
-                    raise
+            with self._locks.hold(staging, what="staging repair"):
+                await self._republish(request, staging, target)
         except Aborted:
             raise Aborted(
                 f"a repair of {staging} is in progress for another target; try again"
