@@ -47,6 +47,7 @@ DEFAULT_UID = 10002
 KDC_TIMEOUT = 30.0
 # Retry delay after a failed refresh (KDC down), and the shortest wait.
 RETRY_DELAY = 30.0
+RETRY_FLOOR = 5.0
 MIN_DELAY = 1.0
 # A ticket-granting ticket with less left than this is not good for a mount.
 FRESH_MARGIN = 60.0
@@ -410,8 +411,8 @@ class TicketKeeper:
             cache = await self._build(entry, initial=None)
         except DriverError as exc:
             retry = RETRY_DELAY
-            if entry.end > now:
-                retry = min(retry, max(MIN_DELAY, (entry.end - now) / 2))
+            if entry.end > now:  # sooner near the end, but not a retry a second
+                retry = min(retry, max(RETRY_FLOOR, (entry.end - now) / 2))
             entry.due = now + retry
             log.warning(
                 "kerberos ticket refresh failed; retrying",
