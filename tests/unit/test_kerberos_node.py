@@ -356,3 +356,18 @@ async def test_an_unknown_kdc_reason_is_never_quoted(world: World) -> None:
     assert UNKNOWN_TEXT not in info.value.message
     assert world.host.entries == []
     assert krb5_files(world) == []
+
+
+async def test_nfs_identity_survives_a_driver_restart(world: World) -> None:
+    """The markers and the keeper's files are on the node's tmpfs: a restarted
+    driver still refuses a second identity, repairs, and removes the cache
+    with the last unstage."""
+    svc = world.service
+    await svc.NodeStageVolume(nfs_stage(world, "a", KEYTAB_SECRET), CTX)
+    svc = world.restart()
+    other = {"username": "v@R", "keytab": KEYTAB, "kdc": "kdc1"}
+    with pytest.raises(FailedPrecondition, match="already authenticate as u@R"):
+        await svc.NodeStageVolume(nfs_stage(world, "b", other), CTX)
+    await svc.NodeUnstageVolume(nfs_unstage(world, "a"), CTX)
+    assert not (world.krb5_dir / "nfs" / "krb5cc_0").exists()
+    assert krb5_files(world) == []
