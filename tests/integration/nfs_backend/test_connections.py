@@ -4,7 +4,6 @@ server killed, restarted or paused, reuse after aclose, the pool, and latency.""
 from __future__ import annotations
 
 import asyncio
-import statistics
 import time
 import uuid
 
@@ -175,20 +174,14 @@ async def test_pool_one_backend_per_key(ganesha_v4: GaneshaServer) -> None:
 # -- measurements (printed with -s; asserted loosely) --------------------------------
 
 
-async def test_measure_mkdir_latency(target: Target, base: str) -> None:
+async def test_a_hundred_mkdirs_in_a_row_on_one_backend(target: Target, base: str) -> None:
+    # Their speed is measured in `make bench` (tests.bench.provision), not here.
     b = target.backend()
     try:
         await b.exists(base)
-        samples = []
-        for i in range(100):
-            started = time.perf_counter()
-            await b.mkdir(f"{base}/m{i}")
-            samples.append(time.perf_counter() - started)
+        created = [await b.mkdir(f"{base}/m{i}") for i in range(100)]
     finally:
         await b.aclose()
-    median_ms = statistics.median(samples) * 1000
-    print(
-        f"\nNFSv{target.version}: median mkdir {median_ms:.2f} ms; "
-        f"ganesha start {target.server.last_start_seconds * 1000:.0f} ms"
-    )
-    assert median_ms < 50
+    assert created == [True] * 100
+    on_disk = sorted(p.name for p in target.disk(base).iterdir())
+    assert on_disk == sorted(f"m{i}" for i in range(100))
