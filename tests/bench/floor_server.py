@@ -1,6 +1,7 @@
 """The required stack's floor: the smallest CSI server it allows.
 
-``python -m tests.bench.floor_server unix:///path.sock``
+``python tests/bench/floor_server.py unix:///path.sock`` (with the driver installed:
+the CSI messages come from the installed package)
 
 It imports what every mode of the driver must (asyncio, grpcio's aio
 server, the generated CSI messages, structlog configured for JSON lines,

@@ -21,8 +21,7 @@ from driver.csi import csi_pb2, csi_pb2_grpc
 from tests.bench.common import table, write
 
 RUNS = 10
-ROOT = Path(__file__).resolve().parents[2]
-#: The required stack's own floor (``tests.bench.floor_server``), the baseline
+#: The required stack's own floor (``tests/bench/floor_server.py``), the baseline
 #: the modes are read against: grpc.aio + CSI messages + structlog + psutil.
 FLOOR = "floor"
 MODES = (FLOOR, "node", "controller", "all")
@@ -40,8 +39,8 @@ def _probe_ready(sock: Path) -> bool:
 
 
 def _command(mode: str, sock: Path, python: str) -> list[str]:
-    if mode == FLOOR:
-        return [python, "-m", "tests.bench.floor_server", f"unix://{sock}"]
+    if mode == FLOOR:  # by path: tests/ is not installed, the CSI messages are
+        return [python, str(Path(__file__).with_name("floor_server.py")), f"unix://{sock}"]
     return [python, "-m", "driver", "serve", "--endpoint", f"unix://{sock}", "--mode", mode]
 
 
@@ -52,8 +51,9 @@ def start_once(mode: str, tmp: Path, python: str) -> tuple[float, int]:
         _command(mode, sock, python),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-        # The floor server lives in tests/: run it from the checkout.
-        cwd=ROOT if mode == FLOOR else None,
+        # Not from the checkout: `-m driver` would then load the source tree
+        # instead of the installed, byte-compiled package the image runs.
+        cwd=tmp,
     )
     try:
         while not _probe_ready(sock):
