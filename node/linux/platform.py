@@ -250,19 +250,11 @@ class LinuxPlatform:
         current = mountinfo.top(mounts, target)
         if current is not None:
             # Published before: kubelet's periodic republish (or a retry).
+            # Ours: the staging's view, or the share itself (the staging was remounted since).
             same = source is not None and current.same_filesystem_view(source)
             spec = mount_spec(request.volume) if request.volume is not None else None
-            if not same and (spec is None or not spec.matches(current)):
-                raise FailedPrecondition(
-                    f"target_path {target} already has another mount "
-                    f"({current.fstype} {current.source})"
-                )
-            if current.read_only != request.read_only:
-                raise AlreadyExists(
-                    f"volume is published at {target} "
-                    f"{'read-only' if current.read_only else 'read-write'}, "
-                    "which contradicts the requested readonly flag"
-                )
+            ours = same or (spec is not None and spec.matches(current))
+            check_published(target, current, ours=ours, read_only=request.read_only)
             await self._repair.republish(request, staging, target)
             return
         if source is None:
@@ -305,17 +297,7 @@ class LinuxPlatform:
         target = self._mounts.real(request.target_path)
         current = mountinfo.top(self._host.mounts(), target)
         if current is not None:
-            if not spec.matches(current):
-                raise FailedPrecondition(
-                    f"target_path {target} already has another mount "
-                    f"({current.fstype} {current.source})"
-                )
-            if current.read_only != spec.read_only:
-                raise AlreadyExists(
-                    f"volume is published at {target} "
-                    f"{'read-only' if current.read_only else 'read-write'}, "
-                    "which contradicts the requested readonly flag"
-                )
+            check_published(target, current, ours=spec.matches(current), read_only=spec.read_only)
             await self._repair.republish_inline(request, spec, target, creds)
             return
         self._mounts.prepare_dir(target, what="target_path")
@@ -383,6 +365,24 @@ class LinuxPlatform:
         # Stuck probe threads are daemons and killed mounts are reaped by the
         # runner; neither may delay shutdown.
         await self._tickets.aclose()
+
+
+def check_published(
+    target: str, current: mountinfo.MountEntry, *, ours: bool, read_only: bool
+) -> None:
+    """A target that has a mount already (kubelet's republish, a retry) must
+    show this volume (``ours``) with the requested read-only flag; a staged
+    and an inline volume are held to the same rule."""
+    if not ours:
+        raise FailedPrecondition(
+            f"target_path {target} already has another mount ({current.fstype} {current.source})"
+        )
+    if current.read_only != read_only:
+        raise AlreadyExists(
+            f"volume is published at {target} "
+            f"{'read-only' if current.read_only else 'read-write'}, "
+            "which contradicts the requested readonly flag"
+        )
 
 
 def _unknown(message: str) -> VolumeUsage:

@@ -214,3 +214,19 @@ async def test_inline_target_with_another_mount_is_refused(world: World) -> None
     with pytest.raises(DriverError) as info:
         await world.service.NodePublishVolume(inline_req(world, other), CTX)
     assert info.value.code == "FAILED_PRECONDITION"
+
+
+@pytest.mark.parametrize("first_read_only", [False, True])
+async def test_inline_target_with_the_other_readonly_flag_is_refused(
+    world: World, first_read_only: bool
+) -> None:
+    """The same rule as a staged volume's target: CSI's ALREADY_EXISTS, nothing changed."""
+    svc = world.service
+    await svc.NodePublishVolume(inline_req(world, SMB_ATTRS, readonly=first_read_only), CTX)
+    calls, entries = len(world.runner.calls), list(world.host.entries)
+    with pytest.raises(DriverError) as info:
+        await svc.NodePublishVolume(inline_req(world, SMB_ATTRS, readonly=not first_read_only), CTX)
+    assert info.value.code == "ALREADY_EXISTS"
+    assert ("read-only" if first_read_only else "read-write") in info.value.message
+    assert len(world.runner.calls) == calls
+    assert world.host.entries == entries
