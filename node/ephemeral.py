@@ -20,7 +20,7 @@ from collections.abc import Mapping
 
 from driver import paths
 from driver.errors import InvalidArgument
-from driver.source import Source, parse_source
+from driver.source import parse_source
 from node.platform import StageRequest
 from node.stage_auth import with_auth
 
@@ -76,7 +76,7 @@ def ephemeral_volume(
     options = tuple(o.strip() for o in attrs.get("mountOptions", "").split(",") if o.strip())
     volume = StageRequest(
         volume_id=volume_id,
-        source=Source(src.protocol, src.server, src.port, src.share),
+        source=src.share_root,
         subdir=paths.join(src.base, subdir.rstrip("/")),
         staging_path=target_path,
         mount_options=options,

@@ -98,8 +98,7 @@ def locate(volume_id: str, context: Mapping[str, str]) -> tuple[Source, str, int
         subdir = ctx.get("subdir", "").strip("/")
         if subdir:
             paths.safe_relpath(subdir, what="volume context subDir")
-        root = Source(src.protocol, src.server, src.port, src.share)
-        return root, paths.join(src.base, subdir), mode
+        return src.share_root, paths.join(src.base, subdir), mode
     try:
         vid = parse_volume_id(volume_id)
     except InvalidArgument as exc:
