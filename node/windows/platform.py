@@ -182,10 +182,12 @@ class WindowsPlatform:
         check_server_name(source)
         privacy = require_privacy(source, volume.mount_options, self.settings.require_privacy)
         if volume.kerberos is not None:
-            # PowerShell's SMB cmdlets take a password credential only; a
-            # domain-joined node negotiates Kerberos with it by itself.
+            # Staged and inline volumes alike: PowerShell's SMB cmdlets take a
+            # password credential only; a domain-joined node negotiates
+            # Kerberos with it by itself.
             raise InvalidArgument(
-                f"{secret}: Windows nodes cannot use a keytab or credential cache; give "
+                f"{secret}: Windows nodes map SMB shares with New-SmbGlobalMapping, which "
+                "takes a password credential and cannot use a keytab or credential cache; give "
                 "username (DOMAIN\\user) and password of a domain account: a domain-joined "
                 "node then logs on with Kerberos (docs/kerberos.md)"
             )
