@@ -24,6 +24,7 @@ import pytest
 from controller.service import build as build_controller
 from driver.config import Config, parse_endpoint
 from driver.csi import csi_pb2
+from driver.plugin import ServicePlugin
 from driver.server import DriverServer
 from node.linux import PROBE_TIMEOUT, LinuxPlatform, mountinfo
 from node.service import NodePlugin
@@ -33,19 +34,22 @@ from tests.secret_scan import register_secret
 
 if not (os.path.exists("/run/e2e-guest") and os.environ.get("CSI_E2E_INSIDE") == "1"):
     pytest.fail(
-        "tests/e2e/inside/ runs only inside the UML guest: run tests/e2e/test_node_e2e.py "
-        "or tests/e2e/test_node_faults_e2e.py",
+        "tests/e2e/inside/ runs only inside the UML guest: run its host test, "
+        "tests/e2e/test_*_e2e.py (test_kerberos_e2e.py for kerberos_inside.py)",
         pytrace=False,
     )
 
-# Read once and removed from the environment, so that processes the tests
-# start (mount, mount.cifs, driver processes) do not inherit it: the scans
-# of /proc and of the driver logs then prove the driver never hands it on.
-SMB_PASSWORD = register_secret(os.environ.pop("SMB_PASSWORD"))
-SMB_USER = os.environ["SMB_USER"]
-SMB_SHARE = os.environ["SMB_SHARE"]
-SMB_DIR = Path(os.environ["SMB_SHARE_DIR"])
-NFS_DIR = Path(os.environ["NFS_EXPORT_DIR"])
+# The guest's plain Samba and NFS servers; a guest booted with the AD DC
+# instead (kerberos_inside.py) has none of them, and its tests use none of these.
+# The password is read once and removed from the environment, so that
+# processes the tests start (mount, mount.cifs, driver processes) do not
+# inherit it: the scans of /proc and of the driver logs then prove the driver
+# never hands it on.
+SMB_PASSWORD = register_secret(os.environ.pop("SMB_PASSWORD", ""))
+SMB_USER = os.environ.get("SMB_USER", "")
+SMB_SHARE = os.environ.get("SMB_SHARE", "")
+SMB_DIR = Path(os.environ.get("SMB_SHARE_DIR", "/nonexistent"))
+NFS_DIR = Path(os.environ.get("NFS_EXPORT_DIR", "/nonexistent"))
 AM = csi_pb2.VolumeCapability.AccessMode
 # kubelet's layout under the test's kubelet directory (the driver's --kubelet-dir):
 # staging paths below this, pod targets below ``pods``.
@@ -106,33 +110,47 @@ async def in_process_driver(
     tmp: Path,
     *,
     mount_timeout: float = 30.0,
+    backend_timeout: float = 10.0,
     probe_timeout: float | None = None,
     metrics: bool = False,
+    controller: bool = True,
+    config: dict[str, Any] | None = None,
+    **platform: Any,
 ) -> AsyncIterator[tuple[DriverServer, Client]]:
-    """Controller and node in this process on ``tmp/csi.sock``, kubelet's
-    directory ``tmp/kubelet``; and a client.  ``probe_timeout``: the node's
-    health probe bound (default: the configuration's)."""
+    """Controller (unless not ``controller``) and node in this process on
+    ``tmp/csi.sock``, kubelet's directory ``tmp/kubelet``; and a client.
+    ``probe_timeout``: the node's health probe bound (default: the
+    configuration's); ``config``: more Config fields; ``platform``: more
+    LinuxPlatform arguments."""
     cfg = Config(
         endpoint=parse_endpoint(f"unix://{tmp}/csi.sock"),
         node_id="e2e",
         mount_timeout=mount_timeout,
-        backend_timeout=10,
+        backend_timeout=backend_timeout,
         kubelet_dir=str(tmp / "kubelet"),
+        **(config or {}),
     )
-    plugins = [
-        build_controller(cfg),
-        NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=probe_timeout)),
-    ]
+    node = NodePlugin(cfg, LinuxPlatform(cfg, probe_timeout=probe_timeout, **platform))
+    plugins: list[ServicePlugin] = [build_controller(cfg), node] if controller else [node]
     async with running_driver(tmp / "csi.sock", plugins, metrics=metrics) as pair:
         yield pair
 
 
 async def create_volume(
-    c: Client, tmp: Path, name: str, source: str, server_dir: Path, *flags: str
+    c: Client,
+    tmp: Path,
+    name: str,
+    source: str,
+    server_dir: Path,
+    *flags: str,
+    secrets: dict[str, str] | None = None,
 ) -> Volume:
-    """CreateVolume of ``name`` on ``source`` (SMB with the guest's user), checked
-    on the server's side (``server_dir``); the volume as the node sees it."""
-    secrets = {"username": SMB_USER, "password": SMB_PASSWORD} if source.startswith("//") else {}
+    """CreateVolume of ``name`` on ``source`` (SMB with the guest's user unless
+    ``secrets`` says otherwise), checked on the server's side (``server_dir``);
+    the volume as the node sees it."""
+    if secrets is None:
+        smb = source.startswith("//")
+        secrets = {"username": SMB_USER, "password": SMB_PASSWORD} if smb else {}
     resp = await c.controller.CreateVolume(
         csi_pb2.CreateVolumeRequest(
             name=name,
@@ -150,6 +168,38 @@ async def create_volume(
         secrets,
         tmp / "kubelet" / STAGING / name / "globalmount",
         server_dir / name,
+    )
+
+
+async def delete_volume(c: Client, vol: Volume) -> None:
+    """DeleteVolume with the volume's secrets, checked on the server's side."""
+    await c.controller.DeleteVolume(
+        csi_pb2.DeleteVolumeRequest(volume_id=vol.id, secrets=vol.secrets)
+    )
+    assert not vol.server_dir.exists()
+
+
+def inline_publish(
+    target: Path,
+    attrs: dict[str, str],
+    secrets: dict[str, str],
+    *,
+    volume_id: str = "csi-e2e-inline",
+    **kw: Any,
+) -> Any:
+    """kubelet's NodePublishVolume of a CSI inline (ephemeral) volume with
+    the pod's ``attrs`` and ``secrets``."""
+    return csi_pb2.NodePublishVolumeRequest(
+        volume_id=volume_id,
+        target_path=str(target),
+        volume_capability=cap(),
+        volume_context={
+            "csi.storage.k8s.io/ephemeral": "true",
+            "csi.storage.k8s.io/pod.name": "inline-pod",
+            **attrs,
+        },
+        secrets=secrets,
+        **kw,
     )
 
 

@@ -26,7 +26,6 @@ import time
 from collections.abc import Iterator
 from contextlib import AbstractAsyncContextManager, contextmanager
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
@@ -40,12 +39,12 @@ from tests.e2e.inside.common import (
     SMB_PASSWORD,
     SMB_SHARE,
     SMB_USER,
-    cap,
     create_volume,
     in_process_driver,
+    inline_publish,
     mounts_under,
 )
-from tests.e2e.inside.servers import nfs_unreachable, server_down
+from tests.e2e.inside.servers import nfs_unreachable, replace_with_copy, server_down
 from tests.harness import Client, wait_until
 
 pytestmark = pytest.mark.e2e
@@ -136,15 +135,6 @@ class Container:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait(10)
-
-
-def replace_with_copy(directory: Path) -> None:
-    """The same files in a new directory (new inode, new file handles): an
-    export re-created, a share restored from a copy."""
-    copy = directory.with_name(directory.name + ".copy")
-    subprocess.run(["cp", "-a", str(directory), str(copy)], check=True)  # owners kept
-    shutil.rmtree(directory)
-    copy.rename(directory)
 
 
 def mount_ids(path: Path) -> list[tuple[int, str]]:
@@ -288,21 +278,6 @@ async def test_hung_nfs_mount_is_killed_with_its_process_group(tmp: Path) -> Non
 # ---------------------------------------------------------------- inline volumes
 
 
-def inline(target: Path, attrs: dict[str, str], secrets: dict[str, str], **kw: Any) -> Any:
-    return csi_pb2.NodePublishVolumeRequest(
-        volume_id="csi-e2e-inline",
-        target_path=str(target),
-        volume_capability=cap(),
-        volume_context={
-            "csi.storage.k8s.io/ephemeral": "true",
-            "csi.storage.k8s.io/pod.name": "inline-pod",
-            **attrs,
-        },
-        secrets=secrets,
-        **kw,
-    )
-
-
 @pytest.mark.parametrize(
     ("protocol", "source", "server_dir"),
     [
@@ -328,13 +303,13 @@ async def test_inline_volume(tmp: Path, protocol: str, source: str, server_dir: 
             {**attrs, "mountOptions": "bind"},
         ):
             with pytest.raises(Exception, match="INVALID_ARGUMENT"):
-                await c.node.NodePublishVolume(inline(target, bad, secrets))
+                await c.node.NodePublishVolume(inline_publish(target, bad, secrets))
         assert not target.exists()
         assert mounts_under(tmp) == []
 
         mount_options = "vers=3.1.1" if protocol == "smb" else "vers=4.1"
         await c.node.NodePublishVolume(
-            inline(target, {**attrs, "mountOptions": mount_options}, secrets)
+            inline_publish(target, {**attrs, "mountOptions": mount_options}, secrets)
         )
         (entry,) = mountinfo.at(mountinfo.read(), str(target))
         assert entry.fstype == ("cifs" if protocol == "smb" else "nfs4")
@@ -349,7 +324,7 @@ async def test_inline_volume(tmp: Path, protocol: str, source: str, server_dir: 
 
         # kubelet's republish of a healthy inline volume changes nothing.
         await c.node.NodePublishVolume(
-            inline(target, {**attrs, "mountOptions": mount_options}, secrets)
+            inline_publish(target, {**attrs, "mountOptions": mount_options}, secrets)
         )
         assert len(mountinfo.at(mountinfo.read(), str(target))) == 1
 

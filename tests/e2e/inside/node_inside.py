@@ -35,6 +35,7 @@ from tests.e2e.inside.common import (
     ProcessScan,
     Volume,
     create_volume,
+    delete_volume,
     healthy_again,
     in_process_driver,
     mounts_under,
@@ -53,13 +54,6 @@ PROBE_TIMEOUT = 2.0
 async def driver(tmp: Path) -> AsyncIterator[Client]:
     async with in_process_driver(tmp, probe_timeout=PROBE_TIMEOUT) as (_, client):
         yield client
-
-
-async def delete(c: Client, vol: Volume) -> None:
-    await c.controller.DeleteVolume(
-        csi_pb2.DeleteVolumeRequest(volume_id=vol.id, secrets=vol.secrets)
-    )
-    assert not vol.server_dir.exists()
 
 
 # ---------------------------------------------------------------- password scan
@@ -156,7 +150,7 @@ async def test_smb_stage_publish_without_leaking_the_password(tmp: Path) -> None
         assert mounts_under(tmp) == []
         assert not vol.staging.exists()
         assert (vol.server_dir / "hello.txt").exists()  # unmounting never deletes data
-        await delete(c, vol)
+        await delete_volume(c, vol)
 
 
 @pytest.mark.parametrize(
@@ -195,7 +189,7 @@ async def test_nfs_stage_publish(
             await c.node.NodeUnpublishVolume(vol.unpublish(target))
         await c.node.NodeUnstageVolume(vol.unstage())
         assert mounts_under(tmp) == []
-        await delete(c, vol)
+        await delete_volume(c, vol)
 
 
 async def stats_within_bound(c: Client, vol: Volume) -> Any:
@@ -219,7 +213,7 @@ async def test_smb_server_outage_is_reported_and_heals(tmp: Path) -> None:
         print(f"smb healthy again after {healed:.1f} s")
         await c.node.NodeUnstageVolume(vol.unstage())
         assert mounts_under(tmp) == []
-        await delete(c, vol)
+        await delete_volume(c, vol)
 
 
 async def test_nfs_server_outage_and_unstage_while_down(tmp: Path) -> None:
@@ -244,8 +238,8 @@ async def test_nfs_server_outage_and_unstage_while_down(tmp: Path) -> None:
         print(f"nfs healthy again after {healed:.1f} s")
         await c.node.NodeUnstageVolume(v4.unstage())
         assert mounts_under(tmp) == []
-        await delete(c, v4)
-        await delete(c, v3)
+        await delete_volume(c, v4)
+        await delete_volume(c, v3)
 
 
 def test_stale_runner_state_is_clean() -> None:

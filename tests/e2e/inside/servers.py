@@ -1,6 +1,7 @@
-"""The guest's Samba and kernel NFS server, as the inside tests act on them:
-stopped and started again (the scripts in tests/e2e/uml that also start them
-at boot), frozen (SIGSTOP on smbd), or made unreachable (a ``tc`` filter).
+"""The guest's Samba, kernel NFS server and Samba AD DC, as the inside tests
+act on them: stopped and started again (the scripts in tests/e2e/uml that
+also start them at boot), frozen (SIGSTOP on smbd), made unreachable (a
+``tc`` filter), or their files restored from a copy.
 
 Imported only inside the UML guest.
 """
@@ -8,6 +9,7 @@ Imported only inside the UML guest.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -21,27 +23,37 @@ UML = Path(__file__).resolve().parents[1] / "uml"
 NFS_PORT = 2049
 # By name: also type-checks with --platform win32 (where these do not exist).
 SIGSTOP, SIGCONT = (signal.Signals[n] for n in ("SIGSTOP", "SIGCONT"))
-Protocol = Literal["smb", "nfs"]
-_SCRIPTS = {"smb": "samba", "nfs": "nfs"}
+# "addc": the Samba AD DC of the Kerberos guest (KDC and file server in one process).
+Server = Literal["smb", "nfs", "addc"]
+_SCRIPTS = {"smb": "samba", "nfs": "nfs", "addc": "addc"}
 
 
-def run_script(action: Literal["start", "stop"], protocol: Protocol) -> None:
+def run_script(action: Literal["start", "stop"], server: Server) -> None:
     """``start-samba.sh`` / ``stop-nfs.sh`` and the like, the scripts the guest
     boots with.  start-samba.sh (re)sets the user's password from SMB_PASSWORD,
     which the test process keeps out of its own environment."""
-    env = {**os.environ, "SMB_PASSWORD": SMB_PASSWORD}
-    script = UML / f"{action}-{_SCRIPTS[protocol]}.sh"
+    env = {**os.environ, "SMB_PASSWORD": SMB_PASSWORD} if SMB_PASSWORD else None
+    script = UML / f"{action}-{_SCRIPTS[server]}.sh"
     subprocess.run(["bash", str(script)], check=True, capture_output=True, env=env)
 
 
 @contextmanager
-def server_down(protocol: Protocol) -> Iterator[None]:
+def server_down(server: Server) -> Iterator[None]:
     """The server stopped for the block (contents kept), started again after it."""
-    run_script("stop", protocol)
+    run_script("stop", server)
     try:
         yield
     finally:
-        run_script("start", protocol)
+        run_script("start", server)
+
+
+def replace_with_copy(directory: Path) -> None:
+    """The same files in a new directory (new inode, new file handles): an
+    export re-created, a share restored from a copy."""
+    copy = directory.with_name(directory.name + ".copy")
+    subprocess.run(["cp", "-a", str(directory), str(copy)], check=True)  # owners kept
+    shutil.rmtree(directory)
+    copy.rename(directory)
 
 
 def smbd_pids(*, sessions_only: bool = False) -> list[int]:
