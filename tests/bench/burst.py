@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import grpc
 import psutil
@@ -86,47 +86,51 @@ class Burst:
         }
 
 
+#: Which processes of a group count: the process alone, with all its
+#: descendants, or its descendants only.
+Scope = Literal["process", "tree", "descendants"]
+#: A group: the root process (None: not measured) and what of it counts.
+Group = tuple[int | None, Scope]
+
+
+def client_and_server(server_pid: int | None) -> dict[str, Group]:
+    """This process alone (the driver and servers are its children) and the
+    server with its per-connection children."""
+    return {"client": (os.getpid(), "process"), "server": (server_pid, "tree")}
+
+
 class CpuMeter:
     """CPU seconds (user + system) that groups of processes spend in a span.
 
-    A group is a process with all its descendants (the driver with its SMB
-    worker, smbd with its per-connection children); the group named
-    ``client`` is this process alone (the driver and servers are its
-    children), and so is ``driver``, whose descendants (the SMB worker) are
-    the group ``driver children``.  On a machine with few cores a burst is CPU-bound, so CPU
-    per operation, not wall time, says what each side costs: the same work
-    done by fewer CPU milliseconds is the only way to a higher ceiling.
+    On a machine with few cores a burst is CPU-bound, so CPU per operation,
+    not wall time, says what each side costs: the same work done by fewer
+    CPU milliseconds is the only way to a higher ceiling.
     """
 
-    def __init__(self, groups: Mapping[str, int | None]) -> None:
-        self._groups = {name: pid for name, pid in groups.items() if pid is not None}
+    def __init__(self, groups: Mapping[str, Group]) -> None:
+        self._groups = {name: (pid, scope) for name, (pid, scope) in groups.items() if pid}
         self._start: dict[str, dict[int, float]] = {}
         self.seconds: dict[str, float] = {}
 
     @staticmethod
-    def _read(name: str, pid: int) -> dict[int, float]:
+    def _read(pid: int, scope: Scope) -> dict[int, float]:
         out: dict[int, float] = {}
         with contextlib.suppress(psutil.Error):
             root = psutil.Process(pid)
-            if name in ("client", "driver"):
-                procs = [root]
-            elif name.endswith(" children"):
-                procs = root.children(recursive=True)
-            else:
-                procs = [root, *root.children(recursive=True)]
-            for proc in procs:
+            below = root.children(recursive=True) if scope != "process" else []
+            for proc in below if scope == "descendants" else [root, *below]:
                 with contextlib.suppress(psutil.Error):
                     t = proc.cpu_times()
                     out[proc.pid] = t.user + t.system
         return out
 
     def __enter__(self) -> CpuMeter:
-        self._start = {name: self._read(name, pid) for name, pid in self._groups.items()}
+        self._start = {name: self._read(*group) for name, group in self._groups.items()}
         return self
 
     def __exit__(self, *exc: object) -> None:
-        for name, pid in self._groups.items():
-            end = self._read(name, pid)
+        for name, group in self._groups.items():
+            end = self._read(*group)
             start = self._start[name]
             # Processes that ended in between are not counted (a short-lived
             # helper at most); new ones count from zero.
@@ -139,8 +143,8 @@ class CpuMeter:
 async def run_burst(
     n: int,
     concurrency: int,
-    op: Callable[[int], Awaitable[None]],
-    cpu_of: Mapping[str, int | None] | None = None,
+    op: Callable[[int], Awaitable[object]],
+    cpu_of: Mapping[str, Group] | None = None,
 ) -> Burst:
     """``op(i)`` for i in range(n), ``concurrency`` at a time, retried like
     csi-provisioner; with the CPU each group of ``cpu_of`` spent per operation."""
@@ -231,10 +235,7 @@ def cpu_report(raw: dict[str, Any], drv: dict[str, Any]) -> dict[str, float]:
     cores = os.cpu_count() or 1
     raw_total = r.get("client", 0.0) + r.get("server", 0.0)
     drv_total = (
-        d.get("client", 0.0)
-        + d.get("driver", 0.0)
-        + d.get("driver children", 0.0)
-        + d.get("server", 0.0)
+        d.get("client", 0.0) + d.get("driver", 0.0) + d.get("worker", 0.0) + d.get("server", 0.0)
     )
     raw_ceiling = 1000 * cores / raw_total if raw_total else float("nan")
     drv_ceiling = 1000 * cores / drv_total if drv_total else float("nan")
@@ -244,7 +245,7 @@ def cpu_report(raw: dict[str, Any], drv: dict[str, Any]) -> dict[str, float]:
         "raw_server_ms": r.get("server", 0.0),
         "driver_client_ms": d.get("client", 0.0),
         "driver_ms": d.get("driver", 0.0),
-        "driver_worker_ms": d.get("driver children", 0.0),
+        "driver_worker_ms": d.get("worker", 0.0),
         "driver_server_ms": d.get("server", 0.0),
         "probe_driver_ms": drv["probe"]["cpu_ms_per_op"].get("driver", 0.0),
         "probe_client_ms": drv["probe"]["cpu_ms_per_op"].get("client", 0.0),

@@ -51,7 +51,15 @@ from pathlib import Path
 from typing import Any
 
 from driver.csi import csi_pb2
-from tests.bench.burst import CONCURRENCY, Burst, RssSampler, cpu_report, run_burst
+from tests.bench.burst import (
+    CONCURRENCY,
+    Burst,
+    Group,
+    RssSampler,
+    client_and_server,
+    cpu_report,
+    run_burst,
+)
 from tests.bench.common import create_request, start_driver, stop_driver, table, write
 from tests.bench.lean_client import LeanChannel
 
@@ -72,11 +80,10 @@ async def driver_rows(
     server_pid: int | None = None,
 ) -> dict[str, Any]:
     """Creates then deletes ``n`` volumes through the driver; with the driver's RSS."""
-    cpu_of = {
-        "client": os.getpid(),
-        "driver": pid,
-        "driver children": pid,
-        "server": server_pid,
+    cpu_of: dict[str, Group] = {
+        **client_and_server(server_pid),
+        "driver": (pid, "process"),
+        "worker": (pid, "descendants"),  # the SMB worker process
     }
     ids: dict[int, str] = {}
     async with LeanChannel(endpoint) as channel:
@@ -130,7 +137,7 @@ def _smb_raw(
 ) -> dict[str, Any]:
     import smbclient
 
-    cpu_of = {"client": os.getpid(), "server": server_pid}
+    cpu_of = client_and_server(server_pid)
     cache: dict[str, Any] = {}
     kw = {"username": user, "password": password, "port": port, "connection_cache": cache}
     base = rf"\\{host}\csi\raw"
@@ -229,7 +236,7 @@ def bench_nfs(n: int, tmp: Path, *, tree_files: int) -> dict[str, Any]:
                 async def rmdir(i: int) -> None:
                     await backend.remove_empty_dir(f"raw/{i:05d}")  # one RMDIR
 
-                cpu_of = {"client": os.getpid(), "server": server.pid}
+                cpu_of = client_and_server(server.pid)
                 creates = await run_burst(n, CONCURRENCY, mkdir, cpu_of)
                 deletes = await run_burst(n, CONCURRENCY, rmdir, cpu_of)
             finally:

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 import structlog
 
-from controller.jobs import DEADLINE_MARGIN, Jobs, budget
+from controller.jobs import DEADLINE_MARGIN, Job, Jobs, budget
 from driver.errors import Aborted
 from driver.locks import VolumeLocks
 
@@ -24,14 +24,8 @@ class Deadline:
         return self.remaining
 
 
-def test_budget_keeps_a_margin_before_the_deadline() -> None:
-    assert budget(object()) is None  # a context without deadlines
-    assert budget(Deadline(None)) is None
-    assert budget(Deadline(DEADLINE_MARGIN + 9.0)) == 9.0
-    assert budget(Deadline(DEADLINE_MARGIN / 2)) == 0.0  # never negative
-
-
-async def test_a_job_that_ends_in_time_answers_and_leaves_the_registry() -> None:
+def _gated_job() -> tuple[Jobs, VolumeLocks, asyncio.Event, Job[str]]:
+    """A job under key "k" for owner "src" that returns "copied" once its gate opens."""
     jobs, locks = Jobs(), VolumeLocks()
     gate = asyncio.Event()
 
@@ -41,6 +35,18 @@ async def test_a_job_that_ends_in_time_answers_and_leaves_the_registry() -> None
 
     with locks.acquire("k") as lock:
         job = jobs.start("k", "src", copy(), lock)
+    return jobs, locks, gate, job
+
+
+def test_budget_keeps_a_margin_before_the_deadline() -> None:
+    assert budget(object()) is None  # a context without deadlines
+    assert budget(Deadline(None)) is None
+    assert budget(Deadline(DEADLINE_MARGIN + 9.0)) == 9.0
+    assert budget(Deadline(DEADLINE_MARGIN / 2)) == 0.0  # never negative
+
+
+async def test_a_job_that_ends_in_time_answers_and_leaves_the_registry() -> None:
+    jobs, locks, gate, job = _gated_job()
     assert jobs.get("k") is job
     assert (job.owner, job.started_ns > 0) == ("src", True)
     gate.set()
@@ -51,15 +57,7 @@ async def test_a_job_that_ends_in_time_answers_and_leaves_the_registry() -> None
 
 
 async def test_a_job_running_past_the_deadline_goes_on_and_holds_the_lock() -> None:
-    jobs, locks = Jobs(), VolumeLocks()
-    gate = asyncio.Event()
-
-    async def copy() -> str:
-        await gate.wait()
-        return "copied"
-
-    with locks.acquire("k") as lock:
-        job = jobs.start("k", "src", copy(), lock)
+    jobs, locks, gate, job = _gated_job()
     context = Deadline(DEADLINE_MARGIN)  # no time left to wait
     assert await Jobs.wait(job, context) == (False, None)
     assert context.asked == 1
